@@ -1,0 +1,149 @@
+# -*- test-case-name: tests.test_integration -*-
+"""
+The raw sockets of one port: a packet capture that sees this port's
+segments, and a raw IP socket that sends hand-built segments.
+
+The capture is an AF_PACKET socket (cooked, so packets start at the IP
+header).  It sees packets before netfilter's INPUT hook, so a host firewall
+that drops segments conntrack calls INVALID cannot hide them, and it sees
+IPv6 headers too (an AF_INET6 raw socket would not).  A kernel BPF filter
+keeps every other packet from waking the process; one capture serves every
+local address of its family.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Iterator
+
+from .bpf import attach_filter, capture_filter
+
+SOL_PACKET = 263
+PACKET_AUXDATA = 8
+ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
+#: tpacket_auxdata.tp_status bits: the checksum was never computed because
+#: the packet did not leave the machine, or the kernel already verified it.
+TP_STATUS_CSUMNOTREADY = 1 << 3
+TP_STATUS_CSUM_VALID = 1 << 7
+_TRUSTED = TP_STATUS_CSUMNOTREADY | TP_STATUS_CSUM_VALID
+_AUXDATA = struct.Struct("=I")
+_AUX_SPACE = socket.CMSG_SPACE(20)
+
+
+class Capture:
+    """
+    The capture and send sockets of one port of one address family.
+
+    @ivar family: C{AF_INET} or C{AF_INET6}.
+    @ivar port: the TCP port the capture filters on.
+    @ivar match: C{"dst"} to see segments sent to C{port} (a server),
+        C{"src"} to see segments sent from it (a client's remote port).
+    """
+
+    #: Bytes of kernel buffer for the capture; bursts wait here between
+    #: reactor wake-ups.
+    receiveBuffer = 8 * 1024 * 1024
+    sendBuffer = 4 * 1024 * 1024
+    maxPacket = 65535
+
+    def __init__(self, family: int, port: int, match: str) -> None:
+        self.family = family
+        self.port = port
+        self.match = match
+        protocol = ETH_P_IP if family == socket.AF_INET else ETH_P_IPV6
+        capture = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(protocol))
+        try:
+            capture.setblocking(False)
+            attach_filter(capture, capture_filter(family, port, match))
+            # Packets queued in the instant before the filter was attached
+            # are not this port's: throw them away.
+            _discard_queued(capture)
+            capture.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+            _set_buffer(capture, socket.SO_RCVBUF, self.receiveBuffer)
+            sender = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        except BaseException:
+            capture.close()
+            raise
+        try:
+            # IPPROTO_RAW sockets include the IP header (IPv4 and IPv6) and
+            # receive nothing; the kernel fills the IPv4 checksum and id.
+            _set_buffer(sender, socket.SO_SNDBUF, self.sendBuffer)
+            sender.setblocking(False)
+        except BaseException:
+            sender.close()
+            capture.close()
+            raise
+        self.capture = capture
+        self.sender = sender
+
+    def fileno(self) -> int:
+        """
+        The descriptor a reactor or event loop watches for readability.
+        """
+        return self.capture.fileno()
+
+    def read(self, budget: int) -> Iterator[tuple[bytes, bool]]:
+        """
+        Yield up to C{budget} captured packets, stopping early when the
+        capture is empty.
+
+        @return: an iterator of (packet starting at the IP header, whether
+            its checksum still needs verifying).
+        """
+        recvmsg = self.capture.recvmsg
+        size = self.maxPacket
+        for _ in range(budget):
+            try:
+                data, ancillary, _flags, _address = recvmsg(size, _AUX_SPACE)
+            except (BlockingIOError, InterruptedError):
+                return
+            verify = True
+            for level, kind, value in ancillary:
+                if level == SOL_PACKET and kind == PACKET_AUXDATA:
+                    verify = not (_AUXDATA.unpack_from(value)[0] & _TRUSTED)
+            yield data, verify
+
+    def send(self, packet: bytes, address: tuple) -> None:
+        """
+        Send one IP packet built with its header.
+
+        @param address: the destination as a socket address of the family.
+        @raise OSError: C{BlockingIOError} when the send buffer is full.
+        """
+        self.sender.sendto(packet, address)
+
+    def close(self) -> None:
+        """
+        Close both sockets.
+        """
+        self.capture.close()
+        self.sender.close()
+
+
+def _discard_queued(sock: socket.socket) -> None:
+    while True:
+        try:
+            sock.recv(1)
+        except (BlockingIOError, InterruptedError):
+            return
+
+
+def _set_buffer(sock: socket.socket, option: int, size: int) -> None:
+    # SO_*BUFFORCE (root) passes the sysctl cap; fall back to what is allowed.
+    force = {socket.SO_RCVBUF: 33, socket.SO_SNDBUF: 32}[option]
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, force, size)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, option, size)
+
+
+def sockaddr(family: int, packed: bytes) -> tuple:
+    """
+    The socket address a raw socket sends to, from a packed IP address.
+    """
+    text = socket.inet_ntop(family, packed)
+    if family == socket.AF_INET6:
+        return (text, 0, 0, 0)
+    return (text, 0)

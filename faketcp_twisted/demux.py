@@ -1,0 +1,324 @@
+# -*- test-case-name: tests.test_integration -*-
+"""
+The demultiplexer: the one reactor reader of a capture, which parses each
+captured packet, finds its flow by the full 4-tuple and hands the segment
+to that flow's transport.
+
+A listening port has one per address family; client connections to the
+same remote port share one.  It also owns the send side (a raw socket with
+a bounded backlog when the kernel's send buffer is full), the timer that
+expires flows, and the kernel sockets of flows in time-wait.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import error
+from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor, IWriteDescriptor
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from . import kernel
+from .capture import Capture, sockaddr
+from .firewall import DEFAULT_MARK
+from .flow import FlowKey, FlowState
+from .segment import MalformedSegment, parse_packet
+from .table import FlowTable, Role, TableLimits
+
+if TYPE_CHECKING:
+    from .transport import FakeTCPTransport
+
+
+@dataclass(slots=True)
+class FlowOptions:
+    """
+    Tunables of the flows of a port or connection.
+
+    @ivar idle_timeout: seconds without a segment from the peer after which
+        a flow ends with C{TimeoutError}; 0 never.
+    @ivar keepalive: seconds between bare-ACK keepalives on a flow that sent
+        nothing; 0 sends none.
+    @ivar default_keepalive: the interval C{setTcpKeepAlive(True)} uses.
+    @ivar mark: the firewall mark of the silenced kernel sockets.
+    @ivar limits: bounds of the flow table.
+    """
+
+    idle_timeout: float = 180.0
+    keepalive: float = 0.0
+    default_keepalive: float = 10.0
+    mark: int = DEFAULT_MARK
+    limits: TableLimits = field(default_factory=TableLimits)
+
+
+@implementer(IReadDescriptor, IWriteDescriptor)
+class Demultiplexer:
+    """
+    Reads one capture for every flow of a port (or of a remote port).
+
+    @ivar table: the flow table.
+    @ivar transports: the transport of each adopted flow.
+    @ivar drops: packets dropped, by reason.
+    """
+
+    log = Logger()
+
+    #: Most packets read per reactor wake-up, so one busy capture cannot
+    #: starve the rest of the reactor (as twisted's udp.Port does).
+    maxPacketsPerRead = 256
+    #: Seconds between runs of the flow timers.
+    tickInterval = 1.0
+    #: Most packets waiting for room in the send buffer; past it packets
+    #: are dropped, as a full UDP socket would.
+    backlogLimit = 4096
+    #: Backlog length at which streaming producers are paused.
+    backlogHighWater = 1024
+
+    def __init__(
+        self,
+        reactor: Any,
+        family: int,
+        port: int,
+        role: Role,
+        options: FlowOptions,
+    ) -> None:
+        if not IReactorFDSet.providedBy(reactor):
+            raise TypeError(f"fake-TCP needs a reactor providing IReactorFDSet, not {reactor!r}")
+        self.reactor = reactor
+        self.family = family
+        self.port = port
+        self.role = role
+        self.options = options
+        self.capture = Capture(family, port, "dst" if role is Role.SERVER else "src")
+        self.table = FlowTable(role, options.limits)
+        self.transports: dict[FlowKey, FakeTCPTransport] = {}
+        self.drops: Counter[str] = self.table.drops
+        self._backlog: deque[tuple[bytes, tuple]] = deque()
+        self._writing = False
+        self.congested = False
+        self._closing_sockets: deque[tuple[float, socket.socket, Callable[[], None] | None]] = deque()
+        #: Called when a flow left, so the owner can close an unused capture.
+        self.on_released: Callable[[], None] | None = None
+        self._waiters: list[Callable[[], bool]] = []
+        self._addresses: dict[bytes, tuple] = {}
+        self._closed = False
+        self.reactor.addReader(self)
+        self._timer = self.reactor.callLater(self.tickInterval, self._tick)
+
+    # -- IReadDescriptor / IWriteDescriptor ------------------------------
+
+    def fileno(self) -> int:
+        """
+        The capture's descriptor (-1 once closed).
+        """
+        return -1 if self._closed else self.capture.fileno()
+
+    def logPrefix(self) -> str:
+        """
+        The prefix of log lines about this capture.
+        """
+        return f"FakeTCP capture {self.role.value} port {self.port}"
+
+    def doRead(self) -> None:
+        """
+        Read a batch of captured packets and hand each to its flow.
+        """
+        if self._closed:
+            return
+        now = self.reactor.seconds()
+        flows = self.table.flows
+        transports = self.transports
+        table = self.table
+        drops = self.drops
+        for data, verify in self.capture.read(self.maxPacketsPerRead):
+            try:
+                segment = parse_packet(data, verify)
+            except MalformedSegment as malformed:
+                drops[malformed.reason] += 1
+                continue
+            key = FlowKey(segment.dst, segment.dport, segment.src, segment.sport)
+            if key in flows:
+                transports[key]._segmentReceived(segment, now)
+                continue
+            reply = table.receive_unadopted(key, segment, now)
+            if reply is not None:
+                self.transmit(reply, self.sockaddr(segment.src))
+        if self._waiters:
+            self._waiters = [waiter for waiter in self._waiters if not waiter()]
+
+    def doWrite(self) -> None:
+        """
+        Send what waited for room in the send buffer.
+        """
+        backlog = self._backlog
+        send = self.capture.send
+        while backlog:
+            packet, address = backlog[0]
+            try:
+                send(packet, address)
+            except BlockingIOError:
+                return
+            except OSError as failure:
+                self._sendFailed(failure)
+            backlog.popleft()
+        self._writing = False
+        self.reactor.removeWriter(self)
+        self._setCongested(False)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        The reactor dropped the descriptor (it is being shut down).
+        """
+        self.close()
+
+    # -- sending ---------------------------------------------------------
+
+    def sockaddr(self, packed: bytes) -> tuple:
+        """
+        The raw-socket destination for a packed remote address (cached).
+        """
+        address = self._addresses.get(packed)
+        if address is None:
+            if len(self._addresses) > 65536:
+                self._addresses.clear()
+            address = self._addresses[packed] = sockaddr(self.family, packed)
+        return address
+
+    def transmit(self, packet: bytes, address: tuple) -> None:
+        """
+        Send one packet now, or queue it behind packets still waiting.
+        """
+        if self._closed:
+            return
+        backlog = self._backlog
+        if not backlog:
+            try:
+                self.capture.send(packet, address)
+                return
+            except BlockingIOError:
+                pass
+            except OSError as failure:
+                self._sendFailed(failure)
+                return
+        if len(backlog) >= self.backlogLimit:
+            self.drops["send-backlog-full"] += 1
+            return
+        backlog.append((packet, address))
+        if not self._writing:
+            self._writing = True
+            self.reactor.addWriter(self)
+        if len(backlog) >= self.backlogHighWater:
+            self._setCongested(True)
+
+    def _sendFailed(self, failure: OSError) -> None:
+        reason = errno.errorcode.get(failure.errno or 0, "send-error").lower()
+        self.drops[f"send-{reason}"] += 1
+
+    def _setCongested(self, congested: bool) -> None:
+        if congested is self.congested:
+            return
+        self.congested = congested
+        for transport in list(self.transports.values()):
+            transport._congestionChanged(congested)
+
+    def count_drop(self, reason: str) -> None:
+        """
+        Count one datagram dropped for C{reason}.
+        """
+        self.drops[reason] += 1
+
+    # -- flows -----------------------------------------------------------
+
+    def attach(self, transport: FakeTCPTransport) -> None:
+        """
+        Route the segments of C{transport}'s flow to it.
+        """
+        self.transports[transport.flow.key] = transport
+
+    def detach(self, transport: FakeTCPTransport) -> None:
+        """
+        Stop routing to C{transport}; its flow enters time-wait and its
+        kernel socket is closed when time-wait ends.
+        """
+        key = transport.flow.key
+        if self.transports.get(key) is transport:
+            del self.transports[key]
+        now = self.reactor.seconds()
+        self.table.retire(transport.flow, now)
+        self._closing_sockets.append(
+            (now + self.table.limits.time_wait, transport.socket, transport.on_socket_closed)
+        )
+        if self.on_released is not None:
+            self.on_released()
+
+    def wait_for(self, waiter: Callable[[], bool]) -> None:
+        """
+        Call C{waiter} after each batch of packets until it returns true
+        (used to finish adoptions whose handshake the capture has not read
+        yet).
+        """
+        self._waiters.append(waiter)
+
+    def _tick(self) -> None:
+        now = self.reactor.seconds()
+        self._timer = self.reactor.callLater(self.tickInterval, self._tick)
+        for flow in self.table.expire(now):
+            transport = self.transports.get(flow.key)
+            if transport is not None:
+                transport._expired()
+        for transport in list(self.transports.values()):
+            if transport.flow.pending:
+                transport._flushPending()
+            kernel.drain(transport.socket)
+        closing = self._closing_sockets
+        while closing and closing[0][0] <= now:
+            self._closeKernelSocket(*closing.popleft()[1:])
+        if self._waiters:
+            self._waiters = [waiter for waiter in self._waiters if not waiter()]
+
+    def close(self) -> None:
+        """
+        Stop reading, close every kernel socket still held, then the
+        capture.  The caller removes the silencing rule afterwards.
+        """
+        if self._closed:
+            return
+        now = self.reactor.seconds()
+        for transport in list(self.transports.values()):
+            # The peers would otherwise wait for their idle timeout.
+            if transport.flow.state is not FlowState.CLOSED:
+                transport._send(transport.flow.reset(now))
+        self.reactor.removeReader(self)
+        if self._writing:
+            self.reactor.removeWriter(self)
+            self._writing = False
+        self._closed = True
+        if self._timer.active():
+            self._timer.cancel()
+        for transport in list(self.transports.values()):
+            transport._connectionLost(Failure(CaptureClosed("the fake-TCP capture was closed")))
+        while self._closing_sockets:
+            self._closeKernelSocket(*self._closing_sockets.popleft()[1:])
+        self._backlog.clear()
+        self.capture.close()
+
+
+    def _closeKernelSocket(self, sock: socket.socket, closed: Callable[[], None] | None) -> None:
+        kernel.close_silently(sock)
+        if closed is not None:
+            try:
+                closed()
+            except Exception:
+                self.log.failure("Error after closing a kernel socket")
+
+
+class CaptureClosed(error.ConnectionLost):
+    """
+    The capture under a connection was closed (the reactor shut down).
+    """

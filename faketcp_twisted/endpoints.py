@@ -1,0 +1,249 @@
+# -*- test-case-name: tests.test_endpoints -*-
+"""
+Endpoints and the C{faketcp:} endpoint string parsers.
+
+Server::
+
+    faketcp:PORT[:interface=ADDR][:backlog=N][:idleTimeout=S][:keepalive=S][:mark=M]
+
+Client::
+
+    faketcp:host=HOST:port=PORT[:timeout=S][:bindAddress=ADDR][:idleTimeout=S][:keepalive=S][:mark=M]
+
+Colons inside values are escaped with a backslash (C{interface=\\:\\:}).
+This module imports nothing heavy at import time: the plugin loads it on
+every C{serverFromString} call, for every prefix.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import (
+    IStreamClientEndpoint,
+    IStreamClientEndpointStringParserWithReactor,
+    IStreamServerEndpoint,
+    IStreamServerEndpointStringParser,
+)
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+
+def flow_options(
+    idleTimeout: float | str | None = None,
+    keepalive: float | str | None = None,
+    mark: int | str | None = None,
+) -> Any:
+    """
+    L{FlowOptions} from endpoint arguments (strings from endpoint strings).
+    """
+    from .demux import FlowOptions
+
+    options = FlowOptions()
+    if idleTimeout is not None:
+        options.idle_timeout = float(idleTimeout)
+    if keepalive is not None:
+        options.keepalive = float(keepalive)
+    if mark is not None:
+        options.mark = int(mark, 0) if isinstance(mark, str) else int(mark)
+    return options
+
+
+@implementer(IStreamServerEndpoint)
+class FakeTCPServerEndpoint:
+    """
+    A fake-TCP server endpoint.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        port: int,
+        interface: str = "",
+        backlog: int = 50,
+        idleTimeout: float | None = None,
+        keepalive: float | None = None,
+        mark: int | None = None,
+    ) -> None:
+        """
+        @param port: the TCP port (0 picks a free one).
+        @param interface: the local address; C{""} or C{"0.0.0.0"} for every
+            IPv4 address, C{"::"} for every address (dual stack when the
+            system allows).
+        @param idleTimeout: seconds of silence from a peer after which its
+            connection ends with C{TimeoutError} (default 180; 0 never).
+        @param keepalive: seconds between keepalive ACKs on a quiet
+            connection (default 0: none).
+        @param mark: the firewall mark of the silenced kernel sockets.
+        """
+        self._reactor = reactor
+        self._port = port
+        self._interface = interface
+        self._backlog = backlog
+        self._options = flow_options(idleTimeout, keepalive, mark)
+
+    def listen(self, protocolFactory: Any) -> defer.Deferred[Any]:
+        """
+        Listen; fires with an L{IListeningPort} or fails with a
+        L{CannotListenError} subclass.
+        """
+        from .port import FakeTCPPort
+
+        port = FakeTCPPort(
+            self._reactor,
+            self._port,
+            protocolFactory,
+            interface=self._interface,
+            backlog=self._backlog,
+            options=self._options,
+        )
+        return defer.execute(lambda: (port.startListening(), port)[1])
+
+
+@implementer(IStreamClientEndpoint)
+class FakeTCPClientEndpoint:
+    """
+    A fake-TCP client endpoint.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        host: str,
+        port: int,
+        timeout: float = 30,
+        bindAddress: tuple[str, int] | str | None = None,
+        idleTimeout: float | None = None,
+        keepalive: float | None = None,
+        mark: int | None = None,
+    ) -> None:
+        """
+        @param host: an IP address, or a name resolved with getaddrinfo.
+        @param timeout: seconds to wait for the handshake.
+        @param bindAddress: the local address (and optionally port) to
+            connect from.
+        """
+        self._reactor = reactor
+        self._host = host
+        self._port = port
+        self._timeout = timeout
+        if isinstance(bindAddress, str):
+            bindAddress = (bindAddress, 0)
+        self._bindAddress = bindAddress
+        self._options = flow_options(idleTimeout, keepalive, mark)
+
+    def connect(self, protocolFactory: Any) -> defer.Deferred[Any]:
+        """
+        Connect; fires with the connected protocol or fails with a
+        L{ConnectError} subclass.
+        """
+        if _is_address(self._host):
+            return self._connect(self._host, protocolFactory)
+        from twisted.internet.threads import deferToThreadPool
+
+        resolving = deferToThreadPool(
+            self._reactor,
+            self._reactor.getThreadPool(),
+            socket.getaddrinfo,
+            self._host,
+            self._port,
+            0,
+            socket.SOCK_STREAM,
+        )
+
+        def resolved(answers: list[Any]) -> defer.Deferred[Any]:
+            return self._connect(answers[0][4][0], protocolFactory)
+
+        def failed(failure: Any) -> None:
+            from twisted.internet.error import DNSLookupError
+
+            failure.trap(OSError)
+            raise DNSLookupError(f"cannot resolve {self._host}: {failure.value}")
+
+        return resolving.addCallbacks(resolved, failed)
+
+    def _connect(self, host: str, protocolFactory: Any) -> defer.Deferred[Any]:
+        from .connector import FakeTCPConnector
+
+        return FakeTCPConnector(
+            self._reactor,
+            host,
+            self._port,
+            protocolFactory,
+            timeout=self._timeout,
+            bindAddress=self._bindAddress,
+            options=self._options,
+        ).connect()
+
+
+def _is_address(host: str) -> bool:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+            return True
+        except OSError:
+            pass
+    return False
+
+
+@implementer(IPlugin, IStreamServerEndpointStringParser)
+class FakeTCPServerParser:
+    """
+    Parses C{faketcp:PORT:interface=...} server endpoint strings.
+    """
+
+    prefix = "faketcp"
+
+    def _parseServer(
+        self,
+        reactor: Any,
+        port: str,
+        interface: str = "",
+        backlog: str = "50",
+        idleTimeout: str | None = None,
+        keepalive: str | None = None,
+        mark: str | None = None,
+    ) -> FakeTCPServerEndpoint:
+        return FakeTCPServerEndpoint(
+            reactor, int(port), interface, int(backlog), idleTimeout, keepalive, mark
+        )
+
+    def parseStreamServer(self, reactor: Any, *args: Any, **kwargs: Any) -> FakeTCPServerEndpoint:
+        """
+        Make a L{FakeTCPServerEndpoint} from the parsed string.
+        """
+        return self._parseServer(reactor, *args, **kwargs)
+
+
+@implementer(IPlugin, IStreamClientEndpointStringParserWithReactor)
+class FakeTCPClientParser:
+    """
+    Parses C{faketcp:host=HOST:port=PORT} client endpoint strings.
+    """
+
+    prefix = "faketcp"
+
+    def _parseClient(
+        self,
+        reactor: Any,
+        host: str | None = None,
+        port: str | None = None,
+        timeout: str = "30",
+        bindAddress: str | None = None,
+        idleTimeout: str | None = None,
+        keepalive: str | None = None,
+        mark: str | None = None,
+    ) -> FakeTCPClientEndpoint:
+        if host is None or port is None:
+            raise ValueError("faketcp client endpoints need host= and port=")
+        return FakeTCPClientEndpoint(
+            reactor, host, int(port), float(timeout), bindAddress, idleTimeout, keepalive, mark
+        )
+
+    def parseStreamClient(self, reactor: Any, *args: Any, **kwargs: Any) -> FakeTCPClientEndpoint:
+        """
+        Make a L{FakeTCPClientEndpoint} from the parsed string.
+        """
+        return self._parseClient(reactor, *args, **kwargs)

@@ -1,0 +1,262 @@
+# -*- test-case-name: tests.test_firewall -*-
+"""
+The silencing rules: one iptables OUTPUT rule per listening port or per
+remote destination, that drops every non-SYN segment of the kernel's marked
+sockets.
+
+Rules are written with python-iptables (the legacy tables), shared and
+reference-counted within the process, and removed when their last user
+goes.  Each carries a comment naming the owning process and its start time,
+so a later start can recognise and sweep the rules of a process that was
+killed before it could remove them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+COMMENT_PREFIX = "faketcp_twisted"
+#: The default firewall mark of kernel sockets ("FT" in its top bytes).
+DEFAULT_MARK = 0x46540000
+
+_OWNER = re.compile(COMMENT_PREFIX + r" pid=(\d+) start=(\d+)")
+
+
+class FirewallUnavailable(RuntimeError):
+    """
+    python-iptables or the kernel's legacy iptables support is missing.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class SilenceRule:
+    """
+    One silencing rule.
+
+    @ivar family: C{AF_INET} or C{AF_INET6}.
+    @ivar port: the local listening port (C{remote} is L{None}) or the
+        remote port of a destination.
+    @ivar remote: the remote address (text) for a client's rule.
+    @ivar mark: the firewall mark of the kernel sockets it silences.
+    """
+
+    family: int
+    port: int
+    remote: str | None = None
+    mark: int = DEFAULT_MARK
+
+    def describe(self) -> str:
+        """
+        The rule as C{iptables-save} (or C{ip6tables-save}) would print it.
+        """
+        command = "ip6tables" if self.family == socket.AF_INET6 else "iptables"
+        if self.remote is None:
+            where = f"--sport {self.port}"
+        else:
+            host = "/128" if self.family == socket.AF_INET6 else "/32"
+            where = f"-d {self.remote}{host} --dport {self.port}"
+        return (
+            f"{command} -A OUTPUT -p tcp {where} ! --tcp-flags SYN SYN "
+            f"-m mark --mark {self.mark:#x} -m comment --comment "
+            f'"{_comment()}" -j DROP'
+        )
+
+
+def _process_start(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    # Field 22 of stat (starttime); the split above dropped fields 1 and 2.
+    return int(fields[19])
+
+
+def _comment(pid: int | None = None) -> str:
+    pid = os.getpid() if pid is None else pid
+    return f"{COMMENT_PREFIX} pid={pid} start={_process_start(pid) or 0}"
+
+
+def _iptc() -> Any:
+    try:
+        import iptc  # type: ignore[import-untyped]
+    except Exception as error:  # a missing libxtables raises from ctypes
+        raise FirewallUnavailable(
+            f"python-iptables cannot load the iptables libraries ({error}); "
+            "install Debian's iptables package"
+        ) from error
+    return iptc
+
+
+def _chain(iptc: Any, family: int) -> Any:
+    try:
+        if family == socket.AF_INET6:
+            table = iptc.Table6(iptc.Table6.FILTER, autocommit=True)
+        else:
+            table = iptc.Table(iptc.Table.FILTER, autocommit=True)
+        table.refresh()
+        return iptc.Chain(table, "OUTPUT")
+    except Exception as error:
+        raise FirewallUnavailable(f"cannot open the iptables filter table: {error}") from error
+
+
+def _build(iptc: Any, rule: SilenceRule) -> Any:
+    made = iptc.Rule6() if rule.family == socket.AF_INET6 else iptc.Rule()
+    made.protocol = "tcp"
+    if rule.remote is not None:
+        made.dst = rule.remote
+    tcp = made.create_match("tcp")
+    if rule.remote is None:
+        tcp.sport = str(rule.port)
+    else:
+        tcp.dport = str(rule.port)
+    tcp.tcp_flags = ["!", "SYN", "SYN"]
+    made.create_match("mark").mark = f"{rule.mark:#x}"
+    made.create_match("comment").comment = _comment()
+    made.target = iptc.Target(made, "DROP")
+    return made
+
+
+def _netns_id() -> int:
+    return os.stat("/proc/thread-self/ns/net").st_ino
+
+
+class _InNamespace:
+    """
+    Run a block in the network namespace held open by C{fd}, if it is not
+    the current one; rules must be removed where they were installed.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.previous: int | None = None
+
+    def __enter__(self) -> None:
+        if os.fstat(self.fd).st_ino != _netns_id():
+            self.previous = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+            os.setns(self.fd, os.CLONE_NEWNET)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.previous is not None:
+            os.setns(self.previous, os.CLONE_NEWNET)
+            os.close(self.previous)
+            self.previous = None
+
+
+class Silencer:
+    """
+    The process's silencing rules, reference-counted per network namespace.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # (namespace, rule) -> [users, namespace fd]
+        self._rules: dict[tuple[int, SilenceRule], list[int]] = {}
+        self._swept: set[int] = set()
+
+    def acquire(self, rule: SilenceRule) -> None:
+        """
+        Install C{rule} in the current network namespace, or count one more
+        user of it.  The first use in a namespace sweeps stale rules there.
+
+        @raise FirewallUnavailable: the rule cannot be written.
+        """
+        iptc = _iptc()
+        namespace = _netns_id()
+        with self._lock:
+            if namespace not in self._swept:
+                sweep(iptc)
+                self._swept.add(namespace)
+            entry = self._rules.get((namespace, rule))
+            if entry is not None:
+                entry[0] += 1
+                return
+            chain = _chain(iptc, rule.family)
+            try:
+                chain.insert_rule(_build(iptc, rule))
+            except Exception as error:
+                raise FirewallUnavailable(f"cannot install {rule.describe()}: {error}") from error
+            fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+            self._rules[(namespace, rule)] = [1, fd]
+
+    def release(self, rule: SilenceRule, namespace: int | None = None) -> None:
+        """
+        Drop one user of C{rule}; the last one removes it, in the namespace
+        where it was installed.
+        """
+        namespace = _netns_id() if namespace is None else namespace
+        with self._lock:
+            entry = self._rules.get((namespace, rule))
+            if entry is None:
+                return
+            entry[0] -= 1
+            if entry[0] > 0:
+                return
+            del self._rules[(namespace, rule)]
+            fd = entry[1]
+            try:
+                with _InNamespace(fd):
+                    _delete_matching(_iptc(), rule.family, _comment(), rule)
+            finally:
+                os.close(fd)
+
+    def installed(self) -> list[SilenceRule]:
+        """
+        The rules this process holds, in every namespace.
+        """
+        with self._lock:
+            return [rule for (_ns, rule) in self._rules]
+
+
+def _delete_matching(iptc: Any, family: int, comment: str, rule: SilenceRule | None) -> int:
+    chain = _chain(iptc, family)
+    wanted = _build(iptc, rule) if rule is not None else None
+    removed = 0
+    for existing in list(chain.rules):
+        if wanted is not None:
+            match = existing == wanted
+        else:
+            match = any(
+                m.name == "comment" and m.comment.startswith(comment) for m in existing.matches
+            )
+        if match:
+            chain.delete_rule(existing)
+            removed += 1
+    return removed
+
+
+def sweep(iptc: Any | None = None) -> int:
+    """
+    Remove the silencing rules of processes that no longer run.
+
+    A rule belongs to a dead process when no process has its pid, or the
+    process with that pid started at another time (the pid was reused).
+
+    @return: how many rules were removed.
+    """
+    iptc = iptc or _iptc()
+    removed = 0
+    for family in (socket.AF_INET, socket.AF_INET6):
+        chain = _chain(iptc, family)
+        for existing in list(chain.rules):
+            for match in existing.matches:
+                if match.name != "comment":
+                    continue
+                owner = _OWNER.match(match.comment or "")
+                if owner is None:
+                    continue
+                pid, start = int(owner.group(1)), int(owner.group(2))
+                if _process_start(pid) != start:
+                    chain.delete_rule(existing)
+                    removed += 1
+                break
+    return removed
+
+
+#: The process-wide silencer that ports and connectors share.
+silencer = Silencer()

@@ -1,0 +1,161 @@
+# -*- test-case-name: tests.test_integration -*-
+"""
+The kernel's TCP socket of each flow: made to do the real handshake, then
+silenced and kept open so it never answers the fake segments with RST.
+
+Silencing has two layers.  The socket carries a firewall mark from birth
+(a listener's mark is inherited by every accepted socket), and one OUTPUT
+rule drops every marked segment that is not a SYN, so no kernel ACK or RST
+escapes even in the instant between the handshake and the next step.  The
+TTL (hop limit) is then set to 1, so that without the rule (an operator who
+manages rules by hand, say) such a segment still dies at the first router.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable
+import socket
+import struct
+from typing import NamedTuple
+
+#: struct tcp_info offsets (linux/tcp.h): options byte, the two 4-bit window
+#: scale fields, the send MSS, and the advertised MSS.
+_TCPI_OPTIONS = 5
+_TCPI_WSCALE = 6
+_TCPI_SND_MSS = 16
+_TCPI_ADVMSS = 84
+_TCPI_OPT_TIMESTAMPS = 1
+_TCPI_OPT_WSCALE = 4
+_TCP_INFO_SIZE = 104
+
+#: The size of the TCP timestamp option as the kernel pads it; the kernel's
+#: MSS excludes it, fake segments carry no options and may use it for data.
+_TIMESTAMP_OPTION = 12
+
+IPV6_UNICAST_HOPS = getattr(socket, "IPV6_UNICAST_HOPS", 16)
+
+
+class KernelTCPInfo(NamedTuple):
+    """
+    What the kernel negotiated in the handshake.
+
+    @ivar mss: the largest payload of an option-less segment toward the peer.
+    @ivar send_wscale: the peer's window scale shift.
+    @ivar receive_wscale: this side's window scale shift.
+    """
+
+    mss: int
+    send_wscale: int
+    receive_wscale: int
+
+
+_CAP_NET_ADMIN = 12
+_CAP_NET_RAW = 13
+
+
+def has_privileges() -> bool:
+    """
+    Whether this process holds CAP_NET_RAW and CAP_NET_ADMIN (raw sockets,
+    socket marks, firewall rules).
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    effective = int(line.split()[1], 16)
+                    needed = (1 << _CAP_NET_ADMIN) | (1 << _CAP_NET_RAW)
+                    return effective & needed == needed
+    except OSError:
+        pass
+    return os.geteuid() == 0
+
+
+def require_privileges(error: Callable[[], Exception]) -> None:
+    """
+    Raise C{error()} unless the process may use raw sockets and rules.
+    """
+    if not has_privileges():
+        raise error()
+
+
+def kernel_tcp_info(sock: socket.socket) -> KernelTCPInfo:
+    """
+    Read the MSS and window scaling of a connected socket from TCP_INFO.
+    """
+    raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
+    options = raw[_TCPI_OPTIONS]
+    (snd_mss,) = struct.unpack_from("=I", raw, _TCPI_SND_MSS)
+    mss = snd_mss + (_TIMESTAMP_OPTION if options & _TCPI_OPT_TIMESTAMPS else 0)
+    if options & _TCPI_OPT_WSCALE:
+        scales = raw[_TCPI_WSCALE]
+        send_wscale, receive_wscale = scales & 0x0F, scales >> 4
+    else:
+        send_wscale = receive_wscale = 0
+    return KernelTCPInfo(mss, send_wscale, receive_wscale)
+
+
+def stream_socket(family: int, mark: int) -> socket.socket:
+    """
+    A non-blocking TCP socket carrying the silencing mark.
+    """
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def silence(sock: socket.socket) -> None:
+    """
+    Give the socket's segments a TTL (hop limit) of 1.
+    """
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_UNICAST_HOPS, 1)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 1)
+
+
+def drain(sock: socket.socket, budget: int = 64) -> bool:
+    """
+    Read and discard what the kernel queued on a silenced socket.
+
+    @return: C{False} when the socket is finished (EOF or an error such as
+        a reset), C{True} otherwise.
+    """
+    for _ in range(budget):
+        try:
+            if not sock.recv(1 << 20):
+                return False
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+    return True
+
+
+def close_silently(sock: socket.socket) -> None:
+    """
+    Close a kernel socket at once, without FIN_WAIT or TIME_WAIT.
+
+    A zero linger makes the close abortive: the kernel sends a RST (marked,
+    so the silencing rule drops it) and frees the socket now, instead of
+    leaving a FIN_WAIT socket retransmitting FINs (the kernel-socket leak
+    tcpraw has).  The caller must close sockets before removing the rule.
+    """
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    sock.close()
+
+
+def connect_error_name(code: int) -> str:
+    """
+    The short name of a connect errno, for error messages.
+    """
+    return errno.errorcode.get(code, str(code))

@@ -1,0 +1,8 @@
+"""
+Registers the C{faketcp:} endpoint string parsers with Twisted.
+"""
+
+from faketcp_twisted.endpoints import FakeTCPClientParser, FakeTCPServerParser
+
+faketcpServerParser = FakeTCPServerParser()
+faketcpClientParser = FakeTCPClientParser()
