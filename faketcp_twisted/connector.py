@@ -8,7 +8,6 @@ remote port (in one network namespace) share that capture.
 from __future__ import annotations
 
 import errno
-import os
 import socket
 from typing import Any
 
@@ -21,42 +20,50 @@ from zope.interface import implementer
 from . import adoption, kernel
 from .demux import Demultiplexer, FlowOptions
 from .errors import ConnectFirewallError, ConnectPermissionError, HandshakeNotSeenError, connect_error
-from .firewall import FirewallUnavailable, SilenceRule, silencer
+from .firewall import FirewallUnavailable, SilenceRule, netns_id, silencer
 from .table import Role
 from .transport import FakeTCPTransport
-
-
-def _netns() -> int:
-    return os.stat("/proc/thread-self/ns/net").st_ino
 
 
 class _SharedCaptures:
     """
     The client demultiplexers, one per (network namespace, family, remote
-    port, mark), with a count of users: connections being made and
-    connections up.
+    port, mark).  One stays open while a connection to its remote port is
+    being made or is up; closing the last one closes the capture at once
+    (its flows' time-wait ends with it).
     """
 
     def __init__(self) -> None:
-        self._entries: dict[tuple[int, int, int, int], list[Any]] = {}
+        self._demuxes: dict[tuple[int, int, int, int], Demultiplexer] = {}
+        self._connecting: dict[Demultiplexer, int] = {}
 
     def acquire(self, reactor: Any, family: int, port: int, options: FlowOptions) -> Demultiplexer:
-        key = (_netns(), family, port, options.mark)
-        entry = self._entries.get(key)
-        if entry is None or entry[0]._closed:
+        """
+        The demultiplexer for a new connection attempt to C{port}.
+        """
+        key = (netns_id(), family, port, options.mark)
+        demux = self._demuxes.get(key)
+        if demux is None:
             demux = Demultiplexer(reactor, family, port, Role.CLIENT, options)
-            entry = self._entries[key] = [demux, 0]
-        entry[1] += 1
-        return entry[0]
+            demux.on_released = lambda: self._maybeClose(key, demux)
+            self._demuxes[key] = demux
+        self._connecting[demux] = self._connecting.get(demux, 0) + 1
+        return demux
 
-    def release(self, demux: Demultiplexer) -> None:
-        for key, entry in list(self._entries.items()):
-            if entry[0] is demux:
-                entry[1] -= 1
-                if entry[1] <= 0:
-                    del self._entries[key]
-                    demux.close()
-                return
+    def attempt_over(self, demux: Demultiplexer) -> None:
+        """
+        A connection attempt ended, made or failed.
+        """
+        self._connecting[demux] -= 1
+        demux.on_released()  # type: ignore[misc]
+
+    def _maybeClose(self, key: tuple[int, int, int, int], demux: Demultiplexer) -> None:
+        if demux.transports or self._connecting.get(demux, 0) > 0:
+            return
+        self._connecting.pop(demux, None)
+        if self._demuxes.get(key) is demux:
+            del self._demuxes[key]
+        demux.close()
 
 
 captures = _SharedCaptures()
@@ -98,7 +105,7 @@ class FakeTCPConnector:
         self._timeout_call: Any = None
         self._writing = False
         self._done = False
-        self._namespace = _netns()
+        self._namespace = netns_id()
 
     # -- IWriteDescriptor (connect completion) ----------------------------
 
@@ -109,7 +116,12 @@ class FakeTCPConnector:
         return f"FakeTCPConnector {self.host}:{self.port}"
 
     def connectionLost(self, reason: Failure) -> None:
-        self._fail(error.ConnectError(string="reactor stopped"))
+        # The reactor saw an error or hang-up on the connecting socket (a
+        # refused connection, say); SO_ERROR tells which.
+        self._writing = False
+        sock = self.sock
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if sock is not None else 0
+        self._fail(connect_error(code) if code else error.ConnectError(string=str(reason.value)))
 
     def doWrite(self) -> None:
         self._stopWriting()
@@ -200,21 +212,24 @@ class FakeTCPConnector:
                 transport.refuse()
                 return
             self._finishAttempt()
+            self.sock = None
             transport.on_socket_closed = self._transportClosed(demux, self.rule, self._namespace)
             protocol = self.factory.buildProtocol(transport.getPeer())
             if protocol is None:
                 transport.refuse()
+            else:
+                adoption.connect_protocol(transport, protocol)
+            captures.attempt_over(demux)
+            if protocol is None:
                 self.deferred.errback(error.ConnectError(string="the factory built no protocol"))
-                return
-            adoption.connect_protocol(transport, protocol)
-            self.deferred.callback(protocol)
+            else:
+                self.deferred.callback(protocol)
 
         adoption.adopt(demux, sock, key, start, lambda: self._fail(HandshakeNotSeenError()))
 
     @staticmethod
     def _transportClosed(demux: Demultiplexer, rule: SilenceRule | None, namespace: int) -> Any:
         def closed() -> None:
-            captures.release(demux)
             if rule is not None:
                 silencer.release(rule, namespace)
 
@@ -241,7 +256,7 @@ class FakeTCPConnector:
         if sock is not None:
             kernel.close_silently(sock)
         if self.demux is not None:
-            captures.release(self.demux)
+            captures.attempt_over(self.demux)
             self.demux = None
         if self.rule is not None:
             silencer.release(self.rule, self._namespace)

@@ -105,6 +105,10 @@ class Demultiplexer:
         self._closing_sockets: deque[tuple[float, socket.socket, Callable[[], None] | None]] = deque()
         #: Called when a flow left, so the owner can close an unused capture.
         self.on_released: Callable[[], None] | None = None
+        #: Called when the capture saw a handshake complete, so the owner
+        #: can accept (and adopt) the connection within the same batch.
+        self.on_handshake: Callable[[], None] | None = None
+        self.reading = False
         self._waiters: list[Callable[[], bool]] = []
         self._addresses: dict[bytes, tuple] = {}
         self._closed = False
@@ -129,8 +133,17 @@ class Demultiplexer:
         """
         Read a batch of captured packets and hand each to its flow.
         """
-        if self._closed:
+        if self._closed or self.reading:
             return
+        self.reading = True
+        try:
+            self._readBatch()
+        finally:
+            self.reading = False
+        if self._waiters:
+            self._waiters = [waiter for waiter in self._waiters if not waiter()]
+
+    def _readBatch(self) -> None:
         now = self.reactor.seconds()
         flows = self.table.flows
         transports = self.transports
@@ -149,8 +162,11 @@ class Demultiplexer:
             reply = table.receive_unadopted(key, segment, now)
             if reply is not None:
                 self.transmit(reply, self.sockaddr(segment.src))
-        if self._waiters:
-            self._waiters = [waiter for waiter in self._waiters if not waiter()]
+            if table.completed:
+                table.completed.clear()
+                if self.on_handshake is not None:
+                    self.on_handshake()
+                    now = self.reactor.seconds()
 
     def doWrite(self) -> None:
         """

@@ -13,6 +13,7 @@ killed before it could remove them.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import socket
@@ -122,7 +123,21 @@ def _build(iptc: Any, rule: SilenceRule) -> Any:
     return made
 
 
-def _netns_id() -> int:
+CLONE_NEWNET = 0x40000000
+
+
+def _setns(fd: int) -> None:
+    # os.setns arrived in Python 3.12; libc's is the same call.
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def netns_id() -> int:
+    """
+    The identity (inode) of the calling thread's network namespace.
+    """
     return os.stat("/proc/thread-self/ns/net").st_ino
 
 
@@ -137,13 +152,13 @@ class _InNamespace:
         self.previous: int | None = None
 
     def __enter__(self) -> None:
-        if os.fstat(self.fd).st_ino != _netns_id():
+        if os.fstat(self.fd).st_ino != netns_id():
             self.previous = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-            os.setns(self.fd, os.CLONE_NEWNET)
+            _setns(self.fd)
 
     def __exit__(self, *exc_info: object) -> None:
         if self.previous is not None:
-            os.setns(self.previous, os.CLONE_NEWNET)
+            _setns(self.previous)
             os.close(self.previous)
             self.previous = None
 
@@ -157,25 +172,24 @@ class Silencer:
         self._lock = threading.Lock()
         # (namespace, rule) -> [users, namespace fd]
         self._rules: dict[tuple[int, SilenceRule], list[int]] = {}
-        self._swept: set[int] = set()
 
     def acquire(self, rule: SilenceRule) -> None:
         """
         Install C{rule} in the current network namespace, or count one more
-        user of it.  The first use in a namespace sweeps stale rules there.
+        user of it.  Installing first sweeps stale rules (namespace
+        identities are inode numbers, which the kernel reuses, so there is
+        no remembering which namespaces were swept).
 
         @raise FirewallUnavailable: the rule cannot be written.
         """
         iptc = _iptc()
-        namespace = _netns_id()
+        namespace = netns_id()
         with self._lock:
-            if namespace not in self._swept:
-                sweep(iptc)
-                self._swept.add(namespace)
             entry = self._rules.get((namespace, rule))
             if entry is not None:
                 entry[0] += 1
                 return
+            sweep(iptc)
             chain = _chain(iptc, rule.family)
             try:
                 chain.insert_rule(_build(iptc, rule))
@@ -189,7 +203,7 @@ class Silencer:
         Drop one user of C{rule}; the last one removes it, in the namespace
         where it was installed.
         """
-        namespace = _netns_id() if namespace is None else namespace
+        namespace = netns_id() if namespace is None else namespace
         with self._lock:
             entry = self._rules.get((namespace, rule))
             if entry is None:

@@ -21,7 +21,7 @@ from zope.interface import implementer
 from . import adoption, kernel
 from .demux import Demultiplexer, FlowOptions
 from .errors import ListenFirewallError, ListenPermissionError, listen_error
-from .firewall import FirewallUnavailable, SilenceRule, silencer
+from .firewall import FirewallUnavailable, SilenceRule, netns_id, silencer
 from .table import Role
 from .transport import FakeTCPTransport
 
@@ -83,6 +83,7 @@ class FakeTCPPort:
         self.connected = False
         self._acceptor = _Acceptor(self)
         self._stopped: defer.Deferred[None] | None = None
+        self._namespace = netns_id()
 
     def _families(self) -> tuple[int, list[int]]:
         host = self.interface or "0.0.0.0"
@@ -100,6 +101,7 @@ class FakeTCPPort:
         @raise CannotListenError: a subclass naming the reason.
         """
         interface = self.interface
+        self._namespace = netns_id()
         kernel.require_privileges(lambda: ListenPermissionError(interface, self.port))
         try:
             family, families = self._families()
@@ -127,6 +129,7 @@ class FakeTCPPort:
             for each in families:
                 demux = Demultiplexer(self.reactor, each, self.port, Role.SERVER, self.options)
                 demux.on_released = self._maybeFinish
+                demux.on_handshake = self._accept
                 self.demuxes[each] = demux
             listener.listen(self.backlog)
         except FirewallUnavailable as failure:
@@ -156,7 +159,7 @@ class FakeTCPPort:
             demux.close()
         self.demuxes.clear()
         for rule in self.rules:
-            silencer.release(rule)
+            silencer.release(rule, self._namespace)
         self.rules.clear()
 
     def _accept(self) -> None:

@@ -63,7 +63,7 @@ class TableLimits:
 
     embryos: int = 1024
     embryo_lifetime: float = 10.0
-    early_segments: int = 64
+    early_segments: int = 128
     early_bytes: int = 256 * 1024
     time_wait: float = 30.0
     time_waits: int = 4096
@@ -88,6 +88,10 @@ class FlowTable:
         # remote port); the local address is only known once connected.
         self.expected: set[tuple[int, bytes, int]] = set()
         self.drops: Counter[str] = Counter()
+        #: Keys whose handshake became fully known since the owner last
+        #: looked: the owner may adopt them at once, before more of their
+        #: data piles up as early segments.
+        self.completed: list[FlowKey] = []
 
     # -- segments of no adopted flow -------------------------------------
 
@@ -140,6 +144,8 @@ class FlowTable:
             return None
         if flags & ACK and embryo.local_isn is None:
             embryo.local_isn = (segment.ack - 1) & 0xFFFFFFFF
+            if embryo.remote_isn is not None:
+                self.completed.append(key)
         if segment.payload or flags & FIN:
             limits = self.limits
             if (

@@ -1,0 +1,811 @@
+"""
+Tests for L{faketcp_twisted.flow}: two sans-IO L{Flow}s, a client's and a
+server's with mirrored keys and initial sequence numbers, driven against
+each other in memory.  Every packet one side produces goes through
+L{parse_packet} (checksum verified) into the other side's C{receive}, so
+the tests also show that what a flow sends is well-formed on the wire.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from faketcp_twisted.flow import (
+    WINDOW_FIELD,
+    EndReason,
+    Flow,
+    FlowKey,
+    FlowState,
+    FlowStats,
+)
+from faketcp_twisted.segment import (
+    ACK,
+    FIN,
+    PSH,
+    RST,
+    SYN,
+    Segment,
+    build_packet,
+    parse_packet,
+)
+
+CLIENT_ADDR = socket.inet_pton(socket.AF_INET, "192.0.2.1")
+SERVER_ADDR = socket.inet_pton(socket.AF_INET, "198.51.100.7")
+CLIENT_ADDR6 = socket.inet_pton(socket.AF_INET6, "2001:db8::1")
+SERVER_ADDR6 = socket.inet_pton(socket.AF_INET6, "2001:db8::2")
+CLIENT_PORT = 40000
+SERVER_PORT = 443
+
+CLIENT_ISN = 0x11111111
+SERVER_ISN = 0x88888888
+#: An ISN whose first bytes wrap sequence numbers past 2**32.
+NEAR_WRAP_ISN = 0xFFFFFFF0
+
+MSS = 1200
+
+
+class Pair:
+    """
+    A client flow and a server flow connected back to back.
+    """
+
+    def __init__(
+        self,
+        client_isn: int = CLIENT_ISN,
+        server_isn: int = SERVER_ISN,
+        family: int = socket.AF_INET,
+        **kwargs: object,
+    ) -> None:
+        if family == socket.AF_INET:
+            client_addr, server_addr = CLIENT_ADDR, SERVER_ADDR
+        else:
+            client_addr, server_addr = CLIENT_ADDR6, SERVER_ADDR6
+        self.client_isn = client_isn
+        self.server_isn = server_isn
+        self.client = Flow.from_handshake(
+            FlowKey(client_addr, CLIENT_PORT, server_addr, SERVER_PORT),
+            client_isn,
+            server_isn,
+            MSS,
+            0.0,
+            **kwargs,  # type: ignore[arg-type]
+        )
+        self.server = Flow.from_handshake(
+            FlowKey(server_addr, SERVER_PORT, client_addr, CLIENT_PORT),
+            server_isn,
+            client_isn,
+            MSS,
+            0.0,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    def peer(self, flow: Flow) -> Flow:
+        return self.server if flow is self.client else self.client
+
+
+def wire(packet: bytes) -> Segment:
+    """
+    What the other side's capture makes of C{packet}.
+    """
+    return parse_packet(packet, verify_checksum=True)
+
+
+def deliver(packet: bytes, to: Flow, now: float = 1.0) -> bytes | None:
+    """
+    Hand C{packet} to C{to} as its capture would.
+    """
+    return to.receive(wire(packet), now)
+
+
+class HandshakeStateTests(SynchronousTestCase):
+    """
+    L{Flow.from_handshake} starts where the kernel's handshake left off.
+    """
+
+    def test_sequenceNumbersStartAfterISNs(self) -> None:
+        """
+        Each side's next sequence number is its ISN plus one, and its ack is
+        the peer's ISN plus one.
+        """
+        pair = Pair()
+        self.assertEqual(pair.client.snd_nxt, CLIENT_ISN + 1)
+        self.assertEqual(pair.client.rcv_high, SERVER_ISN + 1)
+        self.assertEqual(pair.server.snd_nxt, SERVER_ISN + 1)
+        self.assertEqual(pair.server.rcv_high, CLIENT_ISN + 1)
+        self.assertIs(pair.client.state, FlowState.ESTABLISHED)
+        self.assertIsNone(pair.client.end_reason)
+        self.assertTrue(pair.client.can_send)
+        self.assertTrue(pair.client.can_receive)
+
+    def test_isnAtTopWraps(self) -> None:
+        """
+        An ISN of 2**32 - 1 gives a next sequence number of zero.
+        """
+        pair = Pair(client_isn=0xFFFFFFFF, server_isn=0xFFFFFFFF)
+        self.assertEqual(pair.client.snd_nxt, 0)
+        self.assertEqual(pair.client.rcv_high, 0)
+
+    def test_ackEveryFromReceiveWindow(self) -> None:
+        """
+        A bare ACK is due after a quarter of the receive window, at most
+        1 MiB and at least one byte.
+        """
+        key = FlowKey(CLIENT_ADDR, 1, SERVER_ADDR, 2)
+        self.assertEqual(Flow.from_handshake(key, 0, 0, MSS, 0.0, receive_window=4000).ack_every, 1000)
+        self.assertEqual(Flow.from_handshake(key, 0, 0, MSS, 0.0, receive_window=1 << 30).ack_every, 1 << 20)
+        self.assertEqual(Flow.from_handshake(key, 0, 0, MSS, 0.0, receive_window=1).ack_every, 1)
+        self.assertEqual(Flow.from_handshake(key, 0, 0, MSS, 0.0, receive_window=0).ack_every, 1)
+
+
+class DataTests(SynchronousTestCase):
+    """
+    Data segments in both directions.
+    """
+
+    def test_deliveredExactlyBothWays(self) -> None:
+        """
+        Every datagram sent is delivered once, unchanged, in both directions.
+        """
+        pair = Pair()
+        for i in range(5):
+            data = b"c2s %d " % i + b"x" * i
+            self.assertEqual(deliver(pair.client.send(data, 1.0), pair.server), data)
+            reply = b"s2c %d " % i + b"y" * (2 * i)
+            self.assertEqual(deliver(pair.server.send(reply, 1.0), pair.client), reply)
+
+    def test_ipv6(self) -> None:
+        """
+        Flows between IPv6 addresses work the same.
+        """
+        pair = Pair(family=socket.AF_INET6)
+        packet = pair.client.send(b"over six", 1.0)
+        self.assertEqual(wire(packet).family, socket.AF_INET6)
+        self.assertEqual(deliver(packet, pair.server), b"over six")
+
+    def test_emptyDatagram(self) -> None:
+        """
+        An empty datagram makes a PSH|ACK segment that delivers nothing and
+        does not advance the sequence number.
+        """
+        pair = Pair()
+        segment = wire(pair.client.send(b"", 1.0))
+        self.assertEqual(segment.flags, PSH | ACK)
+        self.assertEqual(segment.seq, CLIENT_ISN + 1)
+        self.assertEqual(pair.client.snd_nxt, CLIENT_ISN + 1)
+        self.assertIsNone(pair.server.receive(segment, 1.0))
+
+    def test_segmentFields(self) -> None:
+        """
+        A data segment carries the flow's addresses and ports, PSH|ACK, the
+        constant window field and no options.
+        """
+        pair = Pair()
+        segment = wire(pair.client.send(b"hello", 1.0))
+        self.assertEqual(
+            (segment.src, segment.dst, segment.sport, segment.dport),
+            (CLIENT_ADDR, SERVER_ADDR, CLIENT_PORT, SERVER_PORT),
+        )
+        self.assertEqual(segment.flags, PSH | ACK)
+        self.assertEqual(segment.window, 0xFFFF)
+        self.assertEqual(WINDOW_FIELD, 0xFFFF)
+        self.assertEqual(segment.options, b"")
+
+    def test_seqAdvancesFromISNPlusOne(self) -> None:
+        """
+        The first segment has sequence number ISN + 1; each next one starts
+        where the previous payload ended.
+        """
+        pair = Pair()
+        seqs = [wire(pair.client.send(b"a" * size, 1.0)).seq for size in (10, 20, 30, 1)]
+        base = CLIENT_ISN + 1
+        self.assertEqual(seqs, [base, base + 10, base + 30, base + 60])
+        self.assertEqual(pair.client.snd_nxt, base + 61)
+
+    def test_seqWrapsAround(self) -> None:
+        """
+        Sequence numbers wrap modulo 2**32 and data keeps flowing.
+        """
+        pair = Pair(client_isn=NEAR_WRAP_ISN)
+        packets = [pair.client.send(b"z" * 10, 1.0) for _ in range(3)]
+        self.assertEqual([wire(p).seq for p in packets], [0xFFFFFFF1, 0xFFFFFFFB, 0x00000005])
+        self.assertEqual([deliver(p, pair.server) for p in packets], [b"z" * 10] * 3)
+        self.assertEqual(pair.server.rcv_high, 0x0F)
+        self.assertEqual(pair.server.stats.rx_gap_bytes, 0)
+
+    def test_ackIsHighestByteSeen(self) -> None:
+        """
+        Every segment sent acknowledges the end of the highest byte seen from
+        the peer.
+        """
+        pair = Pair()
+        first = wire(pair.server.send(b"before", 1.0))
+        self.assertEqual(first.ack, CLIENT_ISN + 1)
+        for size in (100, 200, 300):
+            deliver(pair.client.send(b"d" * size, 1.0), pair.server)
+        self.assertEqual(pair.server.rcv_high, CLIENT_ISN + 1 + 600)
+        self.assertEqual(wire(pair.server.send(b"r", 1.0)).ack, CLIENT_ISN + 1 + 600)
+        self.assertEqual(wire(pair.server.bare_ack(1.0)).ack, CLIENT_ISN + 1 + 600)
+
+    def test_bareAck(self) -> None:
+        """
+        A bare ACK carries ACK alone, no payload, and does not advance the
+        sequence number.
+        """
+        pair = Pair()
+        pair.client.send(b"12345", 1.0)
+        segment = wire(pair.client.bare_ack(2.0))
+        self.assertEqual(segment.flags, ACK)
+        self.assertEqual(segment.payload, b"")
+        self.assertEqual(segment.seq, CLIENT_ISN + 6)
+        self.assertEqual(pair.client.snd_nxt, CLIENT_ISN + 6)
+        self.assertEqual(pair.client.last_tx, 2.0)
+        self.assertIsNone(deliver(pair.client.bare_ack(2.0), pair.server))
+
+    def test_sendRejectsMoreThanMSS(self) -> None:
+        """
+        A datagram larger than the MSS is refused and changes nothing; one of
+        exactly the MSS is sent.
+        """
+        pair = Pair()
+        self.assertRaises(ValueError, pair.client.send, b"x" * (MSS + 1), 1.0)
+        self.assertEqual(pair.client.snd_nxt, CLIENT_ISN + 1)
+        self.assertEqual(pair.client.stats.tx_segments, 0)
+        self.assertEqual(deliver(pair.client.send(b"x" * MSS, 1.0), pair.server), b"x" * MSS)
+
+    def test_stats(self) -> None:
+        """
+        Segments and bytes are counted in both directions.
+        """
+        pair = Pair()
+        for size in (3, 4):
+            deliver(pair.client.send(b"s" * size, 1.0), pair.server)
+        self.assertEqual((pair.client.stats.tx_segments, pair.client.stats.tx_bytes), (2, 7))
+        self.assertEqual((pair.server.stats.rx_segments, pair.server.stats.rx_bytes), (2, 7))
+        self.assertEqual(pair.server.stats.rx_loss_estimate, 0.0)
+
+    def test_timesRecorded(self) -> None:
+        """
+        Sending records C{last_tx}; receiving records C{last_rx}.
+        """
+        pair = Pair()
+        packet = pair.client.send(b"t", 3.5)
+        self.assertEqual(pair.client.last_tx, 3.5)
+        pair.server.receive(wire(packet), 4.5)
+        self.assertEqual(pair.server.last_rx, 4.5)
+
+
+class LossTests(SynchronousTestCase):
+    """
+    A lost segment is a datagram that never arrives; the flow never waits
+    for it.
+    """
+
+    def test_gapSkipped(self) -> None:
+        """
+        With the middle segment lost, the next one is delivered, the ack
+        jumps past the gap, and the gap is counted as lost.
+        """
+        pair = Pair()
+        first = pair.client.send(b"1" * 100, 1.0)
+        pair.client.send(b"2" * 100, 1.0)  # lost
+        third = pair.client.send(b"3" * 100, 1.0)
+        self.assertEqual(deliver(first, pair.server), b"1" * 100)
+        self.assertEqual(deliver(third, pair.server), b"3" * 100)
+        self.assertEqual(pair.server.rcv_high, CLIENT_ISN + 1 + 300)
+        self.assertEqual(wire(pair.server.bare_ack(1.0)).ack, CLIENT_ISN + 1 + 300)
+        stats = pair.server.stats
+        self.assertEqual(stats.rx_gap_bytes, 100)
+        self.assertEqual(stats.rx_reordered, 0)
+        self.assertGreater(stats.rx_loss_estimate, 0)
+        self.assertAlmostEqual(stats.rx_loss_estimate, 1 / 3)
+
+    def test_gapAcrossWrap(self) -> None:
+        """
+        A gap spanning the wrap of sequence numbers is measured correctly.
+        """
+        pair = Pair(client_isn=NEAR_WRAP_ISN)
+        pair.client.send(b"a" * 30, 1.0)  # lost: covers 0xfffffff1 .. 0x0e
+        second = pair.client.send(b"b" * 10, 1.0)
+        self.assertEqual(deliver(second, pair.server), b"b" * 10)
+        self.assertEqual(pair.server.stats.rx_gap_bytes, 30)
+        self.assertEqual(pair.server.rcv_high, (NEAR_WRAP_ISN + 41) & 0xFFFFFFFF)
+
+    def test_lossEstimateFormula(self) -> None:
+        """
+        The estimate is presumed-lost bytes over expected bytes, and zero
+        before anything arrived.
+        """
+        self.assertEqual(FlowStats().rx_loss_estimate, 0.0)
+        self.assertEqual(FlowStats(rx_bytes=300, rx_gap_bytes=100).rx_loss_estimate, 0.25)
+
+
+class ReorderTests(SynchronousTestCase):
+    """
+    Segments arriving out of order are delivered as they arrive.
+    """
+
+    def test_deliveredInNetworkOrder(self) -> None:
+        """
+        Segment 2 arriving before segment 1: both are delivered, in arrival
+        order; the reordering is counted and the loss estimate is back to
+        zero once the gap is filled.
+        """
+        pair = Pair()
+        first = pair.client.send(b"1" * 100, 1.0)
+        second = pair.client.send(b"2" * 100, 1.0)
+        self.assertEqual(deliver(second, pair.server), b"2" * 100)
+        self.assertGreater(pair.server.stats.rx_loss_estimate, 0)
+        self.assertEqual(deliver(first, pair.server), b"1" * 100)
+        stats = pair.server.stats
+        self.assertEqual(stats.rx_reordered, 1)
+        self.assertEqual(stats.rx_late_bytes, 100)
+        self.assertEqual(stats.rx_loss_estimate, 0.0)
+
+    def test_ackDoesNotGoBack(self) -> None:
+        """
+        A late segment does not pull the ack back.
+        """
+        pair = Pair()
+        first = pair.client.send(b"1" * 100, 1.0)
+        second = pair.client.send(b"2" * 100, 1.0)
+        deliver(second, pair.server)
+        deliver(first, pair.server)
+        self.assertEqual(pair.server.rcv_high, CLIENT_ISN + 201)
+
+    def test_partialGapFill(self) -> None:
+        """
+        Of two lost-looking segments, the one that arrives late no longer
+        counts as lost; the other still does.
+        """
+        pair = Pair()
+        a = pair.client.send(b"a" * 100, 1.0)
+        pair.client.send(b"b" * 100, 1.0)  # lost for good
+        c = pair.client.send(b"c" * 100, 1.0)
+        deliver(c, pair.server)
+        self.assertEqual(pair.server.stats.rx_gap_bytes, 200)
+        deliver(a, pair.server)
+        self.assertAlmostEqual(pair.server.stats.rx_loss_estimate, 1 / 3)
+
+    def test_overlapExtendsAck(self) -> None:
+        """
+        A segment that starts before the highest byte seen and ends after it
+        moves the ack to its end without counting a gap.
+        """
+        pair = Pair()
+        base = CLIENT_ISN + 1
+        deliver(pair.client.send(b"x" * 100, 1.0), pair.server)
+        overlapping = build_packet(
+            CLIENT_ADDR, SERVER_ADDR, CLIENT_PORT, SERVER_PORT, base + 50, SERVER_ISN + 1, PSH | ACK, 0xFFFF, b"o" * 100
+        )
+        self.assertEqual(deliver(overlapping, pair.server), b"o" * 100)
+        self.assertEqual(pair.server.rcv_high, base + 150)
+        self.assertEqual(pair.server.stats.rx_gap_bytes, 0)
+
+
+class DuplicateTests(SynchronousTestCase):
+    """
+    Datagram semantics: a duplicated segment is delivered again (tcpraw
+    peers may send under sequence numbers already used).
+    """
+
+    def test_deliveredTwice(self) -> None:
+        """
+        The same segment twice is delivered twice, and the ack does not move
+        back.
+        """
+        pair = Pair()
+        packet = pair.client.send(b"dup", 1.0)
+        later = pair.client.send(b"later", 1.0)
+        self.assertEqual(deliver(packet, pair.server), b"dup")
+        self.assertEqual(deliver(later, pair.server), b"later")
+        high = pair.server.rcv_high
+        self.assertEqual(deliver(packet, pair.server), b"dup")
+        self.assertEqual(deliver(later, pair.server), b"later")
+        self.assertEqual(pair.server.rcv_high, high)
+        self.assertEqual(pair.server.stats.rx_gap_bytes, 0)
+        self.assertEqual(pair.server.stats.rx_loss_estimate, 0.0)
+
+    def test_reusedSequenceNumbers(self) -> None:
+        """
+        Different datagrams under one sequence number are each delivered.
+        """
+        pair = Pair()
+        base = CLIENT_ISN + 1
+        for payload in (b"one", b"two", b"three"):
+            packet = build_packet(
+                CLIENT_ADDR, SERVER_ADDR, CLIENT_PORT, SERVER_PORT, base, SERVER_ISN + 1, PSH | ACK, 0xFFFF, payload
+            )
+            self.assertEqual(deliver(packet, pair.server), payload)
+        self.assertEqual(pair.server.rcv_high, base + 5)
+
+    def test_duplicateAfterGapIsNotLate(self) -> None:
+        """
+        A duplicate of a segment received after a gap is not inside the gap:
+        it does not count as the lost bytes arriving late, so the loss
+        estimate stays above zero.
+        """
+        pair = Pair()
+        first = pair.client.send(b"1" * 100, 1.0)
+        pair.client.send(b"2" * 100, 1.0)  # lost for good
+        third = pair.client.send(b"3" * 100, 1.0)
+        deliver(first, pair.server)
+        deliver(third, pair.server)
+        self.assertEqual(deliver(third, pair.server), b"3" * 100)
+        self.assertGreater(pair.server.stats.rx_loss_estimate, 0)
+        self.assertEqual(pair.server.stats.rx_late_bytes, 0)
+
+
+class FinTests(SynchronousTestCase):
+    """
+    Closing with FIN, one half at a time.
+    """
+
+    def test_finishHalfCloses(self) -> None:
+        """
+        After C{finish} this side can no longer send but still receives; the
+        FIN segment carries FIN|ACK and takes one sequence number.
+        """
+        pair = Pair()
+        segment = wire(pair.client.finish(2.0))
+        self.assertEqual(segment.flags, FIN | ACK)
+        self.assertEqual(segment.seq, CLIENT_ISN + 1)
+        self.assertEqual(segment.payload, b"")
+        self.assertEqual(pair.client.snd_nxt, CLIENT_ISN + 2)
+        self.assertEqual(pair.client.last_tx, 2.0)
+        self.assertIs(pair.client.state, FlowState.WRITE_CLOSED)
+        self.assertFalse(pair.client.can_send)
+        self.assertTrue(pair.client.can_receive)
+        self.assertEqual(deliver(pair.server.send(b"still", 1.0), pair.client), b"still")
+
+    def test_peerFinReadCloses(self) -> None:
+        """
+        The peer's FIN makes the flow read-closed: it may still send, and the
+        FIN is acknowledged.
+        """
+        pair = Pair()
+        deliver(pair.client.send(b"abc", 1.0), pair.server)
+        self.assertIsNone(deliver(pair.client.finish(1.0), pair.server))
+        self.assertIs(pair.server.state, FlowState.READ_CLOSED)
+        self.assertIsNone(pair.server.end_reason)
+        self.assertTrue(pair.server.can_send)
+        self.assertFalse(pair.server.can_receive)
+        self.assertEqual(pair.server.rcv_high, CLIENT_ISN + 5)
+        reply = pair.server.send(b"reply", 1.0)
+        self.assertEqual(wire(reply).ack, CLIENT_ISN + 5)
+        self.assertEqual(deliver(reply, pair.client), b"reply")
+
+    def test_bothFinsClose(self) -> None:
+        """
+        FIN from both sides closes both flows: the first to finish ends by
+        the peer's FIN, the second by its own.
+        """
+        pair = Pair()
+        deliver(pair.client.finish(1.0), pair.server)
+        fin = pair.server.finish(2.0)
+        self.assertIs(pair.server.state, FlowState.CLOSED)
+        self.assertIs(pair.server.end_reason, EndReason.LOCAL_FIN)
+        self.assertFalse(pair.server.can_send)
+        self.assertEqual(wire(fin).ack, CLIENT_ISN + 2)
+        self.assertIsNone(deliver(fin, pair.client))
+        self.assertIs(pair.client.state, FlowState.CLOSED)
+        self.assertIs(pair.client.end_reason, EndReason.PEER_FIN)
+        self.assertEqual(pair.client.rcv_high, SERVER_ISN + 2)
+
+    def test_dataInFinSegmentDelivered(self) -> None:
+        """
+        Data carried by the FIN segment itself is delivered, and the ack
+        covers both the data and the FIN.
+        """
+        pair = Pair()
+        packet = build_packet(
+            CLIENT_ADDR,
+            SERVER_ADDR,
+            CLIENT_PORT,
+            SERVER_PORT,
+            CLIENT_ISN + 1,
+            SERVER_ISN + 1,
+            FIN | PSH | ACK,
+            0xFFFF,
+            b"last words",
+        )
+        self.assertEqual(deliver(packet, pair.server), b"last words")
+        self.assertIs(pair.server.state, FlowState.READ_CLOSED)
+        self.assertEqual(pair.server.rcv_high, CLIENT_ISN + 1 + 10 + 1)
+
+    def test_dataInFinDeliveredWhenWriteClosed(self) -> None:
+        """
+        A data-carrying FIN that ends a half-closed flow is still delivered.
+        """
+        pair = Pair()
+        pair.server.finish(1.0)
+        packet = build_packet(
+            CLIENT_ADDR,
+            SERVER_ADDR,
+            CLIENT_PORT,
+            SERVER_PORT,
+            CLIENT_ISN + 1,
+            SERVER_ISN + 2,
+            FIN | PSH | ACK,
+            0xFFFF,
+            b"bye",
+        )
+        self.assertEqual(deliver(packet, pair.server), b"bye")
+        self.assertIs(pair.server.state, FlowState.CLOSED)
+        self.assertIs(pair.server.end_reason, EndReason.PEER_FIN)
+
+    def test_nothingDeliveredAfterPeerFin(self) -> None:
+        """
+        Data arriving after the peer's FIN is not delivered.
+        """
+        pair = Pair()
+        late = pair.client.send(b"late", 1.0)
+        deliver(pair.client.finish(1.0), pair.server)
+        self.assertIsNone(deliver(late, pair.server))
+
+    def test_duplicateFinChangesNothing(self) -> None:
+        """
+        A second copy of the peer's FIN leaves the flow read-closed.
+        """
+        pair = Pair()
+        fin = pair.client.finish(1.0)
+        deliver(fin, pair.server)
+        deliver(fin, pair.server)
+        self.assertIs(pair.server.state, FlowState.READ_CLOSED)
+        self.assertEqual(pair.server.rcv_high, CLIENT_ISN + 2)
+
+
+class ResetTests(SynchronousTestCase):
+    """
+    Aborting with RST.
+    """
+
+    def test_resetClosesBoth(self) -> None:
+        """
+        C{reset} closes this side (LOCAL_RST) and, once received, the peer
+        (PEER_RST).
+        """
+        pair = Pair()
+        packet = pair.client.reset(3.0)
+        segment = wire(packet)
+        self.assertEqual(segment.flags, RST | ACK)
+        self.assertEqual(segment.seq, CLIENT_ISN + 1)
+        self.assertIs(pair.client.state, FlowState.CLOSED)
+        self.assertIs(pair.client.end_reason, EndReason.LOCAL_RST)
+        self.assertFalse(pair.client.can_send)
+        self.assertFalse(pair.client.can_receive)
+        self.assertIsNone(deliver(packet, pair.server))
+        self.assertIs(pair.server.state, FlowState.CLOSED)
+        self.assertIs(pair.server.end_reason, EndReason.PEER_RST)
+
+    def test_resetWithPayloadDeliversNothing(self) -> None:
+        """
+        A RST is never delivered, even if it carries data.
+        """
+        pair = Pair()
+        packet = build_packet(
+            CLIENT_ADDR, SERVER_ADDR, CLIENT_PORT, SERVER_PORT, CLIENT_ISN + 1, SERVER_ISN + 1, RST | PSH | ACK, 0, b"no"
+        )
+        self.assertIsNone(deliver(packet, pair.server))
+        self.assertIs(pair.server.end_reason, EndReason.PEER_RST)
+
+    def test_nothingDeliveredAfterClosed(self) -> None:
+        """
+        Once closed, a flow delivers nothing and counts nothing.
+        """
+        pair = Pair()
+        data = pair.client.send(b"data", 1.0)
+        deliver(pair.client.reset(1.0), pair.server)
+        self.assertIsNone(pair.server.receive(wire(data), 9.0))
+        self.assertEqual(pair.server.stats.rx_segments, 0)
+        self.assertEqual(pair.server.last_rx, 1.0)
+        self.assertEqual(pair.server.pending, [])
+
+    def test_firstEndReasonKept(self) -> None:
+        """
+        Once a flow ended, a later RST does not change why.
+        """
+        pair = Pair()
+        deliver(pair.client.finish(1.0), pair.server)
+        deliver(pair.server.finish(1.0), pair.client)
+        self.assertIs(pair.client.end_reason, EndReason.PEER_FIN)
+        pair.client.reset(2.0)
+        self.assertIs(pair.client.end_reason, EndReason.PEER_FIN)
+        pair.client.expire()
+        self.assertIs(pair.client.end_reason, EndReason.PEER_FIN)
+
+
+class SynAckTests(SynchronousTestCase):
+    """
+    A SYN-ACK on an established flow means the peer missed the handshake's
+    last ACK.
+    """
+
+    def test_retransmittedSynAckAnsweredOnce(self) -> None:
+        """
+        A retransmitted SYN-ACK queues exactly one bare ACK answering the
+        handshake, and delivers nothing.
+        """
+        pair = Pair()
+        synack = build_packet(
+            SERVER_ADDR, CLIENT_ADDR, SERVER_PORT, CLIENT_PORT, SERVER_ISN, CLIENT_ISN + 1, SYN | ACK, 0xFFFF
+        )
+        self.assertIsNone(deliver(synack, pair.client))
+        self.assertEqual(len(pair.client.pending), 1)
+        answer = wire(pair.client.pending[0])
+        self.assertEqual(answer.flags, ACK)
+        self.assertEqual(answer.seq, CLIENT_ISN + 1)
+        self.assertEqual(answer.ack, SERVER_ISN + 1)
+        self.assertEqual(answer.payload, b"")
+        self.assertEqual(
+            (answer.src, answer.dst, answer.sport, answer.dport),
+            (CLIENT_ADDR, SERVER_ADDR, CLIENT_PORT, SERVER_PORT),
+        )
+        self.assertIs(pair.client.state, FlowState.ESTABLISHED)
+
+    def test_eachSynAckAnswered(self) -> None:
+        """
+        Each retransmission is answered once.
+        """
+        pair = Pair()
+        synack = build_packet(
+            SERVER_ADDR, CLIENT_ADDR, SERVER_PORT, CLIENT_PORT, SERVER_ISN, CLIENT_ISN + 1, SYN | ACK, 0xFFFF
+        )
+        deliver(synack, pair.client)
+        deliver(synack, pair.client)
+        self.assertEqual(len(pair.client.pending), 2)
+
+    def test_bareSynIgnored(self) -> None:
+        """
+        A SYN without ACK on an established flow is neither delivered nor
+        answered.
+        """
+        pair = Pair()
+        syn = build_packet(
+            CLIENT_ADDR, SERVER_ADDR, CLIENT_PORT, SERVER_PORT, CLIENT_ISN, 0, SYN, 0xFFFF, b"syn data"
+        )
+        self.assertIsNone(deliver(syn, pair.server))
+        self.assertEqual(pair.server.pending, [])
+        self.assertIs(pair.server.state, FlowState.ESTABLISHED)
+        self.assertEqual(pair.server.rcv_high, CLIENT_ISN + 1)
+
+
+class AckEveryTests(SynchronousTestCase):
+    """
+    Bare ACKs keep the window that conntrack allows moving when this side
+    only receives.
+    """
+
+    def test_bareAckAfterThreshold(self) -> None:
+        """
+        Once C{ack_every} bytes arrived unacknowledged, one bare ACK of the
+        highest byte seen is queued.
+        """
+        pair = Pair(receive_window=4000)
+        self.assertEqual(pair.server.ack_every, 1000)
+        deliver(pair.client.send(b"a" * 500, 1.0), pair.server)
+        self.assertEqual(pair.server.pending, [])
+        deliver(pair.client.send(b"b" * 499, 1.0), pair.server)
+        self.assertEqual(pair.server.pending, [])
+        deliver(pair.client.send(b"c", 1.0), pair.server)
+        self.assertEqual(len(pair.server.pending), 1)
+        ack = wire(pair.server.pending[0])
+        self.assertEqual(ack.flags, ACK)
+        self.assertEqual(ack.ack, CLIENT_ISN + 1 + 1000)
+        self.assertEqual(pair.server.unacked_rx, 0)
+
+    def test_counterRestartsAfterBareAck(self) -> None:
+        """
+        After a bare ACK, another full C{ack_every} bytes are needed.
+        """
+        pair = Pair(receive_window=4000)
+        for _ in range(2):
+            deliver(pair.client.send(b"a" * 1000, 1.0), pair.server)
+        deliver(pair.client.send(b"a" * 999, 1.0), pair.server)
+        self.assertEqual(len(pair.server.pending), 2)
+
+    def test_sendingDataResetsCounter(self) -> None:
+        """
+        A data segment acknowledges too, so it restarts the count.
+        """
+        pair = Pair(receive_window=4000)
+        deliver(pair.client.send(b"a" * 600, 1.0), pair.server)
+        deliver(pair.server.send(b"reply", 1.0), pair.client)
+        self.assertEqual(pair.server.unacked_rx, 0)
+        deliver(pair.client.send(b"b" * 600, 1.0), pair.server)
+        self.assertEqual(pair.server.pending, [])
+
+    def test_duplicatesCount(self) -> None:
+        """
+        Received bytes count towards the threshold whatever their sequence
+        numbers.
+        """
+        pair = Pair(receive_window=4000)
+        packet = pair.client.send(b"a" * 500, 1.0)
+        deliver(packet, pair.server)
+        deliver(packet, pair.server)
+        self.assertEqual(len(pair.server.pending), 1)
+
+
+class PollTests(SynchronousTestCase):
+    """
+    L{Flow.poll} runs the idle and keepalive timers.
+    """
+
+    def test_idleExpiry(self) -> None:
+        """
+        With no segment for C{idle_timeout} seconds, C{poll} returns C{True}
+        and the flow is closed for idleness.
+        """
+        pair = Pair(idle_timeout=10.0)
+        self.assertFalse(pair.client.poll(9.9))
+        self.assertIs(pair.client.state, FlowState.ESTABLISHED)
+        self.assertTrue(pair.client.poll(10.0))
+        self.assertIs(pair.client.state, FlowState.CLOSED)
+        self.assertIs(pair.client.end_reason, EndReason.IDLE)
+        self.assertFalse(pair.client.poll(20.0))
+
+    def test_receivingDefersExpiry(self) -> None:
+        """
+        Each segment received restarts the idle timer; sending does not.
+        """
+        pair = Pair(idle_timeout=10.0)
+        pair.server.receive(wire(pair.client.send(b"x", 8.0)), 8.0)
+        pair.server.send(b"y", 15.0)
+        self.assertFalse(pair.server.poll(17.9))
+        self.assertTrue(pair.server.poll(18.0))
+
+    def test_keepalive(self) -> None:
+        """
+        A bare ACK is queued when nothing was sent for C{keepalive_interval}
+        seconds, and not again until another interval passed.
+        """
+        pair = Pair(keepalive_interval=5.0)
+        self.assertFalse(pair.client.poll(4.9))
+        self.assertEqual(pair.client.pending, [])
+        self.assertFalse(pair.client.poll(5.0))
+        self.assertEqual(len(pair.client.pending), 1)
+        self.assertEqual(wire(pair.client.pending[0]).flags, ACK)
+        self.assertFalse(pair.client.poll(9.9))
+        self.assertEqual(len(pair.client.pending), 1)
+        pair.client.poll(10.0)
+        self.assertEqual(len(pair.client.pending), 2)
+
+    def test_sendingDefersKeepalive(self) -> None:
+        """
+        Sending data restarts the keepalive timer.
+        """
+        pair = Pair(keepalive_interval=5.0)
+        pair.client.send(b"x", 4.0)
+        pair.client.poll(8.9)
+        self.assertEqual(pair.client.pending, [])
+
+    def test_keepaliveDeliversNothing(self) -> None:
+        """
+        The peer takes a keepalive without delivering anything, and its
+        idle timer restarts.
+        """
+        pair = Pair(keepalive_interval=5.0, idle_timeout=10.0)
+        pair.client.poll(5.0)
+        self.assertIsNone(pair.server.receive(wire(pair.client.pending.pop()), 9.0))
+        self.assertFalse(pair.server.poll(18.0))
+
+    def test_disabled(self) -> None:
+        """
+        With both timers disabled (zero), C{poll} never does anything.
+        """
+        pair = Pair()
+        self.assertFalse(pair.client.poll(1e9))
+        self.assertIs(pair.client.state, FlowState.ESTABLISHED)
+        self.assertEqual(pair.client.pending, [])
+
+    def test_closedFlowNotPolled(self) -> None:
+        """
+        A closed flow gets neither keepalives nor an idle expiry.
+        """
+        pair = Pair(keepalive_interval=1.0, idle_timeout=2.0)
+        pair.client.reset(0.0)
+        self.assertFalse(pair.client.poll(100.0))
+        self.assertEqual(pair.client.pending, [])
+        self.assertIs(pair.client.end_reason, EndReason.LOCAL_RST)

@@ -1,0 +1,401 @@
+"""
+Integration tests: unmodified Twisted protocols over fake-TCP between two
+network namespaces, through real kernels, raw sockets and firewall rules.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import error
+from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols import amp, basic
+from twisted.protocols.wire import Echo
+
+from faketcp_twisted.errors import PortInUseError
+
+from tests import netlab
+from tests.support import LabTestCase, Recorder, RecordingFactory, silencing_rules, sleep, wait_until
+
+
+class Sum(amp.Command):
+    arguments = [(b"a", amp.Integer()), (b"b", amp.Integer())]
+    response = [(b"total", amp.Integer())]
+
+
+class Adder(amp.AMP):
+    @Sum.responder
+    def sum(self, a: int, b: int) -> dict[str, int]:
+        return {"total": a + b}
+
+
+class LineEcho(basic.LineReceiver):
+    def lineReceived(self, line: bytes) -> None:
+        self.sendLine(b"echo: " + line)
+
+
+class LineCollector(basic.LineReceiver):
+    def connectionMade(self) -> None:
+        self.lines: list[bytes] = []
+
+    def lineReceived(self, line: bytes) -> None:
+        self.lines.append(line)
+
+
+class Greeter(Recorder):
+    """
+    Writes its first datagram in connectionMade, before the server could
+    have adopted the flow (the embryonic-buffering race).
+    """
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"first")
+        super().connectionMade()
+
+
+class EchoTests(LabTestCase):
+    """
+    Datagram semantics with Twisted's own Echo protocol.
+    """
+
+    async def test_echo_ipv4(self) -> None:
+        """
+        Each write of at most one MSS comes back as exactly one
+        dataReceived, both ways.
+        """
+        await self.listen(Factory.forProtocol(Echo))
+        client = await self.connect(RecordingFactory(), f"faketcp:host={self.lab.server4}:port={self.port}")
+        messages = [b"datagram %d " % i * (i + 1) for i in range(50)]
+        for message in messages:
+            client.transport.write(message)
+        await wait_until(lambda: len(client.received) == len(messages))
+        self.assertEqual(client.received, messages)
+
+    async def test_echo_ipv6(self) -> None:
+        """
+        An IPv6 listener on :: carries datagrams over IPv6.
+        """
+        await self.listen(Factory.forProtocol(Echo), rf"faketcp:{self.port}:interface=\:\:")
+        client = await self.connect(
+            RecordingFactory(), rf"faketcp:host={self.lab.server6.replace(':', chr(92) + ':')}:port={self.port}"
+        )
+        self.assertEqual(client.transport.getPeer().type, "TCP")
+        self.assertEqual(client.transport.getPeer().host, self.lab.server6)
+        client.transport.write(b"over six")
+        await wait_until(lambda: client.received == [b"over six"])
+
+    async def test_dual_stack_listener_serves_ipv4(self) -> None:
+        """
+        A listener on :: also serves IPv4 clients, on one capture per family.
+        """
+        port = await self.listen(Factory.forProtocol(Echo), rf"faketcp:{self.port}:interface=\:\:")
+        client = await self.connect(RecordingFactory(), f"faketcp:host={self.lab.server4}:port={self.port}")
+        client.transport.write(b"four over six")
+        await wait_until(lambda: client.received == [b"four over six"])
+        self.assertEqual(sorted(port.demuxes), sorted(port.demuxes))
+        self.assertEqual(len(port.demuxes), 2)
+
+    async def test_first_datagram_arrives(self) -> None:
+        """
+        A datagram written in connectionMade, racing the server's accept,
+        is kept by the server's embryonic entry and delivered.
+        """
+        server = RecordingFactory()
+        await self.listen(server)
+        await self.connect(Factory.forProtocol(Greeter), f"faketcp:host={self.lab.server4}:port={self.port}")
+        protocol = await server.new.get()
+        await wait_until(lambda: protocol.received == [b"first"])
+
+    async def test_large_write_split_at_mss(self) -> None:
+        """
+        A write larger than the MSS arrives as MSS-sized datagrams.
+        """
+        server = RecordingFactory()
+        await self.listen(server)
+        client = await self.connect(RecordingFactory(), f"faketcp:host={self.lab.server4}:port={self.port}")
+        mss = client.transport.flow.mss
+        self.assertEqual(mss, 1460)
+        client.transport.write(b"x" * (2 * mss + 7))
+        protocol = await server.new.get()
+        await wait_until(lambda: len(protocol.received) == 3)
+        self.assertEqual([len(d) for d in protocol.received], [mss, mss, 7])
+
+    async def test_many_clients(self) -> None:
+        """
+        Many clients at once, each getting only its own datagrams back.
+        """
+        await self.listen(Factory.forProtocol(Echo))
+        clients = [
+            await self.connect(RecordingFactory(), f"faketcp:host={self.lab.server4}:port={self.port}")
+            for _ in range(20)
+        ]
+        for index, client in enumerate(clients):
+            for n in range(5):
+                client.transport.write(b"client %d message %d" % (index, n))
+        await wait_until(lambda: all(len(c.received) == 5 for c in clients))
+        for index, client in enumerate(clients):
+            self.assertEqual(client.received, [b"client %d message %d" % (index, n) for n in range(5)])
+
+    async def test_one_capture_many_addresses(self) -> None:
+        """
+        Listening on 0.0.0.0 is reached through two local addresses, with one
+        capture, and each connection knows its own local address.
+        """
+        port = await self.listen(Factory.forProtocol(Echo))
+        first = await self.connect(RecordingFactory(), f"faketcp:host={self.lab.server4}:port={self.port}")
+        second = await self.connect(
+            RecordingFactory(), f"faketcp:host={self.lab.server4_extra[0]}:port={self.port}"
+        )
+        first.transport.write(b"one")
+        second.transport.write(b"two")
+        await wait_until(lambda: first.received == [b"one"] and second.received == [b"two"])
+        self.assertEqual(len(port.demuxes), 1)
+        hosts = sorted(t.getHost().host for t in port.demuxes[2].transports.values())
+        self.assertEqual(hosts, sorted([self.lab.server4, self.lab.server4_extra[0]]))
+
+
+class ProtocolTests(LabTestCase):
+    """
+    Unmodified stream protocols, whose messages fit in one datagram.
+    """
+
+    async def test_line_receiver(self) -> None:
+        """
+        LineReceiver on both ends.
+        """
+        await self.listen(Factory.forProtocol(LineEcho))
+        client = await self.connect(Factory.forProtocol(LineCollector), f"faketcp:host={self.lab.server4}:port={self.port}")
+        for n in range(10):
+            client.sendLine(b"line %d" % n)
+        await wait_until(lambda: len(client.lines) == 10)
+        self.assertEqual(client.lines, [b"echo: line %d" % n for n in range(10)])
+
+    async def test_amp(self) -> None:
+        """
+        AMP commands and responses.
+        """
+        await self.listen(Factory.forProtocol(Adder))
+        client = await self.connect(Factory.forProtocol(amp.AMP), f"faketcp:host={self.lab.server4}:port={self.port}")
+        results = [await client.callRemote(Sum, a=n, b=n * 10) for n in range(5)]
+        self.assertEqual([r["total"] for r in results], [n * 11 for n in range(5)])
+
+
+class ClosingTests(LabTestCase):
+    """
+    FIN, RST and idleness, as each side's protocol sees them.
+    """
+
+    async def _pair(self, **server_args: Any) -> tuple[Any, Any, Any]:
+        server = RecordingFactory()
+        options = "".join(f":{k}={v}" for k, v in server_args.items())
+        port = await self.listen(server, f"faketcp:{self.port}:interface=0.0.0.0{options}")
+        client = await self.connect(RecordingFactory(), f"faketcp:host={self.lab.server4}:port={self.port}")
+        client.transport.write(b"hello")
+        peer = await server.new.get()
+        await wait_until(lambda: peer.received == [b"hello"])
+        return port, client, peer
+
+    async def test_lose_connection_seen_by_peer(self) -> None:
+        """
+        loseConnection sends FIN: the peer sees ConnectionDone, so does the
+        closing side.
+        """
+        _port, client, peer = await self._pair()
+        client.transport.loseConnection()
+        self.assertIsInstance(await peer.lost, error.ConnectionDone)
+        self.assertIsInstance(await client.lost, error.ConnectionDone)
+
+    async def test_server_close_seen_by_client(self) -> None:
+        """
+        The server closing is seen by the client as ConnectionDone.
+        """
+        _port, client, peer = await self._pair()
+        peer.transport.loseConnection()
+        self.assertIsInstance(await client.lost, error.ConnectionDone)
+
+    async def test_abort_seen_by_peer(self) -> None:
+        """
+        abortConnection sends RST: the peer sees ConnectionLost, not Done.
+        """
+        _port, client, peer = await self._pair()
+        client.transport.abortConnection()
+        reason = await peer.lost
+        self.assertIsInstance(reason, error.ConnectionLost)
+        self.assertNotIsInstance(reason, error.ConnectionDone)
+        self.assertIsInstance(await client.lost, error.ConnectionAborted)
+
+    async def test_idle_flow_expires(self) -> None:
+        """
+        A flow silent for idleTimeout seconds ends with TimeoutError.
+        """
+        _port, client, peer = await self._pair(idleTimeout=1)
+        self.assertIsInstance(await peer.lost, error.TimeoutError)
+
+    async def test_keepalive_keeps_flow(self) -> None:
+        """
+        With keepalives from the client, an idle server flow stays up.
+        """
+        server = RecordingFactory()
+        await self.listen(server, f"faketcp:{self.port}:idleTimeout=1.5")
+        client = await self.connect(
+            RecordingFactory(), f"faketcp:host={self.lab.server4}:port={self.port}:keepalive=0.5"
+        )
+        peer = await server.new.get()
+        await sleep(3.5)
+        self.assertFalse(peer.lost.called)
+        client.transport.loseConnection()
+        self.assertIsInstance(await peer.lost, error.ConnectionDone)
+
+    async def test_failing_protocol_loses_only_its_connection(self) -> None:
+        """
+        An exception in one connection's dataReceived drops that connection
+        only; another on the same port goes on.
+        """
+
+        class Failing(Recorder):
+            def dataReceived(self, data: bytes) -> None:
+                if data == b"boom":
+                    raise RuntimeError("protocol bug")
+                self.transport.write(data)
+
+        await self.listen(Factory.forProtocol(Failing))
+        bad = await self.connect(RecordingFactory(), f"faketcp:host={self.lab.server4}:port={self.port}")
+        good = await self.connect(RecordingFactory(), f"faketcp:host={self.lab.server4}:port={self.port}")
+        bad.transport.write(b"boom")
+        self.assertIsInstance(await bad.lost, error.ConnectionLost)
+        good.transport.write(b"still here")
+        await wait_until(lambda: good.received == [b"still here"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class SilenceTests(LabTestCase):
+    """
+    The kernel stays silent, and nothing outlives the port.
+    """
+
+    def _count(self) -> None:
+        for ns in (self.lab.S, self.lab.C):
+            self.lab.count_packets(ns, "rst", ["-p", "tcp", "--tcp-flags", "RST", "RST"])
+            self.lab.count_packets(ns, "ttl1", ["-p", "tcp", "-m", "ttl", "--ttl-eq", "1"])
+            self.lab.count_packets(ns, "ttl1", ["-p", "tcp", "-m", "hl", "--hl-eq", "1"], v6=True)
+
+    async def test_no_kernel_rst_or_ttl1_reaches_peer(self) -> None:
+        """
+        Through data both ways, a close, and the port's shutdown, neither
+        host receives a RST or a TTL-1 segment.
+        """
+        self._count()
+        port = await self.listen(Factory.forProtocol(Echo))
+        client = await self.connect(RecordingFactory(), f"faketcp:host={self.lab.server4}:port={self.port}")
+        for n in range(200):
+            client.transport.write(b"%d" % n * 100)
+        await wait_until(lambda: len(client.received) == 200)
+        client.transport.loseConnection()
+        await client.lost
+        await sleep(0.2)
+        await port.stopListening()
+        await sleep(0.2)
+        for ns in (self.lab.S, self.lab.C):
+            self.assertEqual(self.lab.read_count(ns, "rst"), 0, ns)
+            self.assertEqual(self.lab.read_count(ns, "ttl1"), 0, ns)
+        self.assertNothingLeft()
+
+    async def test_stale_rule_swept_at_start(self) -> None:
+        """
+        A rule left by a process that no longer runs is removed when a port
+        starts listening in that namespace.
+        """
+        self.lab.run(
+            self.lab.S, "iptables-legacy", "-A", "OUTPUT", "-p", "tcp", "--sport", "7777",
+            "-m", "comment", "--comment", "faketcp_twisted pid=999999 start=1", "-j", "DROP",
+        )
+        self.assertEqual(len(silencing_rules(self.lab, self.lab.S)), 1)
+        await self.listen(Factory.forProtocol(Echo))
+        self.assertNotIn("7777", "".join(silencing_rules(self.lab, self.lab.S)))
+
+
+class ErrorTests(LabTestCase):
+    """
+    Clear errors, of the classes Twisted programs already handle.
+    """
+
+    async def test_port_in_use(self) -> None:
+        """
+        Listening twice on one port fails with PortInUseError.
+        """
+        await self.listen(Factory.forProtocol(Echo))
+        with netlab.in_namespace(self.lab.S):
+            from twisted.internet import reactor
+            from twisted.internet.endpoints import serverFromString
+
+            second = serverFromString(reactor, f"faketcp:{self.port}").listen(Factory.forProtocol(Echo))
+        failure = await self.assertFailure(second, PortInUseError)
+        self.assertIn("port in use", str(failure))
+        self.assertEqual(len(silencing_rules(self.lab, self.lab.S)), 1)
+
+    async def test_connection_refused(self) -> None:
+        """
+        Nobody listening: ConnectionRefusedError, and no rule left behind.
+        """
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import clientFromString
+
+        with netlab.in_namespace(self.lab.C):
+            attempt = clientFromString(reactor, f"faketcp:host={self.lab.server4}:port=9").connect(Factory.forProtocol(Protocol))
+        await self.assertFailure(attempt, error.ConnectionRefusedError)
+        self.assertEqual(silencing_rules(self.lab, self.lab.C), [])
+
+    async def test_no_route(self) -> None:
+        """
+        No route to the host: NoRouteError.
+        """
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import clientFromString
+
+        with netlab.in_namespace(self.lab.C):
+            attempt = clientFromString(reactor, "faketcp:host=198.19.200.1:port=9").connect(Factory.forProtocol(Protocol))
+        await self.assertFailure(attempt, error.NoRouteError)
+
+    async def test_timeout(self) -> None:
+        """
+        A silent host: TimeoutError after the endpoint's timeout.
+        """
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import clientFromString
+
+        self.lab.iptables(self.lab.S, "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "DROP")
+        with netlab.in_namespace(self.lab.C):
+            attempt = clientFromString(reactor, f"faketcp:host={self.lab.server4}:port=9:timeout=1").connect(Factory.forProtocol(Protocol))
+        await self.assertFailure(attempt, error.TimeoutError)
+        self.assertEqual(silencing_rules(self.lab, self.lab.C), [])
+
+
+class NatLossTests(LabTestCase):
+    """
+    A NAT router whose conntrack drops INVALID packets, with random loss.
+    """
+
+    timeout = 120
+
+    def makeLab(self) -> netlab.Lab:
+        return netlab.routed_nat(loss=0.05)
+
+    async def test_flow_survives_loss_behind_nat(self) -> None:
+        """
+        With 5% loss each way, datagrams keep flowing both ways through the
+        NAT, including well past the first losses, and conntrack never
+        finds a segment INVALID.
+        """
+        await self.listen(Factory.forProtocol(Echo))
+        client = await self.connect(RecordingFactory(), f"faketcp:host={self.lab.server4}:port={self.port}")
+        self.assertEqual(client.transport.getPeer().host, self.lab.server4)
+        rounds, per_round = 10, 300
+        for n in range(rounds):
+            before = len(client.received)
+            for i in range(per_round):
+                client.transport.write(b"%d:%d:" % (n, i) + b"p" * 1100)
+            # Roughly 90% make the round trip; demand a clear majority each
+            # round, so a flow that stops after the first loss fails.
+            await wait_until(lambda: len(client.received) - before >= per_round * 0.75, timeout=10)
+        self.assertGreater(self.lab.loss_drops(), 0)
+        self.assertEqual(self.lab.conntrack_invalid_drops(), 0)

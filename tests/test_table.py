@@ -1,0 +1,963 @@
+"""
+Tests for L{faketcp_twisted.table}: the flow table of one capture, with its
+embryonic handshakes (server and client roles), adoption, time-wait and
+timers.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from hypothesis import given, settings, strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from faketcp_twisted.flow import EndReason, Flow, FlowKey, FlowState
+from faketcp_twisted.segment import (
+    ACK,
+    FIN,
+    PSH,
+    RST,
+    SYN,
+    Segment,
+    build_packet,
+    parse_packet,
+)
+from faketcp_twisted.table import Embryo, FlowTable, Role, TableLimits
+
+SERVER_ADDR = socket.inet_pton(socket.AF_INET, "198.51.100.7")
+SERVER_ADDR_2 = socket.inet_pton(socket.AF_INET, "198.51.100.8")
+CLIENT_ADDR = socket.inet_pton(socket.AF_INET, "192.0.2.1")
+CLIENT_ADDR_2 = socket.inet_pton(socket.AF_INET, "192.0.2.2")
+SERVER_ADDR6 = socket.inet_pton(socket.AF_INET6, "2001:db8::2")
+CLIENT_ADDR6 = socket.inet_pton(socket.AF_INET6, "2001:db8::1")
+SERVER_PORT = 443
+CLIENT_PORT = 40000
+
+CLIENT_ISN = 0x11111111
+SERVER_ISN = 0x88888888
+MSS = 1200
+
+#: A server's view of the connection from CLIENT_ADDR:CLIENT_PORT.
+SERVER_KEY = FlowKey(SERVER_ADDR, SERVER_PORT, CLIENT_ADDR, CLIENT_PORT)
+#: A client's view of its connection to SERVER_ADDR:SERVER_PORT.
+CLIENT_KEY = FlowKey(CLIENT_ADDR, CLIENT_PORT, SERVER_ADDR, SERVER_PORT)
+
+
+def incoming(
+    key: FlowKey, flags: int, seq: int, ack: int = 0, payload: bytes = b""
+) -> Segment:
+    """
+    A segment the capture of C{key}'s local side reads: from the remote
+    end to the local one, through the real codec.
+    """
+    return parse_packet(
+        build_packet(
+            key.remote_addr,
+            key.local_addr,
+            key.remote_port,
+            key.local_port,
+            seq,
+            ack,
+            flags,
+            0xFFFF,
+            payload,
+        )
+    )
+
+
+def server_handshake(
+    table: FlowTable,
+    key: FlowKey = SERVER_KEY,
+    client_isn: int = CLIENT_ISN,
+    server_isn: int = SERVER_ISN,
+    now: float = 0.0,
+) -> None:
+    """
+    Show a server table the SYN and the handshake's last ACK of C{key}.
+    """
+    table.receive_unadopted(key, incoming(key, SYN, client_isn), now)
+    table.receive_unadopted(
+        key,
+        incoming(key, ACK, (client_isn + 1) & 0xFFFFFFFF, (server_isn + 1) & 0xFFFFFFFF),
+        now,
+    )
+
+
+def adopted_server_flow(
+    table: FlowTable, key: FlowKey = SERVER_KEY, now: float = 0.0, **kwargs: float
+) -> Flow:
+    """
+    A flow of a server table, adopted after a whole handshake.
+    """
+    server_handshake(table, key, now=now)
+    flow, early = table.adopt(key, MSS, now, **kwargs)
+    return flow
+
+
+class ServerHandshakeTests(SynchronousTestCase):
+    """
+    A server table learns a handshake from the client's SYN and the
+    handshake's last ACK.
+    """
+
+    def test_synCreatesEmbryo(self) -> None:
+        """
+        A SYN creates an embryo knowing the remote ISN only.
+        """
+        table = FlowTable(Role.SERVER)
+        self.assertIsNone(
+            table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, SYN, CLIENT_ISN), 5.0)
+        )
+        embryo = table.embryos[SERVER_KEY]
+        self.assertEqual(embryo.remote_isn, CLIENT_ISN)
+        self.assertIsNone(embryo.local_isn)
+        self.assertEqual(embryo.created, 5.0)
+        self.assertFalse(table.handshake_known(SERVER_KEY))
+
+    def test_firstAckGivesLocalISN(self) -> None:
+        """
+        The first ACK gives the local ISN (its ack minus one); the handshake
+        is then known.
+        """
+        table = FlowTable(Role.SERVER)
+        server_handshake(table)
+        self.assertEqual(table.embryos[SERVER_KEY].local_isn, SERVER_ISN)
+        self.assertTrue(table.handshake_known(SERVER_KEY))
+        # A later ACK does not change what the first one said.
+        table.receive_unadopted(
+            SERVER_KEY, incoming(SERVER_KEY, ACK, CLIENT_ISN + 1, SERVER_ISN + 500), 0.0
+        )
+        self.assertEqual(table.embryos[SERVER_KEY].local_isn, SERVER_ISN)
+
+    def test_localISNWrapsFromAckZero(self) -> None:
+        """
+        An ack of zero means a local ISN of 2**32 - 1.
+        """
+        table = FlowTable(Role.SERVER)
+        server_handshake(table, server_isn=0xFFFFFFFF)
+        self.assertEqual(table.embryos[SERVER_KEY].local_isn, 0xFFFFFFFF)
+        flow, _ = table.adopt(SERVER_KEY, MSS, 0.0)
+        self.assertEqual(flow.snd_nxt, 0)
+
+    def test_dataSegmentGivesLocalISN(self) -> None:
+        """
+        When the handshake's bare ACK is lost, the first data segment's ack
+        gives the local ISN.
+        """
+        table = FlowTable(Role.SERVER)
+        table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, SYN, CLIENT_ISN), 0.0)
+        table.receive_unadopted(
+            SERVER_KEY,
+            incoming(SERVER_KEY, PSH | ACK, CLIENT_ISN + 1, SERVER_ISN + 1, b"data"),
+            0.0,
+        )
+        self.assertTrue(table.handshake_known(SERVER_KEY))
+        self.assertEqual(table.embryos[SERVER_KEY].local_isn, SERVER_ISN)
+
+    def test_retransmittedSyn(self) -> None:
+        """
+        A retransmitted SYN keeps the one embryo.
+        """
+        table = FlowTable(Role.SERVER)
+        for _ in range(3):
+            table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, SYN, CLIENT_ISN), 0.0)
+        self.assertEqual(list(table.embryos), [SERVER_KEY])
+        self.assertEqual(table.drops, {})
+
+    def test_adoptStartsAtHandshake(self) -> None:
+        """
+        The adopted flow sends from the local ISN plus one and acknowledges
+        the remote ISN plus one; the embryo is gone and the flow is in the
+        table.
+        """
+        table = FlowTable(Role.SERVER)
+        server_handshake(table)
+        flow, early = table.adopt(SERVER_KEY, MSS, 7.0, idle_timeout=3.0, keepalive_interval=1.0)
+        self.assertEqual(early, [])
+        self.assertEqual(flow.key, SERVER_KEY)
+        self.assertEqual(flow.snd_nxt, SERVER_ISN + 1)
+        self.assertEqual(flow.rcv_high, CLIENT_ISN + 1)
+        self.assertEqual(flow.mss, MSS)
+        self.assertEqual((flow.last_rx, flow.last_tx), (7.0, 7.0))
+        self.assertEqual((flow.idle_timeout, flow.keepalive_interval), (3.0, 1.0))
+        self.assertIs(table.flows[SERVER_KEY], flow)
+        self.assertNotIn(SERVER_KEY, table.embryos)
+        self.assertEqual(len(table), 1)
+
+    def test_adoptPassesReceiveWindow(self) -> None:
+        """
+        The receive window given to adopt sets the flow's bare-ACK interval.
+        """
+        table = FlowTable(Role.SERVER)
+        server_handshake(table)
+        flow, _ = table.adopt(SERVER_KEY, MSS, 0.0, receive_window=8000)
+        self.assertEqual(flow.ack_every, 2000)
+
+    def test_earlySegmentsReturnedInOrder(self) -> None:
+        """
+        Data segments (and a FIN) that arrive before adoption are returned by
+        adopt in arrival order, and the flow delivers them from the right
+        sequence numbers.
+        """
+        table = FlowTable(Role.SERVER)
+        server_handshake(table)
+        base = CLIENT_ISN + 1
+        second = incoming(SERVER_KEY, PSH | ACK, base + 3, SERVER_ISN + 1, b"two")
+        first = incoming(SERVER_KEY, PSH | ACK, base, SERVER_ISN + 1, b"one")
+        fin = incoming(SERVER_KEY, FIN | ACK, base + 6, SERVER_ISN + 1)
+        bare = incoming(SERVER_KEY, ACK, base, SERVER_ISN + 1)
+        for segment in (second, first, bare, fin):
+            self.assertIsNone(table.receive_unadopted(SERVER_KEY, segment, 1.0))
+        flow, early = table.adopt(SERVER_KEY, MSS, 2.0)
+        self.assertEqual(early, [second, first, fin])
+        delivered = [flow.receive(segment, 2.0) for segment in early]
+        self.assertEqual(delivered, [b"two", b"one", None])
+        self.assertEqual(flow.rcv_high, base + 7)
+        self.assertIs(flow.state, FlowState.READ_CLOSED)
+        self.assertEqual(flow.stats.rx_reordered, 1)
+
+    def test_adoptUnknownHandshake(self) -> None:
+        """
+        Adopting a 4-tuple whose handshake was not (fully) seen raises
+        L{KeyError} and keeps what was seen.
+        """
+        table = FlowTable(Role.SERVER)
+        self.assertRaises(KeyError, table.adopt, SERVER_KEY, MSS, 0.0)
+        table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, SYN, CLIENT_ISN), 0.0)
+        self.assertRaises(KeyError, table.adopt, SERVER_KEY, MSS, 0.0)
+        self.assertIn(SERVER_KEY, table.embryos)
+        self.assertEqual(table.flows, {})
+
+    def test_handshakeUnknownKey(self) -> None:
+        """
+        A 4-tuple never seen has no known handshake.
+        """
+        self.assertFalse(FlowTable(Role.SERVER).handshake_known(SERVER_KEY))
+
+    def test_ipv6(self) -> None:
+        """
+        IPv6 handshakes are learned the same way.
+        """
+        key = FlowKey(SERVER_ADDR6, SERVER_PORT, CLIENT_ADDR6, CLIENT_PORT)
+        table = FlowTable(Role.SERVER)
+        server_handshake(table, key)
+        flow, _ = table.adopt(key, MSS, 0.0)
+        self.assertEqual((flow.snd_nxt, flow.rcv_high), (SERVER_ISN + 1, CLIENT_ISN + 1))
+
+
+class ServerOrphanTests(SynchronousTestCase):
+    """
+    A server table drops, and counts, segments of no handshake it saw.
+    """
+
+    def test_ackWithoutSyn(self) -> None:
+        """
+        An ACK or data segment with no SYN seen is an orphan: dropped,
+        counted, and no embryo is made.
+        """
+        table = FlowTable(Role.SERVER)
+        self.assertIsNone(
+            table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, ACK, 1, 2), 0.0)
+        )
+        table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, PSH | ACK, 1, 2, b"x"), 0.0)
+        table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, FIN | ACK, 1, 2), 0.0)
+        self.assertEqual(table.drops["orphan"], 3)
+        self.assertEqual(table.embryos, {})
+
+    def test_synAckIsOrphan(self) -> None:
+        """
+        A SYN-ACK sent to a server is an orphan and makes no embryo.
+        """
+        table = FlowTable(Role.SERVER)
+        self.assertIsNone(
+            table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, SYN | ACK, 1, 2), 0.0)
+        )
+        self.assertEqual(table.drops["orphan"], 1)
+        self.assertEqual(table.embryos, {})
+
+    def test_rstRemovesEmbryo(self) -> None:
+        """
+        A RST ends the embryo of its handshake; nothing is answered.
+        """
+        table = FlowTable(Role.SERVER)
+        server_handshake(table)
+        table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, PSH | ACK, CLIENT_ISN + 1, SERVER_ISN + 1, b"x"), 0.0)
+        self.assertIsNone(
+            table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, RST | ACK, CLIENT_ISN + 2, 0), 0.0)
+        )
+        self.assertNotIn(SERVER_KEY, table.embryos)
+        self.assertFalse(table.handshake_known(SERVER_KEY))
+        self.assertRaises(KeyError, table.adopt, SERVER_KEY, MSS, 0.0)
+
+    def test_rstWithoutEmbryo(self) -> None:
+        """
+        A RST for nothing known is dropped and counted.
+        """
+        table = FlowTable(Role.SERVER)
+        self.assertIsNone(table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, RST, 1), 0.0))
+        self.assertEqual(table.drops["orphan"], 1)
+
+    def test_rstWithSynRemovesEmbryo(self) -> None:
+        """
+        RST wins over SYN in one segment: it makes no embryo.
+        """
+        table = FlowTable(Role.SERVER)
+        table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, SYN | RST, 1), 0.0)
+        self.assertEqual(table.embryos, {})
+
+
+class EmbryoLimitTests(SynchronousTestCase):
+    """
+    What a table keeps for handshakes nobody adopted is bounded.
+    """
+
+    def test_earlySegmentCountLimit(self) -> None:
+        """
+        Early segments beyond C{early_segments} are dropped as early-overflow.
+        """
+        table = FlowTable(Role.SERVER, TableLimits(early_segments=2))
+        server_handshake(table)
+        segments = [
+            incoming(SERVER_KEY, PSH | ACK, CLIENT_ISN + 1 + i, SERVER_ISN + 1, b"%d" % i)
+            for i in range(4)
+        ]
+        for segment in segments:
+            table.receive_unadopted(SERVER_KEY, segment, 0.0)
+        self.assertEqual(table.drops["early-overflow"], 2)
+        _, early = table.adopt(SERVER_KEY, MSS, 0.0)
+        self.assertEqual(early, segments[:2])
+
+    def test_earlyByteLimit(self) -> None:
+        """
+        An early segment that would take the kept bytes past C{early_bytes}
+        is dropped; a smaller one that still fits is kept.
+        """
+        table = FlowTable(Role.SERVER, TableLimits(early_bytes=100))
+        server_handshake(table)
+        sizes = [60, 60, 40, 1]
+        segments = [
+            incoming(SERVER_KEY, PSH | ACK, CLIENT_ISN + 1, SERVER_ISN + 1, b"b" * size)
+            for size in sizes
+        ]
+        for segment in segments:
+            table.receive_unadopted(SERVER_KEY, segment, 0.0)
+        self.assertEqual(table.drops["early-overflow"], 2)
+        self.assertEqual(table.embryos[SERVER_KEY].early_bytes, 100)
+        _, early = table.adopt(SERVER_KEY, MSS, 0.0)
+        self.assertEqual(early, [segments[0], segments[2]])
+
+    def test_embryoCountEvictsOldest(self) -> None:
+        """
+        A new handshake beyond C{embryos} evicts the oldest embryo.
+        """
+        table = FlowTable(Role.SERVER, TableLimits(embryos=2))
+        keys = [FlowKey(SERVER_ADDR, SERVER_PORT, CLIENT_ADDR, port) for port in (1, 2, 3)]
+        for now, key in enumerate(keys):
+            table.receive_unadopted(key, incoming(key, SYN, CLIENT_ISN), float(now))
+        self.assertEqual(list(table.embryos), keys[1:])
+        self.assertEqual(table.drops["embryo-evicted"], 1)
+
+    def test_knownEmbryoNotEvicted(self) -> None:
+        """
+        A retransmitted SYN of a handshake already kept evicts nothing.
+        """
+        table = FlowTable(Role.SERVER, TableLimits(embryos=2))
+        keys = [FlowKey(SERVER_ADDR, SERVER_PORT, CLIENT_ADDR, port) for port in (1, 2)]
+        for key in keys + keys:
+            table.receive_unadopted(key, incoming(key, SYN, CLIENT_ISN), 0.0)
+        self.assertEqual(list(table.embryos), keys)
+        self.assertEqual(table.drops["embryo-evicted"], 0)
+
+    def test_embryoLifetime(self) -> None:
+        """
+        An embryo not adopted within C{embryo_lifetime} is dropped by
+        C{expire}; younger ones stay.
+        """
+        table = FlowTable(Role.SERVER, TableLimits(embryo_lifetime=10.0))
+        other = FlowKey(SERVER_ADDR, SERVER_PORT, CLIENT_ADDR, 1)
+        server_handshake(table, now=0.0)
+        server_handshake(table, other, now=5.0)
+        self.assertEqual(table.expire(9.9), [])
+        self.assertTrue(table.handshake_known(SERVER_KEY))
+        table.expire(10.0)
+        self.assertFalse(table.handshake_known(SERVER_KEY))
+        self.assertTrue(table.handshake_known(other))
+        self.assertEqual(table.drops["embryo-expired"], 1)
+        self.assertRaises(KeyError, table.adopt, SERVER_KEY, MSS, 10.0)
+        table.expire(15.0)
+        self.assertEqual(table.embryos, {})
+        self.assertEqual(table.drops["embryo-expired"], 2)
+
+    def test_zeroEmbryoLimit(self) -> None:
+        """
+        With an embryo limit of zero, a SYN is dropped without an error and
+        nothing is kept.
+        """
+        table = FlowTable(Role.SERVER, TableLimits(embryos=0))
+        table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, SYN, CLIENT_ISN), 0.0)
+        self.assertEqual(len(table.embryos), 0)
+
+
+class ClientHandshakeTests(SynchronousTestCase):
+    """
+    A client table learns a handshake from the SYN-ACK of a connection it
+    expects, and answers it with the handshake's last ACK.
+    """
+
+    def setUp(self) -> None:
+        self.table = FlowTable(Role.CLIENT)
+        self.table.expect(CLIENT_PORT, SERVER_ADDR, SERVER_PORT)
+
+    def synack(self, key: FlowKey = CLIENT_KEY, server_isn: int = SERVER_ISN, client_isn: int = CLIENT_ISN) -> Segment:
+        return incoming(key, SYN | ACK, server_isn, (client_isn + 1) & 0xFFFFFFFF)
+
+    def test_expectedSynAckAnswered(self) -> None:
+        """
+        The SYN-ACK of an expected connection creates the embryo with both
+        ISNs and returns the final ACK: ACK only, seq the SYN-ACK's ack, ack
+        its seq plus one, valid checksum.
+        """
+        reply = self.table.receive_unadopted(CLIENT_KEY, self.synack(), 3.0)
+        self.assertIsNotNone(reply)
+        assert reply is not None
+        ack = parse_packet(reply, verify_checksum=True)
+        self.assertEqual(
+            (ack.src, ack.dst, ack.sport, ack.dport),
+            (CLIENT_ADDR, SERVER_ADDR, CLIENT_PORT, SERVER_PORT),
+        )
+        self.assertEqual(ack.flags, ACK)
+        self.assertEqual(ack.seq, CLIENT_ISN + 1)
+        self.assertEqual(ack.ack, SERVER_ISN + 1)
+        self.assertEqual(ack.payload, b"")
+        embryo = self.table.embryos[CLIENT_KEY]
+        self.assertEqual((embryo.local_isn, embryo.remote_isn), (CLIENT_ISN, SERVER_ISN))
+        self.assertEqual(embryo.created, 3.0)
+        self.assertTrue(self.table.handshake_known(CLIENT_KEY))
+
+    def test_answerWraps(self) -> None:
+        """
+        The answer's numbers wrap modulo 2**32.
+        """
+        reply = self.table.receive_unadopted(
+            CLIENT_KEY, self.synack(server_isn=0xFFFFFFFF, client_isn=0xFFFFFFFF), 0.0
+        )
+        assert reply is not None
+        ack = parse_packet(reply)
+        self.assertEqual((ack.seq, ack.ack), (0, 0))
+        self.assertEqual(self.table.embryos[CLIENT_KEY].local_isn, 0xFFFFFFFF)
+
+    def test_ipv6Answer(self) -> None:
+        """
+        An IPv6 SYN-ACK is answered with an IPv6 ACK.
+        """
+        key = FlowKey(CLIENT_ADDR6, CLIENT_PORT, SERVER_ADDR6, SERVER_PORT)
+        self.table.expect(CLIENT_PORT, SERVER_ADDR6, SERVER_PORT)
+        reply = self.table.receive_unadopted(key, self.synack(key), 0.0)
+        assert reply is not None
+        ack = parse_packet(reply, verify_checksum=True)
+        self.assertEqual((ack.src, ack.dst), (CLIENT_ADDR6, SERVER_ADDR6))
+        self.assertEqual(ack.flags, ACK)
+
+    def test_retransmittedSynAckAnsweredAgain(self) -> None:
+        """
+        Each copy of the SYN-ACK is answered (the first answer may be lost).
+        """
+        first = self.table.receive_unadopted(CLIENT_KEY, self.synack(), 0.0)
+        second = self.table.receive_unadopted(CLIENT_KEY, self.synack(), 1.0)
+        self.assertEqual(first, second)
+        self.assertEqual(list(self.table.embryos), [CLIENT_KEY])
+
+    def test_adopt(self) -> None:
+        """
+        The adopted client flow starts after both ISNs and gets the data
+        that arrived between the SYN-ACK and adoption.
+        """
+        self.table.receive_unadopted(CLIENT_KEY, self.synack(), 0.0)
+        data = incoming(CLIENT_KEY, PSH | ACK, SERVER_ISN + 1, CLIENT_ISN + 1, b"hello")
+        self.assertIsNone(self.table.receive_unadopted(CLIENT_KEY, data, 0.5))
+        flow, early = self.table.adopt(CLIENT_KEY, MSS, 1.0)
+        self.assertEqual((flow.snd_nxt, flow.rcv_high), (CLIENT_ISN + 1, SERVER_ISN + 1))
+        self.assertEqual(early, [data])
+        self.assertEqual(flow.receive(early[0], 1.0), b"hello")
+
+    def test_unexpectedSynAck(self) -> None:
+        """
+        A SYN-ACK nobody expects is answered with nothing and counted as an
+        orphan.
+        """
+        table = FlowTable(Role.CLIENT)
+        self.assertIsNone(table.receive_unadopted(CLIENT_KEY, self.synack(), 0.0))
+        self.assertEqual(table.drops["orphan"], 1)
+        self.assertEqual(table.embryos, {})
+
+    def test_expectationMatchesRemotePortAndAddress(self) -> None:
+        """
+        A SYN-ACK from another remote port or address, or to another local
+        port, is not the expected one.
+        """
+        for key in [
+            CLIENT_KEY._replace(remote_port=SERVER_PORT + 1),
+            CLIENT_KEY._replace(remote_addr=SERVER_ADDR_2),
+            CLIENT_KEY._replace(local_port=CLIENT_PORT + 1),
+        ]:
+            self.assertIsNone(self.table.receive_unadopted(key, self.synack(key), 0.0))
+        self.assertEqual(self.table.drops["orphan"], 3)
+        self.assertEqual(self.table.embryos, {})
+
+    def test_unexpect(self) -> None:
+        """
+        After C{unexpect}, the SYN-ACK is an orphan; unexpecting twice is
+        harmless.
+        """
+        self.table.unexpect(CLIENT_PORT, SERVER_ADDR, SERVER_PORT)
+        self.table.unexpect(CLIENT_PORT, SERVER_ADDR, SERVER_PORT)
+        self.assertIsNone(self.table.receive_unadopted(CLIENT_KEY, self.synack(), 0.0))
+        self.assertEqual(self.table.drops["orphan"], 1)
+
+    def test_bareSynToClient(self) -> None:
+        """
+        A SYN without ACK to a client is an orphan, even on an expected
+        4-tuple (simultaneous open is not supported).
+        """
+        self.assertIsNone(
+            self.table.receive_unadopted(CLIENT_KEY, incoming(CLIENT_KEY, SYN, SERVER_ISN), 0.0)
+        )
+        self.assertEqual(self.table.drops["orphan"], 1)
+        self.assertEqual(self.table.embryos, {})
+
+    def test_dataBeforeSynAck(self) -> None:
+        """
+        Data before any SYN-ACK is an orphan.
+        """
+        data = incoming(CLIENT_KEY, PSH | ACK, SERVER_ISN + 1, CLIENT_ISN + 1, b"early")
+        self.assertIsNone(self.table.receive_unadopted(CLIENT_KEY, data, 0.0))
+        self.assertEqual(self.table.drops["orphan"], 1)
+
+    def test_rstRemovesEmbryo(self) -> None:
+        """
+        A RST after the SYN-ACK ends the embryo.
+        """
+        self.table.receive_unadopted(CLIENT_KEY, self.synack(), 0.0)
+        self.table.receive_unadopted(CLIENT_KEY, incoming(CLIENT_KEY, RST, SERVER_ISN + 1), 0.0)
+        self.assertFalse(self.table.handshake_known(CLIENT_KEY))
+
+
+class FourTupleTests(SynchronousTestCase):
+    """
+    Flows are keyed by the full 4-tuple, not by the remote address and port
+    alone.
+    """
+
+    def test_sameRemoteDifferentLocalAddress(self) -> None:
+        """
+        Two handshakes from one remote address and port to two local
+        addresses are two embryos and two flows, each with its own ISNs.
+        """
+        table = FlowTable(Role.SERVER)
+        one = FlowKey(SERVER_ADDR, SERVER_PORT, CLIENT_ADDR, CLIENT_PORT)
+        two = FlowKey(SERVER_ADDR_2, SERVER_PORT, CLIENT_ADDR, CLIENT_PORT)
+        server_handshake(table, one, client_isn=100, server_isn=1000)
+        server_handshake(table, two, client_isn=200, server_isn=2000)
+        self.assertEqual(len(table.embryos), 2)
+        table.receive_unadopted(one, incoming(one, PSH | ACK, 101, 1001, b"to one"), 0.0)
+        table.receive_unadopted(two, incoming(two, PSH | ACK, 201, 2001, b"to two"), 0.0)
+        flow_one, early_one = table.adopt(one, MSS, 0.0)
+        flow_two, early_two = table.adopt(two, MSS, 0.0)
+        self.assertIsNot(flow_one, flow_two)
+        self.assertEqual((flow_one.snd_nxt, flow_one.rcv_high), (1001, 101))
+        self.assertEqual((flow_two.snd_nxt, flow_two.rcv_high), (2001, 201))
+        self.assertEqual([s.payload for s in early_one], [b"to one"])
+        self.assertEqual([s.payload for s in early_two], [b"to two"])
+        self.assertEqual(len(table), 2)
+
+    def test_sameRemoteAddressDifferentRemotePort(self) -> None:
+        """
+        Two connections from one remote address on two source ports are
+        distinct.
+        """
+        table = FlowTable(Role.SERVER)
+        one = SERVER_KEY
+        two = SERVER_KEY._replace(remote_port=CLIENT_PORT + 1)
+        server_handshake(table, one, client_isn=100, server_isn=1000)
+        server_handshake(table, two, client_isn=200, server_isn=2000)
+        self.assertEqual(table.adopt(one, MSS, 0.0)[0].snd_nxt, 1001)
+        self.assertEqual(table.adopt(two, MSS, 0.0)[0].snd_nxt, 2001)
+
+    def test_sameRemoteDifferentLocalPort(self) -> None:
+        """
+        Two local ports (one capture can serve several) are distinct too.
+        """
+        table = FlowTable(Role.SERVER)
+        one = SERVER_KEY
+        two = SERVER_KEY._replace(local_port=SERVER_PORT + 1)
+        server_handshake(table, one, client_isn=100, server_isn=1000)
+        server_handshake(table, two, client_isn=200, server_isn=2000)
+        self.assertEqual(table.adopt(two, MSS, 0.0)[0].rcv_high, 201)
+        self.assertEqual(table.adopt(one, MSS, 0.0)[0].rcv_high, 101)
+
+    def test_retireLeavesOtherLocalAddressAlone(self) -> None:
+        """
+        Retiring the flow to one local address does not put the flow from
+        the same remote end to another local address into time-wait.
+        """
+        table = FlowTable(Role.SERVER)
+        one = SERVER_KEY
+        two = SERVER_KEY._replace(local_addr=SERVER_ADDR_2)
+        flow = adopted_server_flow(table, one)
+        server_handshake(table, two)
+        table.retire(flow, 1.0)
+        data = incoming(two, PSH | ACK, CLIENT_ISN + 1, SERVER_ISN + 1, b"x")
+        table.receive_unadopted(two, data, 1.0)
+        self.assertEqual(table.drops["time-wait"], 0)
+        self.assertEqual(table.adopt(two, MSS, 1.0)[1], [data])
+
+    def test_clientSameRemoteTwoLocalPorts(self) -> None:
+        """
+        A client with two connections to one server port keeps them apart.
+        """
+        table = FlowTable(Role.CLIENT)
+        one = CLIENT_KEY
+        two = CLIENT_KEY._replace(local_port=CLIENT_PORT + 1)
+        table.expect(one.local_port, one.remote_addr, one.remote_port)
+        table.expect(two.local_port, two.remote_addr, two.remote_port)
+        table.receive_unadopted(one, incoming(one, SYN | ACK, 1000, 101), 0.0)
+        table.receive_unadopted(two, incoming(two, SYN | ACK, 2000, 201), 0.0)
+        self.assertEqual(table.adopt(one, MSS, 0.0)[0].snd_nxt, 101)
+        self.assertEqual(table.adopt(two, MSS, 0.0)[0].snd_nxt, 201)
+
+
+class TimeWaitTests(SynchronousTestCase):
+    """
+    A retired flow's 4-tuple drops late segments for a while.
+    """
+
+    def test_retireEntersTimeWait(self) -> None:
+        """
+        Retiring removes the flow and drops its segments as time-wait,
+        handshakes included, without making embryos.
+        """
+        table = FlowTable(Role.SERVER, TableLimits(time_wait=30.0))
+        flow = adopted_server_flow(table)
+        table.retire(flow, 100.0)
+        self.assertEqual(table.flows, {})
+        self.assertEqual(table.time_wait, {SERVER_KEY: 130.0})
+        data = incoming(SERVER_KEY, PSH | ACK, CLIENT_ISN + 1, SERVER_ISN + 1, b"late")
+        self.assertIsNone(table.receive_unadopted(SERVER_KEY, data, 101.0))
+        table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, SYN, 5), 101.0)
+        table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, RST, 5), 101.0)
+        self.assertEqual(table.drops["time-wait"], 3)
+        self.assertEqual(table.embryos, {})
+
+    def test_expireEndsTimeWait(self) -> None:
+        """
+        C{expire} past the time-wait removes the entry; the 4-tuple can then
+        start a new handshake.
+        """
+        table = FlowTable(Role.SERVER, TableLimits(time_wait=30.0))
+        table.retire(adopted_server_flow(table), 100.0)
+        table.expire(129.9)
+        self.assertIn(SERVER_KEY, table.time_wait)
+        table.expire(130.0)
+        self.assertNotIn(SERVER_KEY, table.time_wait)
+        server_handshake(table, now=131.0)
+        self.assertTrue(table.handshake_known(SERVER_KEY))
+        self.assertEqual(table.drops["time-wait"], 0)
+
+    def test_timeWaitCountEvictsOldest(self) -> None:
+        """
+        Beyond C{time_waits} entries, the oldest is evicted.
+        """
+        table = FlowTable(Role.SERVER, TableLimits(time_waits=2))
+        keys = [SERVER_KEY._replace(remote_port=port) for port in (1, 2, 3)]
+        for now, key in enumerate(keys):
+            table.retire(adopted_server_flow(table, key), float(now))
+        self.assertEqual(list(table.time_wait), keys[1:])
+
+    def test_retireAgainEvictsNothing(self) -> None:
+        """
+        Retiring a 4-tuple already in time-wait renews its entry without
+        evicting another one.
+        """
+        table = FlowTable(Role.SERVER, TableLimits(time_waits=2, time_wait=30.0))
+        first = adopted_server_flow(table, SERVER_KEY._replace(remote_port=1))
+        second = adopted_server_flow(table, SERVER_KEY._replace(remote_port=2))
+        table.retire(first, 0.0)
+        table.retire(second, 1.0)
+        table.retire(second, 2.0)
+        self.assertEqual(table.time_wait, {first.key: 30.0, second.key: 32.0})
+
+    def test_zeroTimeWaitLimit(self) -> None:
+        """
+        With a time-wait limit of zero, retiring keeps no entry and does not
+        fail.
+        """
+        table = FlowTable(Role.SERVER, TableLimits(time_waits=0))
+        flow = adopted_server_flow(table)
+        table.retire(flow, 0.0)
+        self.assertEqual(table.flows, {})
+        self.assertEqual(len(table.time_wait), 0)
+
+    def test_adoptRemovesTimeWait(self) -> None:
+        """
+        Adopting a 4-tuple removes its time-wait entry.
+        """
+        table = FlowTable(Role.SERVER)
+        server_handshake(table)
+        old = Flow.from_handshake(SERVER_KEY, 1, 2, MSS, 0.0)
+        table.retire(old, 0.0)
+        self.assertIn(SERVER_KEY, table.time_wait)
+        flow, _ = table.adopt(SERVER_KEY, MSS, 1.0)
+        self.assertNotIn(SERVER_KEY, table.time_wait)
+        self.assertIs(table.flows[SERVER_KEY], flow)
+
+    def test_retireStaleFlowKeepsCurrent(self) -> None:
+        """
+        Retiring a flow object that is no longer the table's flow for its
+        4-tuple leaves the current one in place.
+        """
+        table = FlowTable(Role.SERVER)
+        current = adopted_server_flow(table)
+        stale = Flow.from_handshake(SERVER_KEY, 1, 2, MSS, 0.0)
+        table.retire(stale, 0.0)
+        self.assertIs(table.flows[SERVER_KEY], current)
+
+
+class ExpireTests(SynchronousTestCase):
+    """
+    L{FlowTable.expire} runs every flow's timers.
+    """
+
+    def test_returnsIdleFlows(self) -> None:
+        """
+        The flows that went idle are returned, closed for idleness, and stay
+        in the table until retired.
+        """
+        table = FlowTable(Role.SERVER)
+        busy = adopted_server_flow(table, idle_timeout=5.0)
+        idle = adopted_server_flow(table, SERVER_KEY._replace(remote_port=1), idle_timeout=5.0)
+        busy.receive(incoming(busy.key, PSH | ACK, CLIENT_ISN + 1, SERVER_ISN + 1, b"x"), 4.0)
+        self.assertEqual(table.expire(4.9), [])
+        self.assertEqual(table.expire(6.0), [idle])
+        self.assertIs(idle.state, FlowState.CLOSED)
+        self.assertIs(idle.end_reason, EndReason.IDLE)
+        self.assertIs(busy.state, FlowState.ESTABLISHED)
+        self.assertIn(idle.key, table.flows)
+        self.assertEqual(table.expire(7.0), [])
+        table.retire(idle, 7.0)
+        self.assertEqual(table.expire(9.0), [busy])
+
+    def test_keepalivesQueued(self) -> None:
+        """
+        Keepalives fall due through C{expire}.
+        """
+        table = FlowTable(Role.SERVER)
+        flow = adopted_server_flow(table, keepalive_interval=2.0)
+        self.assertEqual(table.expire(2.0), [])
+        self.assertEqual(len(flow.pending), 1)
+
+    def test_emptyTable(self) -> None:
+        """
+        Expiring an empty table returns nothing.
+        """
+        self.assertEqual(FlowTable(Role.CLIENT).expire(1e9), [])
+
+
+# -- properties --------------------------------------------------------------
+
+PROPERTY_KEYS = [
+    FlowKey(SERVER_ADDR, SERVER_PORT, CLIENT_ADDR, CLIENT_PORT),
+    FlowKey(SERVER_ADDR, SERVER_PORT, CLIENT_ADDR, CLIENT_PORT + 1),
+    FlowKey(SERVER_ADDR_2, SERVER_PORT, CLIENT_ADDR, CLIENT_PORT),
+    FlowKey(SERVER_ADDR, SERVER_PORT, CLIENT_ADDR_2, CLIENT_PORT),
+    FlowKey(SERVER_ADDR6, SERVER_PORT, CLIENT_ADDR6, CLIENT_PORT),
+]
+FLAG_BITS = [SYN, ACK, PSH, FIN, RST]
+
+key_index = st.integers(0, len(PROPERTY_KEYS) - 1)
+payload_sizes = st.one_of(st.just(0), st.integers(1, 100), st.integers(0, 1500))
+flag_sets = st.one_of(
+    # The combinations real traffic has, so handshakes do complete...
+    st.sampled_from([SYN, SYN | ACK, ACK, PSH | ACK, FIN | ACK, FIN | PSH | ACK, RST, RST | ACK]),
+    # ...and any others.
+    st.sets(st.sampled_from(FLAG_BITS)).map(lambda bits: sum(bits)),
+)
+seq_numbers = st.one_of(
+    st.integers(0, 0xFFFFFFFF),
+    st.sampled_from([0, 1, 2, 100, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF]),
+)
+operations = st.one_of(
+    st.tuples(
+        st.just("segment"),
+        key_index,
+        flag_sets,
+        seq_numbers,
+        seq_numbers,
+        payload_sizes,
+    ),
+    # A data segment near where the peer's numbers are (the embryo's or the
+    # flow's), so that early segments and flows see plausible traffic.
+    st.tuples(
+        st.just("data"),
+        key_index,
+        st.sampled_from([PSH | ACK, ACK, FIN | ACK, FIN | PSH | ACK]),
+        st.integers(-3000, 3000),
+        payload_sizes,
+    ),
+    st.tuples(st.just("handshake"), key_index, seq_numbers, seq_numbers),
+    st.tuples(st.just("adopt"), key_index),
+    st.tuples(st.just("retire"), key_index),
+    st.tuples(st.just("expect"), key_index),
+    st.tuples(st.just("unexpect"), key_index),
+    st.tuples(st.just("local"), key_index, st.sampled_from(["send", "finish", "reset", "ack"])),
+    st.tuples(st.just("tick"), st.floats(0.0, 4.0, allow_nan=False)),
+)
+limits_strategy = st.builds(
+    TableLimits,
+    embryos=st.integers(1, 3),
+    embryo_lifetime=st.floats(0.5, 5.0),
+    early_segments=st.integers(0, 3),
+    early_bytes=st.integers(0, 3000),
+    time_wait=st.floats(0.0, 5.0),
+    time_waits=st.integers(1, 3),
+)
+
+
+class TablePropertyTests(SynchronousTestCase):
+    """
+    Arbitrary traffic never breaks the table.
+    """
+
+    def assertWithinLimits(self, table: FlowTable) -> None:
+        limits = table.limits
+        self.assertLessEqual(len(table.embryos), limits.embryos)
+        self.assertLessEqual(len(table.time_wait), limits.time_waits)
+        for embryo in table.embryos.values():
+            self.assertIsInstance(embryo, Embryo)
+            self.assertLessEqual(len(embryo.early), limits.early_segments)
+            self.assertLessEqual(embryo.early_bytes, limits.early_bytes)
+            self.assertEqual(embryo.early_bytes, sum(len(s.payload) for s in embryo.early))
+        self.assertFalse(set(table.flows) & set(table.embryos))
+        for key, flow in table.flows.items():
+            self.assertEqual(flow.key, key)
+
+    @settings(max_examples=250, deadline=None)
+    @given(
+        role=st.sampled_from(list(Role)),
+        limits=limits_strategy,
+        ops=st.lists(operations, min_size=20, max_size=80),
+    )
+    def test_arbitraryTrafficNeverRaises(
+        self, role: Role, limits: TableLimits, ops: list[tuple]
+    ) -> None:
+        """
+        Any sequence of segments (any flags of SYN, ACK, PSH, FIN, RST, any
+        numbers and sizes, a few 4-tuples), adoptions, retirements, local
+        sends and clock ticks, fed as a capture would feed them, never
+        raises, and the table never holds more than its limits allow.
+        """
+        table = FlowTable(role, limits)
+        now = 0.0
+        for op in ops:
+            kind = op[0]
+            if kind in ("segment", "data"):
+                if kind == "segment":
+                    _, index, flags, seq, ack, size = op
+                    key = PROPERTY_KEYS[index]
+                else:
+                    _, index, flags, offset, size = op
+                    key = PROPERTY_KEYS[index]
+                    flow = table.flows.get(key)
+                    embryo = table.embryos.get(key)
+                    if flow is not None:
+                        base, ack = flow.rcv_high, flow.snd_nxt
+                    elif embryo is not None and embryo.remote_isn is not None:
+                        base = embryo.remote_isn + 1
+                        ack = 0 if embryo.local_isn is None else embryo.local_isn + 1
+                    else:
+                        base, ack = offset, 0
+                    seq = (base + offset) & 0xFFFFFFFF
+                    ack &= 0xFFFFFFFF
+                segment = Segment(
+                    key.remote_addr,
+                    key.local_addr,
+                    key.remote_port,
+                    key.local_port,
+                    seq,
+                    ack,
+                    flags,
+                    0xFFFF,
+                    b"p" * size,
+                )
+                flow = table.flows.get(key)
+                if flow is not None:
+                    flow.receive(segment, now)
+                    if flow.state is FlowState.CLOSED:
+                        table.retire(flow, now)
+                else:
+                    reply = table.receive_unadopted(key, segment, now)
+                    if reply is not None:
+                        answer = parse_packet(reply, verify_checksum=True)
+                        self.assertIs(role, Role.CLIENT)
+                        self.assertEqual(answer.flags, ACK)
+                        self.assertEqual(answer.seq, ack)
+                        self.assertEqual(answer.ack, (seq + 1) & 0xFFFFFFFF)
+            elif kind == "handshake":
+                # A whole, well-formed handshake, as the capture sees it.
+                _, index, remote_isn, local_isn = op
+                key = PROPERTY_KEYS[index]
+                if key in table.flows:
+                    continue
+                if role is Role.SERVER:
+                    table.receive_unadopted(key, incoming(key, SYN, remote_isn), now)
+                    ack = incoming(
+                        key, ACK, (remote_isn + 1) & 0xFFFFFFFF, (local_isn + 1) & 0xFFFFFFFF
+                    )
+                    table.receive_unadopted(key, ack, now)
+                else:
+                    table.expect(key.local_port, key.remote_addr, key.remote_port)
+                    synack = incoming(key, SYN | ACK, remote_isn, (local_isn + 1) & 0xFFFFFFFF)
+                    table.receive_unadopted(key, synack, now)
+                if key not in table.time_wait:
+                    self.assertTrue(table.handshake_known(key))
+            elif kind == "adopt":
+                key = PROPERTY_KEYS[op[1]]
+                if key in table.flows:
+                    continue
+                if table.handshake_known(key):
+                    flow, early = table.adopt(key, MSS, now, idle_timeout=3.0, keepalive_interval=1.0)
+                    for segment in early:
+                        flow.receive(segment, now)
+                else:
+                    self.assertRaises(KeyError, table.adopt, key, MSS, now)
+            elif kind == "retire":
+                flow = table.flows.get(PROPERTY_KEYS[op[1]])
+                if flow is not None:
+                    table.retire(flow, now)
+            elif kind in ("expect", "unexpect"):
+                key = PROPERTY_KEYS[op[1]]
+                getattr(table, kind)(key.local_port, key.remote_addr, key.remote_port)
+            elif kind == "local":
+                flow = table.flows.get(PROPERTY_KEYS[op[1]])
+                if flow is None or flow.state is FlowState.CLOSED:
+                    continue
+                action = op[2]
+                if action == "send" and flow.can_send:
+                    parse_packet(flow.send(b"d" * 10, now))
+                elif action == "finish" and flow.can_send:
+                    parse_packet(flow.finish(now))
+                elif action == "reset":
+                    parse_packet(flow.reset(now))
+                elif action == "ack":
+                    parse_packet(flow.bare_ack(now))
+                if flow.state is FlowState.CLOSED:
+                    table.retire(flow, now)
+            else:
+                now += op[1]
+                for flow in table.expire(now):
+                    self.assertIs(flow.end_reason, EndReason.IDLE)
+                    table.retire(flow, now)
+            self.assertWithinLimits(table)
+            for flow in table.flows.values():
+                for packet in flow.pending:
+                    parse_packet(packet, verify_checksum=True)
+                flow.pending.clear()
