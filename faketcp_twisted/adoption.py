@@ -110,7 +110,11 @@ def _transport(demux: Demultiplexer, sock: socket.socket, key: FlowKey) -> FakeT
         receive_window=WINDOW_FIELD << info.receive_wscale,
         idle_timeout=options.idle_timeout,
         keepalive_interval=options.keepalive,
+        peer_wscale=info.send_wscale,
     )
+    # Announce this side's scaled window at once: until the peer and the
+    # firewalls on the path see it, they only know the handshake's window.
+    flow.pending.append(flow.bare_ack(demux.reactor.seconds()))
     transport = FakeTCPTransport(demux, flow, sock)
     transport.early = early
     demux.attach(transport)
@@ -122,6 +126,7 @@ def connect_protocol(transport: FakeTCPTransport, protocol: Any) -> None:
     Start C{protocol} on C{transport} and hand it the segments that
     arrived before adoption.
     """
+    transport._flushPending()
     transport.makeConnection(protocol)
     early, transport.early = transport.early, []
     now = transport.reactor.seconds()

@@ -12,6 +12,7 @@ simply a datagram that never arrives.
 from __future__ import annotations
 
 import enum
+from collections import deque
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -79,6 +80,8 @@ class FlowStats:
     rx_gap_bytes: int = 0
     rx_reordered: int = 0
     rx_late_bytes: int = 0
+    tx_held: int = 0
+    tx_window_drops: int = 0
 
     @property
     def rx_loss_estimate(self) -> float:
@@ -105,7 +108,16 @@ class Flow:
     @ivar ack_every: send a bare ACK after this many received bytes that no
         sent segment acknowledged, so the peer's sequence numbers stay inside
         the window that conntrack on the path allows.
-    @ivar pending: packets the flow wants sent (bare ACKs, keepalives).
+    @ivar pending: packets the flow wants sent (bare ACKs, keepalives,
+        held datagrams the peer's window now admits).
+    @ivar snd_limit: the sequence number just past the peer's advertised
+        window (its ack plus its scaled window).  A stateful firewall drops
+        segments beyond it as INVALID, so datagrams that would cross it are
+        held until the peer's next segment moves it.  That only happens in
+        the first round trip, when the peer's window is still the unscaled
+        one of the handshake; afterwards the window is megabytes ahead.
+    @ivar peer_wscale: the peer's window scale shift.
+    @ivar held: datagrams waiting for the peer's window.
     """
 
     key: FlowKey
@@ -120,7 +132,10 @@ class Flow:
     state: FlowState = FlowState.ESTABLISHED
     end_reason: EndReason | None = None
     unacked_rx: int = 0
+    snd_limit: int = 0
+    peer_wscale: int = 0
     pending: list[bytes] = field(default_factory=list)
+    held: deque[bytes] = field(default_factory=deque)
     stats: FlowStats = field(default_factory=FlowStats)
 
     @classmethod
@@ -134,6 +149,8 @@ class Flow:
         receive_window: int = WINDOW_FIELD,
         idle_timeout: float = 0.0,
         keepalive_interval: float = 0.0,
+        peer_window: int = 0xFFFF,
+        peer_wscale: int = 0,
     ) -> Flow:
         """
         A flow as the kernel's handshake left it.
@@ -142,6 +159,9 @@ class Flow:
         @param remote_isn: the peer's initial sequence number.
         @param receive_window: this side's advertised window in bytes (the
             window field scaled by this side's window-scale shift).
+        @param peer_window: the peer's advertised window in bytes, as of the
+            handshake.
+        @param peer_wscale: the peer's window scale shift.
         """
         return cls(
             key=key,
@@ -153,6 +173,8 @@ class Flow:
             ack_every=max(min(receive_window // 4, 1 << 20), 1),
             idle_timeout=idle_timeout,
             keepalive_interval=keepalive_interval,
+            snd_limit=(local_isn + 1 + peer_window) & _MASK,
+            peer_wscale=peer_wscale,
         )
 
     def _packet(self, flags: int, payload: bytes = b"") -> bytes:
@@ -183,7 +205,10 @@ class Flow:
         """
         return self.state is FlowState.ESTABLISHED or self.state is FlowState.WRITE_CLOSED
 
-    def send(self, payload: bytes, now: float) -> bytes:
+    #: Most datagrams held for the peer's window; past it they are dropped.
+    heldLimit = 256
+
+    def send(self, payload: bytes, now: float) -> bytes | None:
         """
         Build the data segment carrying one datagram.
 
@@ -191,10 +216,21 @@ class Flow:
         and PSH stops GRO from merging two datagrams into one packet.
 
         @param payload: at most L{mss} bytes.
-        @return: the IP packet to send.
+        @return: the IP packet to send, or L{None} when the datagram was held
+            for the peer's window (or dropped, the hold being full).
         """
         if len(payload) > self.mss:
             raise ValueError(f"datagram of {len(payload)} bytes exceeds the MSS of {self.mss}")
+        if self.held or seq_after((self.snd_nxt + len(payload)) & _MASK, self.snd_limit):
+            if len(self.held) < self.heldLimit:
+                self.held.append(payload)
+                self.stats.tx_held += 1
+            else:
+                self.stats.tx_window_drops += 1
+            return None
+        return self._data(payload, now)
+
+    def _data(self, payload: bytes, now: float) -> bytes:
         packet = self._packet(PSH | ACK, payload)
         self.snd_nxt = (self.snd_nxt + len(payload)) & _MASK
         self.unacked_rx = 0
@@ -267,6 +303,12 @@ class Flow:
             if flags & ACK:
                 self.pending.append(self._packet(ACK))
             return None
+        if flags & ACK:
+            limit = (segment.ack + (segment.window << self.peer_wscale)) & _MASK
+            if seq_after(limit, self.snd_limit):
+                self.snd_limit = limit
+                if self.held:
+                    self._release_held(now)
         payload = segment.payload
         size = len(payload)
         delivered: bytes | None = None
@@ -283,6 +325,14 @@ class Flow:
             elif self.state is FlowState.ESTABLISHED:
                 self.state = FlowState.READ_CLOSED
         return delivered
+
+    def _release_held(self, now: float) -> None:
+        held = self.held
+        while held and not seq_after((self.snd_nxt + len(held[0])) & _MASK, self.snd_limit):
+            if self.can_send:
+                self.pending.append(self._data(held.popleft(), now))
+            else:
+                held.popleft()
 
     def _account(self, seq: int, size: int) -> None:
         stats = self.stats

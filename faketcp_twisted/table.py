@@ -38,6 +38,9 @@ class Embryo:
     @ivar remote_isn: the peer's initial sequence number, once seen.
     @ivar local_isn: this side's initial sequence number, once seen.
     @ivar early: data segments that arrived before adoption.
+    @ivar peer_window: the window field of the peer's latest handshake
+        segment, and whether it is subject to window scaling (it is not in
+        a SYN segment).
     """
 
     created: float
@@ -45,6 +48,8 @@ class Embryo:
     local_isn: int | None = None
     early: list[Segment] = field(default_factory=list)
     early_bytes: int = 0
+    peer_window: int = 0xFFFF
+    peer_window_scaled: bool = False
 
 
 @dataclass(slots=True)
@@ -120,6 +125,7 @@ class FlowTable:
                     return None
                 embryo = self._embryo(key, now)
                 embryo.remote_isn = segment.seq
+                embryo.peer_window, embryo.peer_window_scaled = segment.window, False
                 return None
         else:
             if flags & SYN:
@@ -129,6 +135,7 @@ class FlowTable:
                 embryo = self._embryo(key, now)
                 embryo.remote_isn = segment.seq
                 embryo.local_isn = (segment.ack - 1) & 0xFFFFFFFF
+                embryo.peer_window, embryo.peer_window_scaled = segment.window, False
                 return build_packet(
                     key.local_addr,
                     key.remote_addr,
@@ -142,6 +149,8 @@ class FlowTable:
         if embryo is None:
             self.drops["orphan"] += 1
             return None
+        if flags & ACK:
+            embryo.peer_window, embryo.peer_window_scaled = segment.window, True
         if flags & ACK and embryo.local_isn is None:
             embryo.local_isn = (segment.ack - 1) & 0xFFFFFFFF
             if embryo.remote_isn is not None:
@@ -197,10 +206,13 @@ class FlowTable:
         receive_window: int = WINDOW_FIELD,
         idle_timeout: float = 0.0,
         keepalive_interval: float = 0.0,
+        peer_wscale: int = 0,
     ) -> tuple[Flow, list[Segment]]:
         """
         Make the flow of a connection the kernel has accepted or connected.
 
+        @param peer_wscale: the peer's window scale shift (0 when the
+            handshake did not agree on scaling).
         @return: the flow and the data segments that arrived before it was
             adopted, in arrival order, for the caller to feed to the flow
             once its owner is ready.
@@ -221,6 +233,8 @@ class FlowTable:
             receive_window=receive_window,
             idle_timeout=idle_timeout,
             keepalive_interval=keepalive_interval,
+            peer_window=embryo.peer_window << (peer_wscale if embryo.peer_window_scaled else 0),
+            peer_wscale=peer_wscale,
         )
         self.flows[key] = flow
         return flow, embryo.early

@@ -213,11 +213,15 @@ class FakeTCPTransport:
         now = self.reactor.seconds()
         mss = flow.mss
         if len(data) <= mss:
-            self._send(flow.send(data, now))
+            packet = flow.send(data, now)
+            if packet is not None:
+                self._send(packet)
             return
         view = memoryview(data)
         for start in range(0, len(data), mss):
-            self._send(flow.send(bytes(view[start : start + mss]), now))
+            packet = flow.send(bytes(view[start : start + mss]), now)
+            if packet is not None:
+                self._send(packet)
 
     def writeSequence(self, data: list[bytes]) -> None:
         """

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 
+from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from faketcp_twisted.flow import (
@@ -29,6 +30,7 @@ from faketcp_twisted.segment import (
     Segment,
     build_packet,
     parse_packet,
+    seq_after,
 )
 
 CLIENT_ADDR = socket.inet_pton(socket.AF_INET, "192.0.2.1")
@@ -92,6 +94,24 @@ def wire(packet: bytes) -> Segment:
     return parse_packet(packet, verify_checksum=True)
 
 
+def from_client(seq: int, ack: int, flags: int, payload: bytes = b"") -> bytes:
+    """
+    A packet from the client to the server built by hand, not by a flow.
+    """
+    return build_packet(
+        CLIENT_ADDR, SERVER_ADDR, CLIENT_PORT, SERVER_PORT, seq, ack, flags, 0xFFFF, payload
+    )
+
+
+def from_server(seq: int, ack: int, flags: int, payload: bytes = b"") -> bytes:
+    """
+    A packet from the server to the client built by hand, not by a flow.
+    """
+    return build_packet(
+        SERVER_ADDR, CLIENT_ADDR, SERVER_PORT, CLIENT_PORT, seq, ack, flags, 0xFFFF, payload
+    )
+
+
 def deliver(packet: bytes, to: Flow, now: float = 1.0) -> bytes | None:
     """
     Hand C{packet} to C{to} as its capture would.
@@ -133,10 +153,9 @@ class HandshakeStateTests(SynchronousTestCase):
         1 MiB and at least one byte.
         """
         key = FlowKey(CLIENT_ADDR, 1, SERVER_ADDR, 2)
-        self.assertEqual(Flow.from_handshake(key, 0, 0, MSS, 0.0, receive_window=4000).ack_every, 1000)
-        self.assertEqual(Flow.from_handshake(key, 0, 0, MSS, 0.0, receive_window=1 << 30).ack_every, 1 << 20)
-        self.assertEqual(Flow.from_handshake(key, 0, 0, MSS, 0.0, receive_window=1).ack_every, 1)
-        self.assertEqual(Flow.from_handshake(key, 0, 0, MSS, 0.0, receive_window=0).ack_every, 1)
+        for window, ack_every in [(4000, 1000), (1 << 30, 1 << 20), (1, 1), (0, 1)]:
+            flow = Flow.from_handshake(key, 0, 0, MSS, 0.0, receive_window=window)
+            self.assertEqual(flow.ack_every, ack_every)
 
 
 class DataTests(SynchronousTestCase):
@@ -376,9 +395,7 @@ class ReorderTests(SynchronousTestCase):
         pair = Pair()
         base = CLIENT_ISN + 1
         deliver(pair.client.send(b"x" * 100, 1.0), pair.server)
-        overlapping = build_packet(
-            CLIENT_ADDR, SERVER_ADDR, CLIENT_PORT, SERVER_PORT, base + 50, SERVER_ISN + 1, PSH | ACK, 0xFFFF, b"o" * 100
-        )
+        overlapping = from_client(base + 50, SERVER_ISN + 1, PSH | ACK, b"o" * 100)
         self.assertEqual(deliver(overlapping, pair.server), b"o" * 100)
         self.assertEqual(pair.server.rcv_high, base + 150)
         self.assertEqual(pair.server.stats.rx_gap_bytes, 0)
@@ -414,9 +431,7 @@ class DuplicateTests(SynchronousTestCase):
         pair = Pair()
         base = CLIENT_ISN + 1
         for payload in (b"one", b"two", b"three"):
-            packet = build_packet(
-                CLIENT_ADDR, SERVER_ADDR, CLIENT_PORT, SERVER_PORT, base, SERVER_ISN + 1, PSH | ACK, 0xFFFF, payload
-            )
+            packet = from_client(base, SERVER_ISN + 1, PSH | ACK, payload)
             self.assertEqual(deliver(packet, pair.server), payload)
         self.assertEqual(pair.server.rcv_high, base + 5)
 
@@ -435,6 +450,19 @@ class DuplicateTests(SynchronousTestCase):
         self.assertEqual(deliver(third, pair.server), b"3" * 100)
         self.assertGreater(pair.server.stats.rx_loss_estimate, 0)
         self.assertEqual(pair.server.stats.rx_late_bytes, 0)
+
+    def test_duplicateDoesNotHideLateArrival(self) -> None:
+        """
+        With a gap of two segments and a duplicate of the segment after it,
+        once both missing segments arrive late nothing is lost.
+        """
+        pair = Pair()
+        a = pair.client.send(b"a" * 100, 1.0)
+        b = pair.client.send(b"b" * 100, 1.0)
+        c = pair.client.send(b"c" * 10, 1.0)
+        for packet in (c, c, a, b):
+            deliver(packet, pair.server)
+        self.assertEqual(pair.server.stats.rx_loss_estimate, 0.0)
 
 
 class FinTests(SynchronousTestCase):
@@ -499,17 +527,7 @@ class FinTests(SynchronousTestCase):
         covers both the data and the FIN.
         """
         pair = Pair()
-        packet = build_packet(
-            CLIENT_ADDR,
-            SERVER_ADDR,
-            CLIENT_PORT,
-            SERVER_PORT,
-            CLIENT_ISN + 1,
-            SERVER_ISN + 1,
-            FIN | PSH | ACK,
-            0xFFFF,
-            b"last words",
-        )
+        packet = from_client(CLIENT_ISN + 1, SERVER_ISN + 1, FIN | PSH | ACK, b"last words")
         self.assertEqual(deliver(packet, pair.server), b"last words")
         self.assertIs(pair.server.state, FlowState.READ_CLOSED)
         self.assertEqual(pair.server.rcv_high, CLIENT_ISN + 1 + 10 + 1)
@@ -520,17 +538,7 @@ class FinTests(SynchronousTestCase):
         """
         pair = Pair()
         pair.server.finish(1.0)
-        packet = build_packet(
-            CLIENT_ADDR,
-            SERVER_ADDR,
-            CLIENT_PORT,
-            SERVER_PORT,
-            CLIENT_ISN + 1,
-            SERVER_ISN + 2,
-            FIN | PSH | ACK,
-            0xFFFF,
-            b"bye",
-        )
+        packet = from_client(CLIENT_ISN + 1, SERVER_ISN + 2, FIN | PSH | ACK, b"bye")
         self.assertEqual(deliver(packet, pair.server), b"bye")
         self.assertIs(pair.server.state, FlowState.CLOSED)
         self.assertIs(pair.server.end_reason, EndReason.PEER_FIN)
@@ -584,9 +592,7 @@ class ResetTests(SynchronousTestCase):
         A RST is never delivered, even if it carries data.
         """
         pair = Pair()
-        packet = build_packet(
-            CLIENT_ADDR, SERVER_ADDR, CLIENT_PORT, SERVER_PORT, CLIENT_ISN + 1, SERVER_ISN + 1, RST | PSH | ACK, 0, b"no"
-        )
+        packet = from_client(CLIENT_ISN + 1, SERVER_ISN + 1, RST | PSH | ACK, b"no")
         self.assertIsNone(deliver(packet, pair.server))
         self.assertIs(pair.server.end_reason, EndReason.PEER_RST)
 
@@ -628,9 +634,7 @@ class SynAckTests(SynchronousTestCase):
         handshake, and delivers nothing.
         """
         pair = Pair()
-        synack = build_packet(
-            SERVER_ADDR, CLIENT_ADDR, SERVER_PORT, CLIENT_PORT, SERVER_ISN, CLIENT_ISN + 1, SYN | ACK, 0xFFFF
-        )
+        synack = from_server(SERVER_ISN, CLIENT_ISN + 1, SYN | ACK)
         self.assertIsNone(deliver(synack, pair.client))
         self.assertEqual(len(pair.client.pending), 1)
         answer = wire(pair.client.pending[0])
@@ -649,9 +653,7 @@ class SynAckTests(SynchronousTestCase):
         Each retransmission is answered once.
         """
         pair = Pair()
-        synack = build_packet(
-            SERVER_ADDR, CLIENT_ADDR, SERVER_PORT, CLIENT_PORT, SERVER_ISN, CLIENT_ISN + 1, SYN | ACK, 0xFFFF
-        )
+        synack = from_server(SERVER_ISN, CLIENT_ISN + 1, SYN | ACK)
         deliver(synack, pair.client)
         deliver(synack, pair.client)
         self.assertEqual(len(pair.client.pending), 2)
@@ -662,9 +664,7 @@ class SynAckTests(SynchronousTestCase):
         answered.
         """
         pair = Pair()
-        syn = build_packet(
-            CLIENT_ADDR, SERVER_ADDR, CLIENT_PORT, SERVER_PORT, CLIENT_ISN, 0, SYN, 0xFFFF, b"syn data"
-        )
+        syn = from_client(CLIENT_ISN, 0, SYN, b"syn data")
         self.assertIsNone(deliver(syn, pair.server))
         self.assertEqual(pair.server.pending, [])
         self.assertIs(pair.server.state, FlowState.ESTABLISHED)
@@ -809,3 +809,44 @@ class PollTests(SynchronousTestCase):
         self.assertFalse(pair.client.poll(100.0))
         self.assertEqual(pair.client.pending, [])
         self.assertIs(pair.client.end_reason, EndReason.LOCAL_RST)
+
+
+class NetworkPropertyTests(SynchronousTestCase):
+    """
+    Properties of one direction of a flow over a network that loses and
+    reorders (but does not duplicate) segments.
+    """
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        isn=st.one_of(st.integers(0, 0xFFFFFFFF), st.integers(0xFFFFF000, 0xFFFFFFFF)),
+        sizes=st.lists(st.integers(1, 60), min_size=1, max_size=25),
+        data=st.data(),
+    )
+    def test_lossAndReordering(self, isn: int, sizes: list[int], data: st.DataObject) -> None:
+        """
+        Whatever arrives is delivered exactly, in arrival order; the ack
+        never moves back and ends at the end of the highest segment that
+        arrived; the loss estimate is the share of bytes up to there that
+        never arrived.
+        """
+        pair = Pair(client_isn=isn)
+        sent = [
+            (pair.client.send(bytes([i % 256]) * size, 1.0), offset, size)
+            for i, (offset, size) in enumerate(
+                zip([sum(sizes[:i]) for i in range(len(sizes))], sizes)
+            )
+        ]
+        arriving = data.draw(st.permutations(sent))
+        arriving = arriving[: data.draw(st.integers(0, len(arriving)))]
+        ack = pair.server.rcv_high
+        for packet, _, size in arriving:
+            self.assertEqual(deliver(packet, pair.server), wire(packet).payload)
+            self.assertFalse(seq_after(ack, pair.server.rcv_high))
+            ack = pair.server.rcv_high
+        top = max((offset + size for _, offset, size in arriving), default=0)
+        self.assertEqual(pair.server.rcv_high, (isn + 1 + top) & 0xFFFFFFFF)
+        received = sum(size for _, _, size in arriving)
+        expected = (top - received) / top if top else 0.0
+        self.assertAlmostEqual(pair.server.stats.rx_loss_estimate, expected)
+        self.assertEqual(pair.server.stats.rx_bytes, received)

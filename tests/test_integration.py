@@ -14,7 +14,7 @@ from twisted.protocols.wire import Echo
 
 from faketcp_twisted.errors import PortInUseError
 
-from tests import netlab
+from faketcp_twisted import netlab
 from tests.support import LabTestCase, Recorder, RecordingFactory, silencing_rules, sleep, wait_until
 
 

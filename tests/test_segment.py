@@ -19,7 +19,6 @@ from faketcp_twisted.segment import (
     ACK,
     FIN,
     PSH,
-    RST,
     SYN,
     MalformedSegment,
     Segment,
@@ -461,7 +460,8 @@ class TCPChecksumTests(SynchronousTestCase):
                 int.from_bytes(tcp[16:18], "big"),
                 reference_tcp_checksum(src, dst, zero_checksum_field(tcp)),
             )
-            self.assertEqual(parse_packet(build_packet(src, dst, 1, 2, 3, 4, ACK, 0xFFFF)).payload, b"")
+            packet = build_packet(src, dst, 1, 2, 3, 4, ACK, 0xFFFF)
+            self.assertEqual(parse_packet(packet).payload, b"")
 
     def test_oddLengthPayloads(self) -> None:
         """
@@ -486,7 +486,9 @@ class TCPChecksumTests(SynchronousTestCase):
         """
         for src, dst in [(SRC4, DST4), (SRC6, DST6)]:
             for payload in [b"\xff" * 1400, b"\xff" * 1401, b"\xff\xff"]:
-                tcp = build_tcp(src, dst, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0xFF, 0xFFFF, payload)
+                tcp = build_tcp(
+                    src, dst, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0xFF, 0xFFFF, payload
+                )
                 self.assertEqual(
                     int.from_bytes(tcp[16:18], "big"),
                     reference_tcp_checksum(src, dst, zero_checksum_field(tcp)),
@@ -759,7 +761,9 @@ class ParseOptionsTests(SynchronousTestCase):
         """
         An option whose length runs past the end is not read.
         """
-        self.assertEqual(parse_options(b"\x04\x02\x08\x0a\x00\x00"), TCPOptions(None, None, True, None))
+        self.assertEqual(
+            parse_options(b"\x04\x02\x08\x0a\x00\x00"), TCPOptions(None, None, True, None)
+        )
         self.assertEqual(parse_options(b"\x02\x04\x05"), TCPOptions())
 
     def test_kindWithoutLengthStops(self) -> None:
@@ -1068,7 +1072,9 @@ class PropertyTests(SynchronousTestCase):
         checksum that verifies and equals the reference.
         """
         src, dst = addrs
-        packet = build_packet(src, dst, sport, dport, seq, ack, flags, window, payload, ttl, options)
+        packet = build_packet(
+            src, dst, sport, dport, seq, ack, flags, window, payload, ttl, options
+        )
         segment = parse_packet(packet, verify_checksum=True)
         self.assertEqual(
             segment, Segment(src, dst, sport, dport, seq, ack, flags, window, payload, options, ttl)

@@ -281,10 +281,10 @@ class ServerOrphanTests(SynchronousTestCase):
         """
         table = FlowTable(Role.SERVER)
         server_handshake(table)
-        table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, PSH | ACK, CLIENT_ISN + 1, SERVER_ISN + 1, b"x"), 0.0)
-        self.assertIsNone(
-            table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, RST | ACK, CLIENT_ISN + 2, 0), 0.0)
-        )
+        data = incoming(SERVER_KEY, PSH | ACK, CLIENT_ISN + 1, SERVER_ISN + 1, b"x")
+        table.receive_unadopted(SERVER_KEY, data, 0.0)
+        rst = incoming(SERVER_KEY, RST | ACK, CLIENT_ISN + 2, 0)
+        self.assertIsNone(table.receive_unadopted(SERVER_KEY, rst, 0.0))
         self.assertNotIn(SERVER_KEY, table.embryos)
         self.assertFalse(table.handshake_known(SERVER_KEY))
         self.assertRaises(KeyError, table.adopt, SERVER_KEY, MSS, 0.0)
@@ -408,7 +408,15 @@ class ClientHandshakeTests(SynchronousTestCase):
         self.table = FlowTable(Role.CLIENT)
         self.table.expect(CLIENT_PORT, SERVER_ADDR, SERVER_PORT)
 
-    def synack(self, key: FlowKey = CLIENT_KEY, server_isn: int = SERVER_ISN, client_isn: int = CLIENT_ISN) -> Segment:
+    def synack(
+        self,
+        key: FlowKey = CLIENT_KEY,
+        server_isn: int = SERVER_ISN,
+        client_isn: int = CLIENT_ISN,
+    ) -> Segment:
+        """
+        The server's SYN-ACK as the client's capture reads it.
+        """
         return incoming(key, SYN | ACK, server_isn, (client_isn + 1) & 0xFFFFFFFF)
 
     def test_expectedSynAckAnswered(self) -> None:
@@ -924,7 +932,9 @@ class TablePropertyTests(SynchronousTestCase):
                 if key in table.flows:
                     continue
                 if table.handshake_known(key):
-                    flow, early = table.adopt(key, MSS, now, idle_timeout=3.0, keepalive_interval=1.0)
+                    flow, early = table.adopt(
+                        key, MSS, now, idle_timeout=3.0, keepalive_interval=1.0
+                    )
                     for segment in early:
                         flow.receive(segment, now)
                 else:

@@ -20,7 +20,7 @@ Conventions
 
 Typical use in a ``twisted.trial`` test::
 
-    from tests import netlab
+    from faketcp_twisted import netlab
 
     lab = netlab.two_hosts()
     self.addCleanup(lab.destroy)

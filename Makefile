@@ -1,0 +1,26 @@
+# The two commands of the README: `make demo` and `make test`.  Both set up
+# what they need first (Debian packages, a virtualenv with the package).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup test demo bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml scripts/bootstrap-system
+	./scripts/bootstrap-system
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet '.[test]'
+	touch $@
+
+# Trial runs from the checkout, so the code under test is this tree's.
+test: setup
+	$(PY) -m twisted.trial tests
+
+demo: setup
+	$(PY) -m faketcp_twisted.demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info _trial_temp dropin.cache
