@@ -70,7 +70,10 @@ class FlowStats:
     The receive-side loss and reordering estimates come from the peer's
     sequence numbers alone (no extra header on the wire): a segment that
     starts beyond the highest byte seen opens a gap of presumed-lost bytes;
-    a segment that arrives inside an open gap was reordered, not lost.
+    a segment that arrives inside an open gap was reordered, not lost, and
+    its bytes are taken off the gap.  Anything else below the highest byte
+    is a duplicate (tcpraw peers may even send new data under old numbers)
+    and changes no estimate.
     """
 
     rx_segments: int = 0
@@ -80,6 +83,7 @@ class FlowStats:
     rx_gap_bytes: int = 0
     rx_reordered: int = 0
     rx_late_bytes: int = 0
+    rx_duplicates: int = 0
     tx_held: int = 0
     tx_window_drops: int = 0
 
@@ -136,6 +140,8 @@ class Flow:
     peer_wscale: int = 0
     pending: list[bytes] = field(default_factory=list)
     held: deque[bytes] = field(default_factory=deque)
+    #: Open gaps in the peer's sequence space, oldest first, as (start, end).
+    gaps: deque[tuple[int, int]] = field(default_factory=deque)
     stats: FlowStats = field(default_factory=FlowStats)
 
     @classmethod
@@ -334,6 +340,10 @@ class Flow:
             else:
                 held.popleft()
 
+    #: Most gaps remembered for the reordering estimate; older ones are
+    #: taken as lost for good.
+    gapLimit = 64
+
     def _account(self, seq: int, size: int) -> None:
         stats = self.stats
         stats.rx_segments += 1
@@ -344,19 +354,44 @@ class Flow:
             self.rcv_high = end
         elif seq_after(seq, high):
             stats.rx_gap_bytes += (seq - high) & _MASK
-            self.rcv_high = end
-        elif seq_after(end, high):
-            # Overlaps the highest byte seen: partly old, partly new.
+            if len(self.gaps) >= self.gapLimit:
+                self.gaps.popleft()
+            self.gaps.append((high, seq))
             self.rcv_high = end
         else:
-            stats.rx_reordered += 1
-            # Only bytes inside a gap count as late; tcpraw peers may resend
-            # under old numbers, which must not shrink the loss estimate.
-            if stats.rx_late_bytes + size <= stats.rx_gap_bytes:
-                stats.rx_late_bytes += size
+            if seq_after(end, high):
+                # Overlaps the highest byte seen: partly old, partly new.
+                self.rcv_high = end
+                end = high
+            late = self._fill_gaps(seq, end)
+            if late:
+                stats.rx_reordered += 1
+                stats.rx_late_bytes += late
+            else:
+                stats.rx_duplicates += 1
         self.unacked_rx += size
         if self.unacked_rx >= self.ack_every:
             self.pending.append(self.bare_ack(self.last_rx))
+
+    def _fill_gaps(self, start: int, end: int) -> int:
+        """
+        Take [start, end) off the open gaps; return how many bytes it filled.
+        """
+        filled = 0
+        remaining: deque[tuple[int, int]] = deque()
+        for gap_start, gap_end in self.gaps:
+            low = gap_start if seq_after(gap_start, start) else start
+            high = end if seq_after(gap_end, end) else gap_end
+            if not seq_after(high, low):
+                remaining.append((gap_start, gap_end))
+                continue
+            filled += (high - low) & _MASK
+            if seq_after(low, gap_start):
+                remaining.append((gap_start, low))
+            if seq_after(gap_end, high):
+                remaining.append((high, gap_end))
+        self.gaps = remaining
+        return filled
 
     def poll(self, now: float) -> bool:
         """

@@ -122,7 +122,10 @@ def tcp_checksum(src: bytes, dst: bytes, tcp: bytes, payload: bytes = b"") -> in
         pseudo = src + dst + _PSEUDO_TAIL.pack(IPPROTO_TCP, length)
     else:
         pseudo = src + dst + struct.pack("!II", length, IPPROTO_TCP)
-    return 0xFFFF - internet_checksum_sum(pseudo, tcp, payload)
+    total = internet_checksum_sum(pseudo, tcp, payload)
+    # A sum of exactly 0xffff (reduced to 0 here) has the checksum 0, as
+    # RFC 1071 and the kernel write it; 0xffff would be accepted too.
+    return 0xFFFF - total if total else 0
 
 
 def parse_options(options: bytes) -> TCPOptions:

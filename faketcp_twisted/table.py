@@ -170,10 +170,12 @@ class FlowTable:
     def _embryo(self, key: FlowKey, now: float) -> Embryo:
         embryo = self.embryos.get(key)
         if embryo is None:
-            if len(self.embryos) >= self.limits.embryos:
+            while self.embryos and len(self.embryos) >= self.limits.embryos:
                 self.embryos.popitem(last=False)
                 self.drops["embryo-evicted"] += 1
-            embryo = self.embryos[key] = Embryo(created=now)
+            embryo = Embryo(created=now)
+            if self.limits.embryos > 0:
+                self.embryos[key] = embryo
         return embryo
 
     # -- adoption --------------------------------------------------------
@@ -243,12 +245,18 @@ class FlowTable:
         """
         Remove an ended flow; its 4-tuple enters time-wait.
         """
-        if self.flows.get(flow.key) is flow:
-            del self.flows[flow.key]
-        if len(self.time_wait) >= self.limits.time_waits:
-            self.time_wait.popitem(last=False)
-        self.time_wait[flow.key] = now + self.limits.time_wait
-        self.time_wait.move_to_end(flow.key)
+        key = flow.key
+        if self.flows.get(key) is flow:
+            del self.flows[key]
+        time_wait = self.time_wait
+        if key in time_wait:
+            time_wait.move_to_end(key)
+        else:
+            while time_wait and len(time_wait) >= self.limits.time_waits:
+                time_wait.popitem(last=False)
+            if self.limits.time_waits <= 0:
+                return
+        time_wait[key] = now + self.limits.time_wait
 
     # -- timers ----------------------------------------------------------
 
