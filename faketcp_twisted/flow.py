@@ -74,6 +74,10 @@ class FlowStats:
     its bytes are taken off the gap.  Anything else below the highest byte
     is a duplicate (tcpraw peers may even send new data under old numbers)
     and changes no estimate.
+
+    C{rx_foreign} counts data segments that carried TCP options: a kernel's
+    TCP (a plain TCP client on a fake-TCP port) sends them, fake-TCP peers
+    (this project, tcpraw) never do, so their data is not delivered.
     """
 
     rx_segments: int = 0
@@ -84,6 +88,7 @@ class FlowStats:
     rx_reordered: int = 0
     rx_late_bytes: int = 0
     rx_duplicates: int = 0
+    rx_foreign: int = 0
     tx_held: int = 0
     tx_window_drops: int = 0
 
@@ -317,6 +322,9 @@ class Flow:
                     self._release_held(now)
         payload = segment.payload
         size = len(payload)
+        if size and segment.options:
+            self.stats.rx_foreign += 1
+            return None
         delivered: bytes | None = None
         if size:
             self._account(segment.seq, size)

@@ -155,7 +155,10 @@ class FlowTable:
             embryo.local_isn = (segment.ack - 1) & 0xFFFFFFFF
             if embryo.remote_isn is not None:
                 self.completed.append(key)
-        if segment.payload or flags & FIN:
+        if segment.payload and segment.options:
+            # A kernel's data (see FlowStats.rx_foreign), not a fake segment.
+            self.drops["foreign"] += 1
+        elif segment.payload or flags & FIN:
             limits = self.limits
             if (
                 len(embryo.early) >= limits.early_segments
