@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
-from typing import Any
-
-from twisted.logger import Logger
 
 from . import kernel
+from .connection import FlowConnection
 from .demux import Demultiplexer
-from .flow import WINDOW_FIELD, FlowKey
-from .transport import FakeTCPTransport
+from .flow import WINDOW_FIELD, Flow, FlowKey
 
-log = Logger()
+#: Makes a face's connection object for an adopted flow.
+ConnectionMaker = Callable[[Demultiplexer, Flow, socket.socket], FlowConnection]
 
 #: Seconds to wait for the capture to show a handshake the kernel finished.
 HANDSHAKE_WAIT = 3.0
@@ -68,26 +66,28 @@ def adopt(
     demux: Demultiplexer,
     sock: socket.socket,
     key: FlowKey,
-    start: Callable[[FakeTCPTransport], None],
+    make: ConnectionMaker,
+    start: Callable[[FlowConnection], None],
     give_up: Callable[[], None],
 ) -> None:
     """
     Adopt the flow of C{sock} now if its handshake was seen, else when it
-    is; call C{start} with the new transport, or C{give_up} at the deadline.
+    is; call C{start} with the connection C{make} made for it, or
+    C{give_up} at the deadline.
     """
     table = demux.table
     if not table.handshake_known(key):
         demux.doRead()
     if table.handshake_known(key):
-        start(_transport(demux, sock, key))
+        start(_connection(demux, sock, key, make))
         return
-    deadline = demux.reactor.seconds() + HANDSHAKE_WAIT
+    deadline = demux.loop.seconds() + HANDSHAKE_WAIT
 
     def waiter() -> bool:
         if table.handshake_known(key):
-            start(_transport(demux, sock, key))
+            start(_connection(demux, sock, key, make))
             return True
-        if demux.reactor.seconds() >= deadline:
+        if demux.loop.seconds() >= deadline:
             demux.count_drop("handshake-unseen")
             give_up()
             return True
@@ -96,7 +96,7 @@ def adopt(
     demux.wait_for(waiter)
 
 
-def _transport(demux: Demultiplexer, sock: socket.socket, key: FlowKey) -> FakeTCPTransport:
+def _connection(demux: Demultiplexer, sock: socket.socket, key: FlowKey, make: ConnectionMaker) -> FlowConnection:
     info = kernel.kernel_tcp_info(sock)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SILENCED_RECEIVE_BUFFER)
@@ -106,7 +106,7 @@ def _transport(demux: Demultiplexer, sock: socket.socket, key: FlowKey) -> FakeT
     flow, early = demux.table.adopt(
         key,
         info.mss if info.mss > 0 else 536,
-        demux.reactor.seconds(),
+        demux.loop.seconds(),
         receive_window=WINDOW_FIELD << info.receive_wscale,
         idle_timeout=options.idle_timeout,
         keepalive_interval=options.keepalive,
@@ -114,23 +114,8 @@ def _transport(demux: Demultiplexer, sock: socket.socket, key: FlowKey) -> FakeT
     )
     # Announce this side's scaled window at once: until the peer and the
     # firewalls on the path see it, they only know the handshake's window.
-    flow.pending.append(flow.bare_ack(demux.reactor.seconds()))
-    transport = FakeTCPTransport(demux, flow, sock)
-    transport.early = early
-    demux.attach(transport)
-    return transport
-
-
-def connect_protocol(transport: FakeTCPTransport, protocol: Any) -> None:
-    """
-    Start C{protocol} on C{transport} and hand it the segments that
-    arrived before adoption.
-    """
-    transport._flushPending()
-    transport.makeConnection(protocol)
-    early, transport.early = transport.early, []
-    now = transport.reactor.seconds()
-    for segment in early:
-        if not transport.connected:
-            break
-        transport._segmentReceived(segment, now)
+    flow.pending.append(flow.bare_ack(demux.loop.seconds()))
+    connection = make(demux, flow, sock)
+    connection.early = early
+    demux.attach(connection)
+    return connection

@@ -1,50 +1,46 @@
 # -*- test-case-name: tests.test_integration -*-
 """
-Client connections: the kernel connects a marked socket while a capture
-that was opened first watches for the SYN-ACK; connections to the same
-remote port (in one network namespace) share that capture.
+The connecting side, for every face: the kernel connects a marked socket
+while a capture that was opened first watches for the SYN-ACK;
+connections to the same remote port (in one network namespace) share that
+capture.
 """
 
 from __future__ import annotations
 
 import errno
 import socket
-from typing import Any
-
-from twisted.internet import defer, error
-from twisted.internet.interfaces import IWriteDescriptor
-from twisted.logger import Logger
-from twisted.python.failure import Failure
-from zope.interface import implementer
+from collections.abc import Callable
 
 from . import adoption, kernel
+from .connection import FlowConnection
 from .demux import Demultiplexer, FlowOptions
-from .errors import ConnectFirewallError, ConnectPermissionError, HandshakeNotSeenError, connect_error
+from .errors import FakeTCPError, Problem
 from .firewall import FirewallUnavailable, SilenceRule, netns_id, silencer
+from .loop import EventLoop, Timer
 from .table import Role
-from .transport import FakeTCPTransport
 
 
 class _SharedCaptures:
     """
-    The client demultiplexers, one per (network namespace, family, remote
-    port, mark).  One stays open while a connection to its remote port is
-    being made or is up; closing the last one closes the capture at once
-    (its flows' time-wait ends with it).
+    The client demultiplexers, one per (event loop, network namespace,
+    family, remote port, mark).  One stays open while a connection to its
+    remote port is being made or is up; closing the last one closes the
+    capture at once (its flows' time-wait ends with it).
     """
 
     def __init__(self) -> None:
-        self._demuxes: dict[tuple[int, int, int, int], Demultiplexer] = {}
+        self._demuxes: dict[tuple[int, int, int, int, int], Demultiplexer] = {}
         self._connecting: dict[Demultiplexer, int] = {}
 
-    def acquire(self, reactor: Any, family: int, port: int, options: FlowOptions) -> Demultiplexer:
+    def acquire(self, loop: EventLoop, family: int, port: int, options: FlowOptions) -> Demultiplexer:
         """
         The demultiplexer for a new connection attempt to C{port}.
         """
-        key = (netns_id(), family, port, options.mark)
+        key = (id(loop), netns_id(), family, port, options.mark)
         demux = self._demuxes.get(key)
-        if demux is None:
-            demux = Demultiplexer(reactor, family, port, Role.CLIENT, options)
+        if demux is None or demux.closed:
+            demux = Demultiplexer(loop, family, port, Role.CLIENT, options)
             demux.on_released = lambda: self._maybeClose(key, demux)
             self._demuxes[key] = demux
         self._connecting[demux] = self._connecting.get(demux, 0) + 1
@@ -55,9 +51,10 @@ class _SharedCaptures:
         A connection attempt ended, made or failed.
         """
         self._connecting[demux] -= 1
-        demux.on_released()  # type: ignore[misc]
+        if demux.on_released is not None:
+            demux.on_released()
 
-    def _maybeClose(self, key: tuple[int, int, int, int], demux: Demultiplexer) -> None:
+    def _maybeClose(self, key: tuple[int, int, int, int, int], demux: Demultiplexer) -> None:
         if demux.transports or self._connecting.get(demux, 0) > 0:
             return
         self._connecting.pop(demux, None)
@@ -69,178 +66,146 @@ class _SharedCaptures:
 captures = _SharedCaptures()
 
 
-@implementer(IWriteDescriptor)
-class FakeTCPConnector:
+class Connector:
     """
-    One fake-TCP connection attempt.
+    One fake-TCP connection attempt, face-neutral.
 
-    @ivar deferred: fires with the protocol once connected and adopted, or
-        fails with a L{ConnectError} subclass.
+    Exactly one of C{on_connected} (with the new connection, whose
+    application the face attaches) and C{on_failed} (with a
+    L{FakeTCPError}) is called.
     """
-
-    log = Logger()
 
     def __init__(
         self,
-        reactor: Any,
+        loop: EventLoop,
         host: str,
         port: int,
-        factory: Any,
-        timeout: float = 30.0,
-        bindAddress: tuple[str, int] | None = None,
-        options: FlowOptions | None = None,
+        timeout: float,
+        bind_address: tuple[str, int] | None,
+        options: FlowOptions,
+        make: adoption.ConnectionMaker,
+        on_connected: Callable[[FlowConnection], None],
+        on_failed: Callable[[FakeTCPError], None],
     ) -> None:
-        self.reactor = reactor
+        """
+        @param host: an IP address (names are resolved by the face).
+        """
+        self.loop = loop
         self.host = host
         self.port = port
-        self.factory = factory
         self.timeout = timeout
-        self.bindAddress = bindAddress
-        self.options = options or FlowOptions()
-        self.deferred: defer.Deferred[Any] = defer.Deferred(self._cancel)
+        self.bind_address = bind_address
+        self.options = options
+        self.make = make
+        self.on_connected = on_connected
+        self.on_failed = on_failed
         self.sock: socket.socket | None = None
         self.demux: Demultiplexer | None = None
         self.rule: SilenceRule | None = None
         self._expected: tuple[int, bytes, int] | None = None
-        self._timeout_call: Any = None
+        self._timeout_call: Timer | None = None
+        self._fd = -1
         self._writing = False
-        self._done = False
+        self.done = False
         self._namespace = netns_id()
 
-    # -- IWriteDescriptor (connect completion) ----------------------------
-
-    def fileno(self) -> int:
-        return -1 if self.sock is None else self.sock.fileno()
-
-    def logPrefix(self) -> str:
-        return f"FakeTCPConnector {self.host}:{self.port}"
-
-    def connectionLost(self, reason: Failure) -> None:
-        # The reactor saw an error or hang-up on the connecting socket (a
-        # refused connection, say); SO_ERROR tells which.
-        self._writing = False
-        sock = self.sock
-        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if sock is not None else 0
-        self._fail(connect_error(code) if code else error.ConnectError(string=str(reason.value)))
-
-    def doWrite(self) -> None:
-        self._stopWriting()
-        sock = self.sock
-        if sock is None or self._done:
-            return
-        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if code:
-            self._fail(connect_error(code))
-            return
-        self._connected()
-
-    def _stopWriting(self) -> None:
-        if self._writing:
-            self._writing = False
-            self.reactor.removeWriter(self)
-
-    # -- the attempt -----------------------------------------------------
-
-    def connect(self) -> defer.Deferred[Any]:
+    def start(self) -> None:
         """
         Start connecting.  Sockets are created in the calling thread's
-        network namespace, before this returns.
+        network namespace, before this returns; failures are reported
+        through C{on_failed}, never raised.
         """
         try:
             self._start()
-        except Exception:
-            self._fail(Failure())
-        return self.deferred
+        except FakeTCPError as failure:
+            self._fail(failure)
+        except OSError as failure:
+            self._fail(FakeTCPError.from_os_error(failure))
 
     def _start(self) -> None:
-        kernel.require_privileges(ConnectPermissionError)
+        if not kernel.has_privileges():
+            raise FakeTCPError(Problem.PERMISSION)
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         remote = socket.inet_pton(family, self.host)
         rule = SilenceRule(family, self.port, remote=self.host, mark=self.options.mark)
         try:
             silencer.acquire(rule)
         except FirewallUnavailable as failure:
-            raise ConnectFirewallError(failure) from failure
+            raise FakeTCPError(Problem.FIREWALL, failure) from failure
         self.rule = rule
-        try:
-            self.demux = captures.acquire(self.reactor, family, self.port, self.options)
-            sock = self.sock = kernel.stream_socket(family, self.options.mark)
-        except PermissionError as failure:
-            raise ConnectPermissionError(failure) from failure
-        if self.bindAddress is not None:
-            sock.bind(self.bindAddress)
+        self.demux = captures.acquire(self.loop, family, self.port, self.options)
+        sock = self.sock = kernel.stream_socket(family, self.options.mark)
+        self._fd = sock.fileno()
+        if self.bind_address is not None:
+            sock.bind(self.bind_address)
         else:
             sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
-        local_port = sock.getsockname()[1]
-        self._expected = (local_port, remote, self.port)
+        self._expected = (sock.getsockname()[1], remote, self.port)
         self.demux.table.expect(*self._expected)
         code = sock.connect_ex((self.host, self.port))
         if code not in (0, errno.EINPROGRESS):
-            raise connect_error(code)
-        self._timeout_call = self.reactor.callLater(self.timeout, self._timedOut)
-        if code == 0:
-            self.reactor.callLater(0, self.doWrite)
-        else:
-            self._writing = True
-            self.reactor.addWriter(self)
+            raise FakeTCPError.from_errno(code)
+        self._timeout_call = self.loop.call_later(self.timeout, self._timedOut)
+        self._writing = True
+        self.loop.add_writer(self._fd, self._writable)
 
-    def _timedOut(self) -> None:
-        self._timeout_call = None
-        self._fail(error.TimeoutError(string=f"no answer from {self.host}:{self.port}"))
-
-    def _cancel(self, _deferred: defer.Deferred[Any]) -> None:
-        self._fail(error.ConnectingCancelledError(self._address()))
-
-    def _address(self) -> Any:
-        from .transport import address_of
-
-        return address_of(socket.inet_pton(socket.AF_INET6 if ":" in self.host else socket.AF_INET, self.host), self.port)
-
-    def _connected(self) -> None:
+    def _writable(self) -> None:
+        self._stopWriting()
         sock = self.sock
-        demux = self.demux
-        assert sock is not None and demux is not None
+        if sock is None or self.done:
+            return
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            self._fail(FakeTCPError.from_errno(code))
+            return
         try:
             adoption.silence(sock)
             key = adoption.flow_key(sock)
         except OSError as failure:
-            self._fail(connect_error(failure.errno or 0))
+            self._fail(FakeTCPError.from_os_error(failure))
             return
+        assert self.demux is not None
+        adoption.adopt(
+            self.demux,
+            sock,
+            key,
+            self.make,
+            self._adopted,
+            lambda: self._fail(FakeTCPError(Problem.HANDSHAKE_UNSEEN)),
+        )
 
-        def start(transport: FakeTCPTransport) -> None:
-            if self._done:
-                transport.refuse()
-                return
-            self._finishAttempt()
-            self.sock = None
-            transport.on_socket_closed = self._transportClosed(demux, self.rule, self._namespace)
-            protocol = self.factory.buildProtocol(transport.getPeer())
-            if protocol is None:
-                transport.refuse()
-            else:
-                adoption.connect_protocol(transport, protocol)
-            captures.attempt_over(demux)
-            if protocol is None:
-                self.deferred.errback(error.ConnectError(string="the factory built no protocol"))
-            else:
-                self.deferred.callback(protocol)
+    def _adopted(self, connection: FlowConnection) -> None:
+        demux = self.demux
+        assert demux is not None
+        if self.done:
+            connection.refuse()
+            return
+        self._finishAttempt()
+        self.sock = None
+        connection.on_socket_closed = _release_rule(self.rule, self._namespace)
+        captures.attempt_over(demux)
+        self.on_connected(connection)
 
-        adoption.adopt(demux, sock, key, start, lambda: self._fail(HandshakeNotSeenError()))
+    def _stopWriting(self) -> None:
+        if self._writing:
+            self._writing = False
+            self.loop.remove_writer(self._fd)
 
-    @staticmethod
-    def _transportClosed(demux: Demultiplexer, rule: SilenceRule | None, namespace: int) -> Any:
-        def closed() -> None:
-            if rule is not None:
-                silencer.release(rule, namespace)
+    def _timedOut(self) -> None:
+        self._timeout_call = None
+        self._fail(FakeTCPError(Problem.TIMEOUT, f"no answer from {self.host}:{self.port} in {self.timeout:g} s"))
 
-        return closed
+    def cancel(self) -> None:
+        """
+        Give up the attempt (the caller reports the cancellation itself).
+        """
+        self._cleanup()
 
     def _finishAttempt(self) -> None:
         """
-        The attempt is over (either way): stop its timer and watches.  The
-        socket, capture and rule now belong to the transport.
+        The attempt is over (either way): stop its timer and watches.
         """
-        self._done = True
+        self.done = True
         self._stopWriting()
         if self._timeout_call is not None and self._timeout_call.active():
             self._timeout_call.cancel()
@@ -248,9 +213,9 @@ class FakeTCPConnector:
         if self._expected is not None and self.demux is not None:
             self.demux.table.unexpect(*self._expected)
 
-    def _fail(self, reason: Any) -> None:
-        if self._done:
-            return
+    def _cleanup(self) -> bool:
+        if self.done:
+            return False
         self._finishAttempt()
         sock, self.sock = self.sock, None
         if sock is not None:
@@ -261,5 +226,21 @@ class FakeTCPConnector:
         if self.rule is not None:
             silencer.release(self.rule, self._namespace)
             self.rule = None
-        if not self.deferred.called:
-            self.deferred.errback(reason)
+        return True
+
+    def _fail(self, failure: FakeTCPError) -> None:
+        if self._cleanup():
+            self.on_failed(failure)
+
+
+def _release_rule(rule: SilenceRule | None, namespace: int) -> Callable[[], None]:
+    """
+    What to do once a client connection's kernel socket is closed: drop its
+    use of the destination's silencing rule.
+    """
+
+    def closed() -> None:
+        if rule is not None:
+            silencer.release(rule, namespace)
+
+    return closed

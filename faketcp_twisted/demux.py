@@ -1,8 +1,8 @@
 # -*- test-case-name: tests.test_integration -*-
 """
-The demultiplexer: the one reactor reader of a capture, which parses each
-captured packet, finds its flow by the full 4-tuple and hands the segment
-to that flow's transport.
+The demultiplexer: the one event-loop reader of a capture, which parses
+each captured packet, finds its flow by the full 4-tuple and hands the
+segment to that flow's connection.
 
 A listening port has one per address family; client connections to the
 same remote port share one.  It also owns the send side (a raw socket with
@@ -13,27 +13,25 @@ expires flows, and the kernel sockets of flows in time-wait.
 from __future__ import annotations
 
 import errno
+import logging
 import socket
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-from twisted.internet import error
-from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor, IWriteDescriptor
-from twisted.logger import Logger
-from twisted.python.failure import Failure
-from zope.interface import implementer
+from typing import TYPE_CHECKING
 
 from . import kernel
 from .capture import Capture, sockaddr
 from .firewall import DEFAULT_MARK
-from .flow import FlowKey, FlowState
+from .flow import FlowKey
+from .loop import EventLoop, Timer
 from .segment import MalformedSegment, parse_packet
 from .table import FlowTable, Role, TableLimits
 
 if TYPE_CHECKING:
-    from .transport import FakeTCPTransport
+    from .connection import FlowConnection
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -57,17 +55,14 @@ class FlowOptions:
     limits: TableLimits = field(default_factory=TableLimits)
 
 
-@implementer(IReadDescriptor, IWriteDescriptor)
 class Demultiplexer:
     """
     Reads one capture for every flow of a port (or of a remote port).
 
     @ivar table: the flow table.
-    @ivar transports: the transport of each adopted flow.
+    @ivar transports: the connection of each adopted flow.
     @ivar drops: packets dropped, by reason.
     """
-
-    log = Logger()
 
     #: Most packets read per reactor wake-up, so one busy capture cannot
     #: starve the rest of the reactor (as twisted's udp.Port does).
@@ -82,22 +77,20 @@ class Demultiplexer:
 
     def __init__(
         self,
-        reactor: Any,
+        loop: EventLoop,
         family: int,
         port: int,
         role: Role,
         options: FlowOptions,
     ) -> None:
-        if not IReactorFDSet.providedBy(reactor):
-            raise TypeError(f"fake-TCP needs a reactor providing IReactorFDSet, not {reactor!r}")
-        self.reactor = reactor
+        self.loop = loop
         self.family = family
         self.port = port
         self.role = role
         self.options = options
         self.capture = Capture(family, port, "dst" if role is Role.SERVER else "src")
         self.table = FlowTable(role, options.limits)
-        self.transports: dict[FlowKey, FakeTCPTransport] = {}
+        self.transports: dict[FlowKey, FlowConnection] = {}
         self.drops: Counter[str] = self.table.drops
         self._backlog: deque[tuple[bytes, tuple]] = deque()
         self._writing = False
@@ -112,22 +105,17 @@ class Demultiplexer:
         self._waiters: list[Callable[[], bool]] = []
         self._addresses: dict[bytes, tuple] = {}
         self._closed = False
-        self.reactor.addReader(self)
-        self._timer = self.reactor.callLater(self.tickInterval, self._tick)
+        self._closing = False
+        self._fd = self.capture.fileno()
+        loop.add_reader(self._fd, self.doRead)
+        self._timer: Timer = loop.call_later(self.tickInterval, self._tick)
 
-    # -- IReadDescriptor / IWriteDescriptor ------------------------------
-
-    def fileno(self) -> int:
+    @property
+    def closed(self) -> bool:
         """
-        The capture's descriptor (-1 once closed).
+        Whether the capture is closed.
         """
-        return -1 if self._closed else self.capture.fileno()
-
-    def logPrefix(self) -> str:
-        """
-        The prefix of log lines about this capture.
-        """
-        return f"FakeTCP capture {self.role.value} port {self.port}"
+        return self._closed
 
     def doRead(self) -> None:
         """
@@ -144,7 +132,7 @@ class Demultiplexer:
             self._waiters = [waiter for waiter in self._waiters if not waiter()]
 
     def _readBatch(self) -> None:
-        now = self.reactor.seconds()
+        now = self.loop.seconds()
         flows = self.table.flows
         transports = self.transports
         table = self.table
@@ -157,7 +145,7 @@ class Demultiplexer:
                 continue
             key = FlowKey(segment.dst, segment.dport, segment.src, segment.sport)
             if key in flows:
-                transports[key]._segmentReceived(segment, now)
+                transports[key].segment_received(segment, now)
                 continue
             reply = table.receive_unadopted(key, segment, now)
             if reply is not None:
@@ -166,7 +154,7 @@ class Demultiplexer:
                 table.completed.clear()
                 if self.on_handshake is not None:
                     self.on_handshake()
-                    now = self.reactor.seconds()
+                    now = self.loop.seconds()
 
     def doWrite(self) -> None:
         """
@@ -184,14 +172,8 @@ class Demultiplexer:
                 self._sendFailed(failure)
             backlog.popleft()
         self._writing = False
-        self.reactor.removeWriter(self)
+        self.loop.remove_writer(self._fd)
         self._setCongested(False)
-
-    def connectionLost(self, reason: Failure) -> None:
-        """
-        The reactor dropped the descriptor (it is being shut down).
-        """
-        self.close()
 
     # -- sending ---------------------------------------------------------
 
@@ -228,7 +210,7 @@ class Demultiplexer:
         backlog.append((packet, address))
         if not self._writing:
             self._writing = True
-            self.reactor.addWriter(self)
+            self.loop.add_writer(self._fd, self.doWrite)
         if len(backlog) >= self.backlogHighWater:
             self._setCongested(True)
 
@@ -240,8 +222,8 @@ class Demultiplexer:
         if congested is self.congested:
             return
         self.congested = congested
-        for transport in list(self.transports.values()):
-            transport._congestionChanged(congested)
+        for connection in list(self.transports.values()):
+            connection.congestion_changed(congested)
 
     def count_drop(self, reason: str) -> None:
         """
@@ -251,24 +233,24 @@ class Demultiplexer:
 
     # -- flows -----------------------------------------------------------
 
-    def attach(self, transport: FakeTCPTransport) -> None:
+    def attach(self, connection: FlowConnection) -> None:
         """
-        Route the segments of C{transport}'s flow to it.
+        Route the segments of C{connection}'s flow to it.
         """
-        self.transports[transport.flow.key] = transport
+        self.transports[connection.flow.key] = connection
 
-    def detach(self, transport: FakeTCPTransport) -> None:
+    def detach(self, connection: FlowConnection) -> None:
         """
-        Stop routing to C{transport}; its flow enters time-wait and its
+        Stop routing to C{connection}; its flow enters time-wait and its
         kernel socket is closed when time-wait ends.
         """
-        key = transport.flow.key
-        if self.transports.get(key) is transport:
+        key = connection.flow.key
+        if self.transports.get(key) is connection:
             del self.transports[key]
-        now = self.reactor.seconds()
-        self.table.retire(transport.flow, now)
+        now = self.loop.seconds()
+        self.table.retire(connection.flow, now)
         self._closing_sockets.append(
-            (now + self.table.limits.time_wait, transport.socket, transport.on_socket_closed)
+            (now + self.table.limits.time_wait, connection.socket, connection.on_socket_closed)
         )
         if self.on_released is not None:
             self.on_released()
@@ -282,16 +264,16 @@ class Demultiplexer:
         self._waiters.append(waiter)
 
     def _tick(self) -> None:
-        now = self.reactor.seconds()
-        self._timer = self.reactor.callLater(self.tickInterval, self._tick)
+        now = self.loop.seconds()
+        self._timer = self.loop.call_later(self.tickInterval, self._tick)
         for flow in self.table.expire(now):
-            transport = self.transports.get(flow.key)
-            if transport is not None:
-                transport._expired()
-        for transport in list(self.transports.values()):
-            if transport.flow.pending:
-                transport._flushPending()
-            kernel.drain(transport.socket)
+            connection = self.transports.get(flow.key)
+            if connection is not None:
+                connection.expired()
+        for connection in list(self.transports.values()):
+            if connection.flow.pending:
+                connection.flush_pending()
+            kernel.drain(connection.socket)
         closing = self._closing_sockets
         while closing and closing[0][0] <= now:
             self._closeKernelSocket(*closing.popleft()[1:])
@@ -303,27 +285,22 @@ class Demultiplexer:
         Stop reading, close every kernel socket still held, then the
         capture.  The caller removes the silencing rule afterwards.
         """
-        if self._closed:
+        if self._closed or self._closing:
             return
-        now = self.reactor.seconds()
-        for transport in list(self.transports.values()):
-            # The peers would otherwise wait for their idle timeout.
-            if transport.flow.state is not FlowState.CLOSED:
-                transport._send(transport.flow.reset(now))
-        self.reactor.removeReader(self)
+        self._closing = True
+        for connection in list(self.transports.values()):
+            connection.capture_closed()
+        self.loop.remove_reader(self._fd)
         if self._writing:
-            self.reactor.removeWriter(self)
+            self.loop.remove_writer(self._fd)
             self._writing = False
         self._closed = True
         if self._timer.active():
             self._timer.cancel()
-        for transport in list(self.transports.values()):
-            transport._connectionLost(Failure(CaptureClosed("the fake-TCP capture was closed")))
         while self._closing_sockets:
             self._closeKernelSocket(*self._closing_sockets.popleft()[1:])
         self._backlog.clear()
         self.capture.close()
-
 
     def _closeKernelSocket(self, sock: socket.socket, closed: Callable[[], None] | None) -> None:
         kernel.close_silently(sock)
@@ -331,10 +308,4 @@ class Demultiplexer:
             try:
                 closed()
             except Exception:
-                self.log.failure("Error after closing a kernel socket")
-
-
-class CaptureClosed(error.ConnectionLost):
-    """
-    The capture under a connection was closed (the reactor shut down).
-    """
+                log.exception("error after closing a kernel socket")

@@ -165,17 +165,42 @@ class FakeTCPClientEndpoint:
         return resolving.addCallbacks(resolved, failed)
 
     def _connect(self, host: str, protocolFactory: Any) -> defer.Deferred[Any]:
-        from .connector import FakeTCPConnector
+        from .connector import Connector
+        from .errors import twisted_connect_error
+        from .loop import loop_for
+        from .transport import FakeTCPTransport
 
-        return FakeTCPConnector(
-            self._reactor,
+        def connected(connection: Any) -> None:
+            protocol = protocolFactory.buildProtocol(connection.getPeer())
+            if protocol is None:
+                connection.refuse()
+                result.errback(ConnectError(string="the factory built no protocol"))
+                return
+            connection.makeConnection(protocol)
+            result.callback(protocol)
+
+        def failed(failure: Any) -> None:
+            result.errback(twisted_connect_error(failure))
+
+        def cancel(_: defer.Deferred[Any]) -> None:
+            connector.cancel()
+
+        from twisted.internet.error import ConnectError
+
+        result: defer.Deferred[Any] = defer.Deferred(cancel)
+        connector = Connector(
+            loop_for(self._reactor),
             host,
             self._port,
-            protocolFactory,
-            timeout=self._timeout,
-            bindAddress=self._bindAddress,
-            options=self._options,
-        ).connect()
+            self._timeout,
+            self._bindAddress,
+            self._options,
+            FakeTCPTransport,
+            connected,
+            failed,
+        )
+        connector.start()
+        return result
 
 
 def _is_address(host: str) -> bool:

@@ -1,11 +1,16 @@
 # -*- test-case-name: tests.test_errors -*-
 """
-Errors with one-line reasons, as subclasses of the exceptions Twisted
-programs already handle (L{CannotListenError}, L{ConnectError}).
+Errors with one-line reasons.
+
+The shared machinery raises L{FakeTCPError}, which names what went wrong
+(a L{Problem}); each face turns it into the exceptions its programs already
+handle: Twisted's L{CannotListenError} and L{ConnectError} subclasses here,
+OSError subclasses in the asyncio face.
 """
 
 from __future__ import annotations
 
+import enum
 import errno
 
 from twisted.internet import error
@@ -13,24 +18,91 @@ from twisted.internet import error
 NEEDS_PRIVILEGE = "fake-TCP needs root or CAP_NET_RAW and CAP_NET_ADMIN (raw sockets, firewall rules)"
 
 
+class Problem(enum.Enum):
+    """
+    What kept a port from listening or a connection from being made.
+    """
+
+    PERMISSION = NEEDS_PRIVILEGE
+    FIREWALL = "cannot install the silencing firewall rule"
+    PORT_IN_USE = "port in use"
+    ADDRESS_NOT_AVAILABLE = "address not available on this host"
+    REFUSED = "connection refused"
+    NO_ROUTE = "no route to host"
+    TIMEOUT = "connection timed out"
+    HANDSHAKE_UNSEEN = "the capture did not see the handshake"
+    OTHER = "system error"
+
+
+class FakeTCPError(Exception):
+    """
+    A fake-TCP operation failed.
+
+    @ivar problem: what went wrong.
+    @ivar detail: more about it (an OS error message, a library's words).
+    @ivar errno: the OS error number, when there was one.
+    """
+
+    def __init__(self, problem: Problem, detail: object = None, errno: int | None = None) -> None:
+        self.problem = problem
+        self.detail = detail
+        self.errno = errno
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        if self.detail is None or self.problem is Problem.PERMISSION:
+            return self.problem.value
+        return f"{self.problem.value}: {self.detail}"
+
+    @classmethod
+    def from_os_error(cls, failure: OSError) -> FakeTCPError:
+        """
+        The error for an OSError raised by a socket call.
+        """
+        return cls.from_errno(failure.errno or 0, failure.strerror)
+
+    @classmethod
+    def from_errno(cls, code: int, detail: object = None) -> FakeTCPError:
+        """
+        The error for an errno from a socket call (connect, bind).
+        """
+        problem = _BY_ERRNO.get(code, Problem.OTHER)
+        if problem is not Problem.OTHER:
+            detail = None
+        elif detail is None:
+            detail = errno.errorcode.get(code, str(code))
+        return cls(problem, detail, code)
+
+
+_BY_ERRNO = {
+    errno.EPERM: Problem.PERMISSION,
+    errno.EACCES: Problem.PERMISSION,
+    errno.EADDRINUSE: Problem.PORT_IN_USE,
+    errno.EADDRNOTAVAIL: Problem.ADDRESS_NOT_AVAILABLE,
+    errno.ECONNREFUSED: Problem.REFUSED,
+    errno.EHOSTUNREACH: Problem.NO_ROUTE,
+    errno.ENETUNREACH: Problem.NO_ROUTE,
+    errno.ETIMEDOUT: Problem.TIMEOUT,
+}
+
+
+# -- Twisted's exceptions ------------------------------------------------
+
+
 class FakeTCPListenError(error.CannotListenError):
     """
     A fake-TCP port could not listen.
     """
 
-    reason = "cannot listen"
-
-    def __init__(self, interface: str, port: int, detail: object = None) -> None:
-        message = self.reason if detail is None else f"{self.reason}: {detail}"
-        super().__init__(interface, port, message)
+    def __init__(self, interface: str, port: int, cause: FakeTCPError) -> None:
+        super().__init__(interface, port, str(cause))
+        self.cause = cause
 
 
 class ListenPermissionError(FakeTCPListenError):
     """
     Not root: no raw sockets, no firewall rules.
     """
-
-    reason = NEEDS_PRIVILEGE
 
 
 class ListenFirewallError(FakeTCPListenError):
@@ -39,15 +111,11 @@ class ListenFirewallError(FakeTCPListenError):
     no legacy iptables support in the kernel).
     """
 
-    reason = "cannot install the silencing firewall rule"
-
 
 class PortInUseError(FakeTCPListenError):
     """
     Another socket already listens on the port.
     """
-
-    reason = "port in use"
 
 
 class FakeTCPConnectError(error.ConnectError):
@@ -61,17 +129,11 @@ class ConnectPermissionError(FakeTCPConnectError):
     Not root: no raw sockets, no firewall rules.
     """
 
-    def __init__(self, detail: object = None) -> None:
-        super().__init__(string=NEEDS_PRIVILEGE)
-
 
 class ConnectFirewallError(FakeTCPConnectError):
     """
     The silencing rule could not be installed.
     """
-
-    def __init__(self, detail: object = None) -> None:
-        super().__init__(string=f"cannot install the silencing firewall rule: {detail}")
 
 
 class HandshakeNotSeenError(FakeTCPConnectError):
@@ -80,33 +142,33 @@ class HandshakeNotSeenError(FakeTCPConnectError):
     sequence numbers are unknown.
     """
 
-    def __init__(self) -> None:
-        super().__init__(string="the capture did not see the handshake's SYN-ACK")
+
+_LISTEN_ERRORS = {
+    Problem.PERMISSION: ListenPermissionError,
+    Problem.FIREWALL: ListenFirewallError,
+    Problem.PORT_IN_USE: PortInUseError,
+}
 
 
-def connect_error(code: int, text: str = "") -> error.ConnectError:
+def twisted_listen_error(interface: str, port: int, cause: FakeTCPError) -> error.CannotListenError:
     """
-    The Twisted connect error for a connect() errno.
+    The L{CannotListenError} subclass for a failure to listen.
     """
-    if code == errno.ECONNREFUSED:
-        return error.ConnectionRefusedError(string="connection refused")
-    if code in (errno.EHOSTUNREACH, errno.ENETUNREACH):
-        return error.NoRouteError(string="no route to host")
-    if code == errno.ETIMEDOUT:
-        return error.TCPTimedOutError(string="connection timed out")
-    if code in (errno.EPERM, errno.EACCES):
-        return ConnectPermissionError()
-    return FakeTCPConnectError(osError=code, string=text or errno.errorcode.get(code, str(code)))
+    return _LISTEN_ERRORS.get(cause.problem, FakeTCPListenError)(interface, port, cause)
 
 
-def listen_error(interface: str, port: int, cause: OSError) -> FakeTCPListenError:
+def twisted_connect_error(cause: FakeTCPError) -> error.ConnectError:
     """
-    The listen error for an OSError raised while opening a port.
+    The L{ConnectError} subclass for a failure to connect.
     """
-    if cause.errno in (errno.EPERM, errno.EACCES):
-        return ListenPermissionError(interface, port)
-    if cause.errno == errno.EADDRINUSE:
-        return PortInUseError(interface, port)
-    if cause.errno == errno.EADDRNOTAVAIL:
-        return FakeTCPListenError(interface, port, "address not available on this host")
-    return FakeTCPListenError(interface, port, cause.strerror or cause)
+    text = str(cause)
+    kinds: dict[Problem, type[error.ConnectError]] = {
+        Problem.REFUSED: error.ConnectionRefusedError,
+        Problem.NO_ROUTE: error.NoRouteError,
+        Problem.TIMEOUT: error.TimeoutError,
+        Problem.PERMISSION: ConnectPermissionError,
+        Problem.FIREWALL: ConnectFirewallError,
+        Problem.HANDSHAKE_UNSEEN: HandshakeNotSeenError,
+    }
+    kind = kinds.get(cause.problem, FakeTCPConnectError)
+    return kind(osError=cause.errno, string=text)

@@ -13,15 +13,13 @@ queued, up to a bound, and dropped past it.
 from __future__ import annotations
 
 import socket
-from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet import error
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import (
     IConsumer,
     IHalfCloseableProtocol,
-    IProtocol,
     IPushProducer,
     ISystemHandle,
     ITCPTransport,
@@ -30,198 +28,127 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .flow import EndReason, Flow, FlowState
-from .segment import FIN, RST, Segment
-
-if TYPE_CHECKING:
-    from .demux import Demultiplexer
+from .connection import Ending, FlowConnection
+from .demux import Demultiplexer
+from .flow import Flow
 
 
-def address_of(packed: bytes, port: int) -> IPv4Address | IPv6Address:
+def address_of(host: str, port: int) -> IPv4Address | IPv6Address:
     """
-    The Twisted address (type C{"TCP"}) of a packed IP address and port.
+    The Twisted address (type C{"TCP"}) of a text address and port.
     """
-    if len(packed) == 4:
-        return IPv4Address("TCP", socket.inet_ntop(socket.AF_INET, packed), port)
-    return IPv6Address("TCP", socket.inet_ntop(socket.AF_INET6, packed), port)
+    if ":" in host:
+        return IPv6Address("TCP", host, port)
+    return IPv4Address("TCP", host, port)
+
+
+_REASONS: dict[Ending, type[Exception]] = {
+    Ending.DONE: error.ConnectionDone,
+    Ending.RESET: error.ConnectionLost,
+    Ending.ABORTED: error.ConnectionAborted,
+    Ending.TIMEOUT: error.TimeoutError,
+    Ending.CAPTURE_CLOSED: error.ConnectionLost,
+}
+
+_WORDS = {
+    Ending.DONE: "connection closed cleanly",
+    Ending.RESET: "connection reset by peer",
+    Ending.ABORTED: "connection aborted",
+    Ending.TIMEOUT: "fake-TCP flow idle for too long",
+    Ending.CAPTURE_CLOSED: "the fake-TCP capture was closed",
+}
 
 
 @implementer(ITCPTransport, ISystemHandle, IConsumer, IPushProducer)
-class FakeTCPTransport:
+class FakeTCPTransport(FlowConnection):
     """
-    One connection: a flow of a shared capture, and its silenced kernel
-    socket.
+    One connection, as a Twisted transport.
 
     @ivar protocol: the protocol this transport drives.
-    @ivar flow: the flow's sans-IO state.
-    @ivar connected: whether the connection is still up.
+    @ivar connected: whether the connection is up.
     @ivar disconnecting: whether L{loseConnection} was called.
     """
 
     log = Logger()
 
-    #: Most datagrams queued while the protocol has paused this transport;
-    #: past it, further datagrams are dropped (as a full UDP buffer would).
-    pausedQueueLimit = 1024
-
-    def __init__(
-        self,
-        demux: Demultiplexer,
-        flow: Flow,
-        kernel_socket: socket.socket,
-        protocol: IProtocol | None = None,
-    ) -> None:
-        self._demux = demux
-        self.reactor = demux.reactor
-        self.flow = flow
-        self.socket = kernel_socket
-        self.protocol: Any = protocol
-        key = flow.key
-        self._host = address_of(key.local_addr, key.local_port)
-        self._peer = address_of(key.remote_addr, key.remote_port)
-        self._destination = demux.sockaddr(key.remote_addr)
+    def __init__(self, demux: Demultiplexer, flow: Flow, kernel_socket: socket.socket) -> None:
+        super().__init__(demux, flow, kernel_socket)
+        self.protocol: Any = None
         self.connected = False
         self.disconnecting = False
         self.disconnected = False
-        self._reading_paused = False
-        self._paused_queue: deque[bytes] = deque()
         self.producer: Any = None
         self.streamingProducer = False
-        self.keepalive_interval = flow.keepalive_interval
-        #: Data segments that arrived before adoption, delivered after
-        #: makeConnection.
-        self.early: list[Segment] = []
-        #: Called once the kernel socket is closed (after time-wait).
-        self.on_socket_closed: Any = None
+        self._host = address_of(*self.local_address)
+        self._peer = address_of(*self.remote_address)
+        self._keepalive_default = flow.keepalive_interval or demux.options.default_keepalive
 
     # -- life cycle ------------------------------------------------------
 
-    def makeConnection(self, protocol: IProtocol) -> None:
+    def makeConnection(self, protocol: Any) -> None:
         """
-        Attach the protocol and tell it the connection is made.
+        Attach the protocol, tell it the connection is made, and deliver
+        what arrived before adoption.
         """
         self.protocol = protocol
         self.connected = True
         protocol.makeConnection(self)
-
-    def refuse(self) -> None:
-        """
-        Reset a flow no protocol was made for (the factory said no).
-        """
-        self._send(self.flow.reset(self.reactor.seconds()))
-        self.disconnected = True
-        self._demux.detach(self)
-
-    def _segmentReceived(self, segment: Segment, now: float) -> None:
-        flow = self.flow
-        payload = flow.receive(segment, now)
-        if flow.pending:
-            self._flushPending()
-        if payload:
-            if self._reading_paused:
-                if len(self._paused_queue) < self.pausedQueueLimit:
-                    self._paused_queue.append(payload)
-                else:
-                    self._demux.count_drop("paused-overflow")
-            else:
-                self._deliver(payload)
-        if segment.flags & (FIN | RST) and self.connected:
-            self._peerEnded()
+        self.start()
 
     def _deliver(self, payload: bytes) -> None:
         try:
             self.protocol.dataReceived(payload)
         except Exception:
-            # One protocol's failure loses its own connection only.
-            failure = Failure()
-            self.log.failure("Unhandled error in dataReceived of {protocol!r}", failure, protocol=self.protocol)
-            if self.connected:
-                self._send(self.flow.reset(self.reactor.seconds()))
-                self._connectionLost(failure)
+            self._protocolFailed("dataReceived")
 
-    def _peerEnded(self) -> None:
-        flow = self.flow
-        if flow.end_reason is EndReason.PEER_RST:
-            self._connectionLost(Failure(error.ConnectionLost("connection reset by peer")))
-        elif flow.state is FlowState.READ_CLOSED:
-            if IHalfCloseableProtocol.providedBy(self.protocol):
-                try:
-                    self.protocol.readConnectionLost()
-                except Exception:
-                    self._deliverFailed()
-            else:
-                self.loseConnection()
-        elif flow.state is FlowState.CLOSED:
-            self._connectionLost(Failure(error.ConnectionDone("connection closed by peer")))
-
-    def _deliverFailed(self) -> None:
+    def _protocolFailed(self, callback: str) -> None:
+        # One protocol's failure loses its own connection only.
         failure = Failure()
-        self.log.failure("Unhandled error in {protocol!r}", failure, protocol=self.protocol)
-        if self.connected:
-            self._send(self.flow.reset(self.reactor.seconds()))
-            self._connectionLost(failure)
+        self.log.failure("Unhandled error in {callback} of {protocol!r}", failure, callback=callback, protocol=self.protocol)
+        if not self.ended:
+            self.send_rst()
+            self.end(Ending.FAILED, failure)
 
-    def _expired(self) -> None:
-        """
-        The flow was idle for too long (the demultiplexer's timer said so).
-        """
-        self._connectionLost(Failure(error.TimeoutError("fake-TCP flow idle for too long")))
+    def _peerFinished(self) -> None:
+        if IHalfCloseableProtocol.providedBy(self.protocol):
+            try:
+                self.protocol.readConnectionLost()
+            except Exception:
+                self._protocolFailed("readConnectionLost")
+        else:
+            self.loseConnection()
 
-    def _connectionLost(self, reason: Failure) -> None:
-        if self.disconnected:
-            return
+    def _ended(self, ending: Ending, failure: object) -> None:
         self.connected = False
         self.disconnected = True
-        if self.flow.state is not FlowState.CLOSED:
-            self.flow._end(EndReason.LOCAL_FIN)
-        self._paused_queue.clear()
-        self._demux.detach(self)
         producer, self.producer = self.producer, None
         if producer is not None:
             try:
                 producer.stopProducing()
             except Exception:
                 self.log.failure("Error stopping producer {producer!r}", producer=producer)
+        if ending is Ending.FAILED and isinstance(failure, Failure):
+            reason = failure
+        else:
+            reason = Failure(_REASONS[ending](_WORDS[ending]))
         protocol = self.protocol
+        if protocol is None:
+            return
         try:
             protocol.connectionLost(reason)
         except Exception:
             self.log.failure("Unhandled error in connectionLost of {protocol!r}", protocol=protocol)
 
-    # -- sending ---------------------------------------------------------
-
-    def _send(self, packet: bytes) -> None:
-        self._demux.transmit(packet, self._destination)
-
-    def _flushPending(self) -> None:
-        pending = self.flow.pending
-        for packet in pending:
-            self._send(packet)
-        pending.clear()
+    # -- ITransport ------------------------------------------------------
 
     def write(self, data: bytes) -> None:
         """
         Send C{data} as one datagram per MSS-sized piece.
         """
-        flow = self.flow
-        if not self.connected or self.disconnecting or not flow.can_send:
-            return
         if not isinstance(data, bytes):
             raise TypeError(f"Data must be bytes, not {type(data).__name__}")
-        if not data:
-            return
-        now = self.reactor.seconds()
-        mss = flow.mss
-        if len(data) <= mss:
-            packet = flow.send(data, now)
-            if packet is not None:
-                self._send(packet)
-            return
-        view = memoryview(data)
-        for start in range(0, len(data), mss):
-            packet = flow.send(bytes(view[start : start + mss]), now)
-            if packet is not None:
-                self._send(packet)
+        if self.connected and not self.disconnecting:
+            self.send(data)
 
     def writeSequence(self, data: list[bytes]) -> None:
         """
@@ -236,12 +163,8 @@ class FakeTCPTransport:
         if not self.connected or self.disconnecting:
             return
         self.disconnecting = True
-        flow = self.flow
-        if flow.can_send:
-            self._send(flow.finish(self.reactor.seconds()))
-        self.reactor.callLater(
-            0, self._connectionLost, Failure(error.ConnectionDone("connection closed cleanly"))
-        )
+        self.send_fin()
+        self.end_soon(Ending.DONE)
 
     def loseWriteConnection(self) -> None:
         """
@@ -249,12 +172,9 @@ class FakeTCPTransport:
         """
         if not self.connected or self.disconnecting or not self.flow.can_send:
             return
-        self._send(self.flow.finish(self.reactor.seconds()))
-        if self.flow.state is FlowState.CLOSED:
+        if self.send_fin():
             self.disconnecting = True
-            self.reactor.callLater(
-                0, self._connectionLost, Failure(error.ConnectionDone("connection closed cleanly"))
-            )
+            self.end_soon(Ending.DONE)
 
     def abortConnection(self) -> None:
         """
@@ -263,12 +183,8 @@ class FakeTCPTransport:
         if not self.connected:
             return
         self.disconnecting = True
-        self._send(self.flow.reset(self.reactor.seconds()))
-        self.reactor.callLater(
-            0, self._connectionLost, Failure(error.ConnectionAborted("connection aborted"))
-        )
-
-    # -- addresses and options -------------------------------------------
+        self.send_rst()
+        self.end_soon(Ending.ABORTED)
 
     def getHost(self) -> IPv4Address | IPv6Address:
         """
@@ -281,6 +197,8 @@ class FakeTCPTransport:
         The peer's address, of type C{"TCP"}.
         """
         return self._peer
+
+    # -- ITCPTransport and ISystemHandle ----------------------------------
 
     def getHandle(self) -> socket.socket:
         """
@@ -307,11 +225,9 @@ class FakeTCPTransport:
 
     def setTcpKeepAlive(self, enabled: bool) -> None:
         """
-        Turn keepalives on (with the demultiplexer's default interval) or off.
+        Turn keepalives on (at the connection's or the default interval) or off.
         """
-        self.flow.keepalive_interval = (
-            (self.keepalive_interval or self._demux.options.default_keepalive) if enabled else 0.0
-        )
+        self.flow.keepalive_interval = self._keepalive_default if enabled else 0.0
 
     # -- producer and consumer -------------------------------------------
 
@@ -319,16 +235,13 @@ class FakeTCPTransport:
         """
         Stop delivering data to the protocol; it is queued meanwhile.
         """
-        self._reading_paused = True
+        self.pause_reading()
 
     def resumeProducing(self) -> None:
         """
         Deliver what was queued, then go on delivering.
         """
-        self._reading_paused = False
-        queue = self._paused_queue
-        while queue and not self._reading_paused and self.connected:
-            self._deliver(queue.popleft())
+        self.resume_reading()
 
     def stopProducing(self) -> None:
         """
@@ -352,15 +265,15 @@ class FakeTCPTransport:
         self.streamingProducer = streaming
         if not streaming:
             # Writes are sent at once, so a pull producer may always go on.
-            self.reactor.callLater(0, self._pullMore)
-        elif self._demux.congested:
+            self.loop.call_later(0, self._pullMore)
+        elif self.demux.congested:
             producer.pauseProducing()
 
     def _pullMore(self) -> None:
         if self.producer is not None and not self.streamingProducer and self.connected:
             self.producer.resumeProducing()
-            if self.producer is not None and not self._demux.congested:
-                self.reactor.callLater(0, self._pullMore)
+            if self.producer is not None and not self.demux.congested:
+                self.loop.call_later(0, self._pullMore)
 
     def unregisterProducer(self) -> None:
         """
@@ -368,13 +281,14 @@ class FakeTCPTransport:
         """
         self.producer = None
 
-    def _congestionChanged(self, congested: bool) -> None:
+    def _congestion(self, congested: bool) -> None:
         producer = self.producer
-        if producer is None or not self.streamingProducer:
-            if producer is not None and not congested:
-                self.reactor.callLater(0, self._pullMore)
+        if producer is None:
             return
-        if congested:
+        if not self.streamingProducer:
+            if not congested:
+                self.loop.call_later(0, self._pullMore)
+        elif congested:
             producer.pauseProducing()
         else:
             producer.resumeProducing()

@@ -134,6 +134,7 @@ class LabTestCase(TestCase):
             listening = serverFromString(reactor, description).listen(factory)
         port = await listening
         self.addCleanup(port.stopListening)
+        self.addCleanup(port.abortConnections)
         return port
 
     async def connect(self, factory: Any, description: str, ns: str | None = None) -> Any:
