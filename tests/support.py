@@ -124,6 +124,13 @@ class LabTestCase(TestCase):
         require_root()
         self.lab = self.makeLab()
         self.addCleanup(self.lab.destroy)
+        # Runs after the test's own cleanups (ports, connections) and
+        # before the lab goes: every test must leave nothing behind.
+        self.addCleanup(self._checkNothingLeft)
+
+    async def _checkNothingLeft(self) -> None:
+        await sleep(0.1)
+        self.assertNothingLeft()
 
     def makeLab(self) -> netlab.Lab:
         return netlab.two_hosts(extra_server_addresses=1)
