@@ -16,8 +16,11 @@ $(VENV)/.installed: setup.cfg pyproject.toml scripts/bootstrap-system
 	touch $@
 
 # Trial runs from the checkout, so the code under test is this tree's.
+# The second run repeats the transport's integration tests on Twisted's
+# asyncio reactor, which the transport must work on too.
 test: setup
 	$(PY) -m twisted.trial tests
+	$(PY) -m twisted.trial --reactor=asyncio tests.test_integration.EchoTests tests.test_integration.ClosingTests
 
 demo: setup
 	$(PY) -m faketcp_twisted.demo
