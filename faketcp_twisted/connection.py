@@ -17,7 +17,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from .flow import EndReason, Flow, FlowState
-from .segment import FIN, RST, Segment
+from .segment import Segment
 
 if TYPE_CHECKING:
     from .demux import Demultiplexer
@@ -101,6 +101,7 @@ class FlowConnection:
         Take one segment of this connection's flow.
         """
         flow = self.flow
+        before = flow.state
         payload = flow.receive(segment, now)
         if flow.pending:
             self.flush_pending()
@@ -112,7 +113,9 @@ class FlowConnection:
                     self.demux.count_drop("paused-overflow")
             else:
                 self._deliver(payload)
-        if segment.flags & (FIN | RST) and not self.ended:
+        # Only a change of state means anything: a refused RST or a copy of
+        # a FIN already taken must not close (or half-close) twice.
+        if flow.state is not before and not self.ended:
             self._flowStateChanged()
 
     def _flowStateChanged(self) -> None:

@@ -30,11 +30,26 @@ _TCP_HEADER = struct.Struct("!HHIIBBHHH")
 _PSEUDO_TAIL = struct.Struct("!HH")  # protocol (zero-padded) and TCP length
 
 
+#: Every L{MalformedSegment.reason} L{parse_packet} gives, with what it means:
+#:  - C{truncated}: too short for the IP header, or for a TCP header after it.
+#:  - C{bad-length}: an IP header length, IP total/payload length or TCP data
+#:    offset that contradicts the bytes captured or the other lengths.
+#:  - C{bad-version}: an IP version other than 4 or 6.
+#:  - C{fragment}: an IPv4 fragment (MF set or a non-zero offset).
+#:  - C{not-tcp}: another protocol, or IPv6 extension headers before TCP.
+#:  - C{ip-options}: an IPv4 header with options (IHL > 5).
+#:  - C{bad-checksum}: the TCP checksum does not verify.
+MALFORMED_REASONS = frozenset(
+    {"truncated", "bad-length", "bad-version", "fragment", "not-tcp", "ip-options", "bad-checksum"}
+)
+
+
 class MalformedSegment(ValueError):
     """
     A captured packet that is not a usable IP/TCP segment.
 
-    @ivar reason: a short, stable word naming why (used as a counter name).
+    @ivar reason: a short, stable word naming why (used as a counter name);
+        always one of L{MALFORMED_REASONS}.
     """
 
     def __init__(self, reason: str) -> None:
@@ -134,7 +149,8 @@ def parse_options(options: bytes) -> TCPOptions:
 
     Unknown options are skipped by their length; a malformed option list
     ends the scan (the segment stays usable, its options are simply not
-    trusted further).
+    trusted further).  It never raises for any bytes: options come from the
+    wire, and a bad option list must not cost more than the segment.
     """
     mss = wscale = None
     sack = False
@@ -174,7 +190,8 @@ def parse_packet(packet: bytes, verify_checksum: bool = True) -> Segment:
         kernel vouched for the packet, or the checksum was never computed
         because the packet did not leave the machine).
     @raise MalformedSegment: for anything that is not one whole, valid,
-        unfragmented TCP segment.
+        unfragmented TCP segment (and for nothing else: any bytes either
+        parse or raise this, with a C{reason} from L{MALFORMED_REASONS}).
     """
     size = len(packet)
     if size < 20:
@@ -191,6 +208,13 @@ def parse_packet(packet: bytes, verify_checksum: bool = True) -> Segment:
             raise MalformedSegment("fragment")
         if proto != IPPROTO_TCP:
             raise MalformedSegment("not-tcp")
+        if ihl != 20:
+            # Neither the kernel's TCP nor any fake-TCP peer sends IP
+            # options (and routers drop or strip most of them): a packet
+            # with options is crafted, so it is dropped and counted rather
+            # than parsed around.  The checks above come first so that a
+            # header too long for the packet is still "bad-length".
+            raise MalformedSegment("ip-options")
         start, end = ihl, total
     elif version == 6:
         if size < 40:

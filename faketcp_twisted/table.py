@@ -9,6 +9,12 @@ table learns both initial sequence numbers from it (a server from the SYN
 and the first ACK, a client from the SYN-ACK) and keeps the data segments
 that arrive before the owning socket is accepted or connected.  Adoption
 hands those segments over, in arrival order.
+
+Everything the table keeps for 4-tuples nobody owns is bounded in count,
+bytes and time (see L{TableLimits}), and every packet costs O(1) amortized:
+embryos and time-wait entries live in insertion-ordered dictionaries whose
+oldest entries are also the first to expire or be evicted, so expiry and
+eviction pop from the front and never scan.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from dataclasses import dataclass, field
 
 from .flow import WINDOW_FIELD, Flow, FlowKey
 from .segment import ACK, FIN, RST, SYN, Segment, build_packet
+
+_MASK = 0xFFFFFFFF
 
 
 class Role(enum.Enum):
@@ -57,13 +65,35 @@ class TableLimits:
     """
     Bounds on what the table keeps for flows nobody owns yet or any more.
 
-    @ivar embryos: most embryonic entries kept at once (oldest evicted).
+    With the defaults, a SYN flood holds at most 1024 embryos, and a flood
+    of early data at most 8 MiB of payload in 8192 segments, whatever its
+    rate; orphan segments (no embryo, no flow) are counted and kept nowhere.
+
+    @ivar embryos: most embryonic entries kept at once.  A new handshake
+        past it evicts the oldest entry whose handshake is still half open
+        (SYN seen, nothing after it), else the oldest entry: a flood of
+        spoofed SYNs never completes, so completed handshakes, about to be
+        adopted, are the last to go.
+    @ivar embryos_per_address: most embryonic entries of one remote
+        address; a SYN past it is dropped (counted as
+        C{embryo-address-limit}) rather than evicting anyone, so one
+        flooding address cannot push out everyone else's handshakes.  The
+        default allows many clients behind one NAT address to connect at
+        once (64 handshakes in flight).
     @ivar embryo_lifetime: seconds an embryonic entry waits for adoption.
+    @ivar embryo_window: sequence numbers after the peer's ISN (plus one)
+        that the segments of an embryo may carry: early data, the
+        handshake's last ACK, a FIN.  Others are dropped as
+        C{embryo-out-of-window}, so a blind attacker can neither fill an
+        embryo's early budget nor change its numbers.  A RST must be
+        within L{Flow.controlWindowMaximum} of the ISN (plus one) too.
     @ivar early_segments: most early data segments kept per entry.
     @ivar early_bytes: most early payload bytes kept per entry.
+    @ivar early_total_segments: most early segments kept by all entries.
+    @ivar early_total_bytes: most early payload bytes kept by all entries.
     @ivar time_wait: seconds a closed flow's 4-tuple keeps dropping late
         segments, so they never reach a new connection.
-    @ivar time_waits: most time-wait entries kept at once.
+    @ivar time_waits: most time-wait entries kept at once (oldest evicted).
     """
 
     embryos: int = 1024
@@ -72,6 +102,10 @@ class TableLimits:
     early_bytes: int = 256 * 1024
     time_wait: float = 30.0
     time_waits: int = 4096
+    embryos_per_address: int = 64
+    embryo_window: int = 1 << 20
+    early_total_segments: int = 8192
+    early_total_bytes: int = 8 * 1024 * 1024
 
 
 class FlowTable:
@@ -79,8 +113,21 @@ class FlowTable:
     Flows of one capture, keyed by the full 4-tuple
     (local address, local port, remote address, remote port).
 
+    The reasons in L{drops}: C{time-wait} (a segment of a flow in
+    time-wait), C{orphan} (no handshake seen, or a RST that ended one),
+    C{bad-rst} (a RST too far from a handshake's numbers to end it),
+    C{bad-syn} (a SYN whose numbers differ from the handshake's first),
+    C{embryo-out-of-window} (a segment too far from a handshake's numbers),
+    C{embryo-address-limit}, C{embryo-evicted}, C{embryo-expired},
+    C{early-overflow}, C{foreign} (data with TCP options), and
+    C{time-wait-evicted} (a time-wait entry pushed out by a newer one).
+
     @ivar flows: the adopted flows.
+    @ivar embryos: the embryonic entries, oldest first.
+    @ivar time_wait: when each time-wait entry ends, oldest first.
     @ivar drops: segments dropped, by reason.
+    @ivar early_segments: early segments kept by all embryos.
+    @ivar early_bytes: early payload bytes kept by all embryos.
     """
 
     def __init__(self, role: Role, limits: TableLimits | None = None) -> None:
@@ -95,8 +142,17 @@ class FlowTable:
         self.drops: Counter[str] = Counter()
         #: Keys whose handshake became fully known since the owner last
         #: looked: the owner may adopt them at once, before more of their
-        #: data piles up as early segments.
+        #: data piles up as early segments.  At most L{TableLimits.embryos}
+        #: long, should the owner never look.
         self.completed: list[FlowKey] = []
+        # Keys of embryos whose handshake is half open, oldest first: the
+        # first to be evicted.
+        self._half_open: OrderedDict[FlowKey, None] = OrderedDict()
+        # Embryos per remote address (addresses with none are removed, so
+        # this is never larger than the embryos).
+        self._per_address: dict[bytes, int] = {}
+        self.early_segments = 0
+        self.early_bytes = 0
 
     # -- segments of no adopted flow -------------------------------------
 
@@ -114,17 +170,33 @@ class FlowTable:
         flags = segment.flags
         embryo = self.embryos.get(key)
         if flags & RST:
-            if embryo is not None:
-                del self.embryos[key]
-            self.drops["orphan"] += 1
+            if embryo is None:
+                self.drops["orphan"] += 1
+            elif self._offset(embryo, segment) < Flow.controlWindowMaximum:
+                self._remove(key)
+                self.drops["orphan"] += 1
+            else:
+                # RFC 5961 in spirit: only a RST near the peer's numbers
+                # ends a handshake, so a blind one cannot.
+                self.drops["bad-rst"] += 1
             return None
         if self.role is Role.SERVER:
             if flags & SYN:
                 if flags & ACK:
                     self.drops["orphan"] += 1
                     return None
-                embryo = self._embryo(key, now)
-                embryo.remote_isn = segment.seq
+                if embryo is not None:
+                    if segment.seq != embryo.remote_isn:
+                        # The kernel keeps the first SYN's numbers (and
+                        # answers another with a challenge ACK): so does
+                        # the table, or a blind SYN could change them.
+                        self.drops["bad-syn"] += 1
+                        return None
+                else:
+                    embryo = self._embryo(key, now)
+                    if embryo is None:
+                        return None
+                    embryo.remote_isn = segment.seq
                 embryo.peer_window, embryo.peer_window_scaled = segment.window, False
                 return None
         else:
@@ -132,53 +204,104 @@ class FlowTable:
                 if not flags & ACK or (key.local_port, key.remote_addr, key.remote_port) not in self.expected:
                     self.drops["orphan"] += 1
                     return None
-                embryo = self._embryo(key, now)
-                embryo.remote_isn = segment.seq
-                embryo.local_isn = (segment.ack - 1) & 0xFFFFFFFF
-                embryo.peer_window, embryo.peer_window_scaled = segment.window, False
+                if embryo is None:
+                    embryo = self._embryo(key, now)
+                if embryo is not None:
+                    embryo.remote_isn = segment.seq
+                    embryo.local_isn = (segment.ack - 1) & _MASK
+                    embryo.peer_window, embryo.peer_window_scaled = segment.window, False
+                    self._half_open.pop(key, None)
                 return build_packet(
                     key.local_addr,
                     key.remote_addr,
                     key.local_port,
                     key.remote_port,
                     segment.ack,
-                    (segment.seq + 1) & 0xFFFFFFFF,
+                    (segment.seq + 1) & _MASK,
                     ACK,
                     WINDOW_FIELD,
                 )
         if embryo is None:
             self.drops["orphan"] += 1
             return None
+        if self._offset(embryo, segment) >= self.limits.embryo_window:
+            self.drops["embryo-out-of-window"] += 1
+            return None
         if flags & ACK:
             embryo.peer_window, embryo.peer_window_scaled = segment.window, True
-        if flags & ACK and embryo.local_isn is None:
-            embryo.local_isn = (segment.ack - 1) & 0xFFFFFFFF
-            if embryo.remote_isn is not None:
-                self.completed.append(key)
+            if embryo.local_isn is None:
+                embryo.local_isn = (segment.ack - 1) & _MASK
+                self._half_open.pop(key, None)
+                if len(self.completed) < self.limits.embryos:
+                    self.completed.append(key)
         if segment.payload and segment.options:
             # A kernel's data (see FlowStats.rx_foreign), not a fake segment.
             self.drops["foreign"] += 1
         elif segment.payload or flags & FIN:
             limits = self.limits
+            size = len(segment.payload)
             if (
                 len(embryo.early) >= limits.early_segments
-                or embryo.early_bytes + len(segment.payload) > limits.early_bytes
+                or embryo.early_bytes + size > limits.early_bytes
+                or self.early_segments >= limits.early_total_segments
+                or self.early_bytes + size > limits.early_total_bytes
             ):
                 self.drops["early-overflow"] += 1
             else:
                 embryo.early.append(segment)
-                embryo.early_bytes += len(segment.payload)
+                embryo.early_bytes += size
+                self.early_segments += 1
+                self.early_bytes += size
         return None
 
-    def _embryo(self, key: FlowKey, now: float) -> Embryo:
-        embryo = self.embryos.get(key)
-        if embryo is None:
-            while self.embryos and len(self.embryos) >= self.limits.embryos:
-                self.embryos.popitem(last=False)
-                self.drops["embryo-evicted"] += 1
-            embryo = Embryo(created=now)
-            if self.limits.embryos > 0:
-                self.embryos[key] = embryo
+    @staticmethod
+    def _offset(embryo: Embryo, segment: Segment) -> int:
+        """
+        How far C{segment}'s sequence number lies after the peer's first
+        byte (its ISN plus one), modulo 2**32.
+        """
+        if embryo.remote_isn is None:
+            return 0
+        return (segment.seq - embryo.remote_isn - 1) & _MASK
+
+    def _embryo(self, key: FlowKey, now: float) -> Embryo | None:
+        """
+        A new embryo for C{key} (which has none), or L{None} when the
+        limits refuse one.
+        """
+        limits = self.limits
+        if limits.embryos <= 0:
+            return None
+        address = key.remote_addr
+        per_address = self._per_address
+        if per_address.get(address, 0) >= limits.embryos_per_address:
+            self.drops["embryo-address-limit"] += 1
+            return None
+        embryos = self.embryos
+        while len(embryos) >= limits.embryos:
+            half_open = self._half_open
+            victim = next(iter(half_open)) if half_open else next(iter(embryos))
+            self._remove(victim)
+            self.drops["embryo-evicted"] += 1
+        embryo = embryos[key] = Embryo(created=now)
+        self._half_open[key] = None
+        per_address[address] = per_address.get(address, 0) + 1
+        return embryo
+
+    def _remove(self, key: FlowKey) -> Embryo:
+        """
+        Remove the embryo of C{key}, keeping every count in step.
+        """
+        embryo = self.embryos.pop(key)
+        self._half_open.pop(key, None)
+        address = key.remote_addr
+        left = self._per_address[address] - 1
+        if left:
+            self._per_address[address] = left
+        else:
+            del self._per_address[address]
+        self.early_segments -= len(embryo.early)
+        self.early_bytes -= embryo.early_bytes
         return embryo
 
     # -- adoption --------------------------------------------------------
@@ -227,7 +350,7 @@ class FlowTable:
         embryo = self.embryos[key]
         if embryo.remote_isn is None or embryo.local_isn is None:
             raise KeyError(key)
-        del self.embryos[key]
+        self._remove(key)
         self.time_wait.pop(key, None)
         flow = Flow.from_handshake(
             key,
@@ -257,6 +380,7 @@ class FlowTable:
         else:
             while time_wait and len(time_wait) >= self.limits.time_waits:
                 time_wait.popitem(last=False)
+                self.drops["time-wait-evicted"] += 1
             if self.limits.time_waits <= 0:
                 return
         time_wait[key] = now + self.limits.time_wait
@@ -267,21 +391,27 @@ class FlowTable:
         """
         Drop stale embryos and time-wait entries; run every flow's timers.
 
+        Both dictionaries are in order of expiry (every entry gets the same
+        lifetime, from a clock that does not go back), so this stops at the
+        first entry still alive.
+
         @return: the flows that expired for idleness (already closed; the
             caller tells their owners and retires them).
         """
         lifetime = self.limits.embryo_lifetime
-        while self.embryos:
-            key, embryo = next(iter(self.embryos.items()))
+        embryos = self.embryos
+        while embryos:
+            key, embryo = next(iter(embryos.items()))
             if now - embryo.created < lifetime:
                 break
-            del self.embryos[key]
+            self._remove(key)
             self.drops["embryo-expired"] += 1
-        while self.time_wait:
-            key, until = next(iter(self.time_wait.items()))
+        time_wait = self.time_wait
+        while time_wait:
+            key, until = next(iter(time_wait.items()))
             if until > now:
                 break
-            del self.time_wait[key]
+            del time_wait[key]
         return [flow for flow in list(self.flows.values()) if flow.poll(now)]
 
     def __len__(self) -> int:

@@ -650,13 +650,32 @@ class SynAckTests(SynchronousTestCase):
 
     def test_eachSynAckAnswered(self) -> None:
         """
-        Each retransmission is answered once.
+        Each retransmission is answered once (the kernel retransmits after
+        1, 2, 4... seconds); copies within L{Flow.challengeAckInterval} of
+        an answer are not answered again.
         """
         pair = Pair()
         synack = from_server(SERVER_ISN, CLIENT_ISN + 1, SYN | ACK)
-        deliver(synack, pair.client)
-        deliver(synack, pair.client)
-        self.assertEqual(len(pair.client.pending), 2)
+        deliver(synack, pair.client, now=1.0)
+        deliver(synack, pair.client, now=1.0 + Flow.challengeAckInterval / 2)
+        self.assertEqual(len(pair.client.pending), 1)
+        self.assertEqual(pair.client.stats.tx_challenge_limited, 1)
+        deliver(synack, pair.client, now=2.0)
+        deliver(synack, pair.client, now=4.0)
+        self.assertEqual(len(pair.client.pending), 3)
+
+    def test_otherSynAckIgnored(self) -> None:
+        """
+        A SYN-ACK with other numbers than the handshake's is neither
+        answered nor allowed to change the flow; it is counted.
+        """
+        pair = Pair()
+        for seq, ack in [(SERVER_ISN + 1, CLIENT_ISN + 1), (SERVER_ISN, CLIENT_ISN + 2), (7, 9)]:
+            self.assertIsNone(deliver(from_server(seq, ack, SYN | ACK), pair.client))
+        self.assertEqual(pair.client.pending, [])
+        self.assertEqual(pair.client.stats.rx_bad_syn, 3)
+        self.assertIs(pair.client.state, FlowState.ESTABLISHED)
+        self.assertEqual(pair.client.rcv_high, SERVER_ISN + 1)
 
     def test_bareSynIgnored(self) -> None:
         """
@@ -669,6 +688,7 @@ class SynAckTests(SynchronousTestCase):
         self.assertEqual(pair.server.pending, [])
         self.assertIs(pair.server.state, FlowState.ESTABLISHED)
         self.assertEqual(pair.server.rcv_high, CLIENT_ISN + 1)
+        self.assertEqual(pair.server.stats.rx_bad_syn, 1)
 
 
 class AckEveryTests(SynchronousTestCase):
@@ -850,3 +870,375 @@ class NetworkPropertyTests(SynchronousTestCase):
         expected = (top - received) / top if top else 0.0
         self.assertAlmostEqual(pair.server.stats.rx_loss_estimate, expected)
         self.assertEqual(pair.server.stats.rx_bytes, received)
+
+
+class AcceptanceWindowTests(SynchronousTestCase):
+    """
+    The receive window, the control window and ack plausibility, at their
+    edges (see the L{Flow} docstring).
+    """
+
+    def test_sizesFromReceiveWindow(self) -> None:
+        """
+        The windows follow this side's advertised window, within their
+        minimums and the maximum; the ack reach covers the peer's largest
+        window.
+        """
+        key = FlowKey(CLIENT_ADDR, 1, SERVER_ADDR, 2)
+        unscaled = Flow.from_handshake(key, 0, 0, MSS, 0.0, receive_window=0xFFFF)
+        self.assertEqual(unscaled.rcv_wnd, 0xFFFF)
+        self.assertEqual(unscaled.rx_ahead, Flow.windowAheadMinimum)
+        self.assertEqual(unscaled.rx_back, Flow.windowBackMinimum)
+        self.assertEqual(unscaled.control_window, 0xFFFF)
+        self.assertEqual(unscaled.ack_back, Flow.windowBackMinimum)
+        linux = Flow.from_handshake(key, 0, 0, MSS, 0.0, receive_window=0xFFFF << 7, peer_wscale=7)
+        self.assertEqual(linux.rx_ahead, 0xFFFF << 7)
+        self.assertEqual(linux.rx_back, 4 * (0xFFFF << 7))
+        self.assertEqual(linux.control_window, Flow.controlWindowMaximum)
+        self.assertEqual(linux.ack_back, 4 * (0xFFFF << 7))
+        huge = Flow.from_handshake(key, 0, 0, MSS, 0.0, receive_window=0xFFFF << 14, peer_wscale=14)
+        self.assertEqual((huge.rx_ahead, huge.rx_back), (0xFFFF << 14, Flow.windowMaximum))
+        self.assertEqual(huge.ack_back, Flow.windowMaximum)
+        self.assertLessEqual(huge.rx_ahead + huge.rx_back, 1 << 31)
+        tiny = Flow.from_handshake(key, 0, 0, MSS, 0.0, receive_window=0)
+        self.assertEqual(tiny.control_window, 1)
+        self.assertEqual((tiny.local_isn, tiny.remote_isn), (0, 0))
+
+    def test_receiveWindowEdges(self) -> None:
+        """
+        Data at the first and last acceptable sequence numbers is delivered;
+        one past either end is dropped, counted, and changes nothing.
+        """
+        for high in (CLIENT_ISN + 1, 0, 0xFFFFFFFF, 5):
+            isn = (high - 1) & 0xFFFFFFFF
+            ahead, back = Pair(client_isn=isn).server.rx_ahead, Pair(client_isn=isn).server.rx_back
+            for offset, accepted in [
+                (0, True),
+                (ahead - 1, True),
+                (ahead, False),
+                (-back, True),
+                (-back - 1, False),
+                (1 << 31, False),
+            ]:
+                server = Pair(client_isn=isn).server
+                seq = (high + offset) & 0xFFFFFFFF
+                self.assertEqual(server.in_window(seq), accepted)
+                packet = from_client(seq, SERVER_ISN + 1, PSH | ACK, b"x")
+                self.assertEqual(deliver(packet, server), b"x" if accepted else None)
+                self.assertEqual(server.stats.rx_out_of_window, 0 if accepted else 1)
+                if not accepted:
+                    self.assertEqual(server.rcv_high, high)
+                    self.assertEqual(server.stats.rx_segments, 0)
+
+    def test_ackPlausibilityEdges(self) -> None:
+        """
+        An ack from C{snd_nxt - ack_back} to C{snd_nxt} is plausible; one
+        more behind, or anything ahead, is not.
+        """
+        pair = Pair()
+        client = pair.client
+        nxt = client.snd_nxt
+        self.assertTrue(client.ack_plausible(nxt))
+        self.assertTrue(client.ack_plausible((nxt - client.ack_back) & 0xFFFFFFFF))
+        self.assertFalse(client.ack_plausible((nxt - client.ack_back - 1) & 0xFFFFFFFF))
+        self.assertFalse(client.ack_plausible((nxt + 1) & 0xFFFFFFFF))
+
+    def test_badAckStillDelivers(self) -> None:
+        """
+        A data segment with an implausible ack is delivered (a tcpraw
+        peer's ack sticks at gaps), counted, and does not move the send
+        limit.
+        """
+        pair = Pair()
+        server = pair.server
+        limit = server.snd_limit
+        for ack in (SERVER_ISN + 1 + (1 << 30), SERVER_ISN - (1 << 30)):
+            packet = from_client(CLIENT_ISN + 1, ack & 0xFFFFFFFF, PSH | ACK, b"data")
+            self.assertEqual(deliver(packet, server), b"data")
+        self.assertEqual(server.stats.rx_bad_ack, 2)
+        self.assertEqual(server.snd_limit, limit)
+
+    def test_plausibleAckMovesSendLimit(self) -> None:
+        """
+        A plausible ack with a window moves the send limit forward.
+        """
+        pair = Pair()
+        deliver(pair.client.bare_ack(1.0), pair.server)
+        self.assertEqual(pair.server.snd_limit, SERVER_ISN + 1 + 0xFFFF)
+        self.assertEqual(pair.server.stats.rx_bad_ack, 0)
+
+    def test_controlWindowEdges(self) -> None:
+        """
+        A RST from the highest byte seen up to the control window's end
+        resets the flow; one before it, or past the end, does not.
+        """
+        base = CLIENT_ISN + 1
+        for offset, honoured in [(0, True), (0xFFFE, True), (0xFFFF, False), (-1, False)]:
+            pair = Pair()
+            rst = from_client((base + offset) & 0xFFFFFFFF, 0, RST)
+            self.assertIsNone(deliver(rst, pair.server))
+            self.assertIs(pair.server.state is FlowState.CLOSED, honoured)
+            self.assertEqual(pair.server.stats.rx_bad_rst, 0 if honoured else 1)
+
+    def test_outOfWindowDoesNotRefreshIdleTimer(self) -> None:
+        """
+        Refused segments do not keep a flow alive: an attacker who knows
+        the 4-tuple cannot hold a dead flow open.
+        """
+        pair = Pair(idle_timeout=10.0)
+        for now in (3.0, 6.0, 9.0):
+            deliver(from_client(CLIENT_ISN + (1 << 31), 0, PSH | ACK, b"junk"), pair.server, now)
+            deliver(from_client(CLIENT_ISN - 5, 0, RST), pair.server, now)
+        self.assertTrue(pair.server.poll(10.0))
+
+
+class ChallengeAckTests(SynchronousTestCase):
+    """
+    Refused segments may be answered with a bare ACK, at most one per
+    L{Flow.challengeAckInterval} per flow.
+    """
+
+    def test_outOfWindowDataChallenged(self) -> None:
+        """
+        Out-of-window data queues one bare ACK of the highest byte seen.
+        """
+        pair = Pair()
+        deliver(pair.client.send(b"abc", 1.0), pair.server)
+        deliver(from_client(CLIENT_ISN + (1 << 31), SERVER_ISN + 1, PSH | ACK, b"x"), pair.server)
+        self.assertEqual(len(pair.server.pending), 1)
+        challenge = wire(pair.server.pending[0])
+        self.assertEqual(challenge.flags, ACK)
+        self.assertEqual((challenge.seq, challenge.ack), (SERVER_ISN + 1, CLIENT_ISN + 4))
+        self.assertEqual(pair.server.stats.tx_challenge_acks, 1)
+
+    def test_rateLimited(self) -> None:
+        """
+        Within one interval only the first refused segment is answered;
+        after it, the next one is.
+        """
+        pair = Pair()
+        junk = from_client(CLIENT_ISN + (1 << 31), 0, PSH | ACK, b"x")
+        for now in (1.0, 1.1, 1.2, 1.49):
+            deliver(junk, pair.server, now)
+        self.assertEqual(len(pair.server.pending), 1)
+        self.assertEqual(pair.server.stats.tx_challenge_limited, 3)
+        deliver(junk, pair.server, 1.5)
+        self.assertEqual(len(pair.server.pending), 2)
+        self.assertEqual(pair.server.stats.rx_out_of_window, 5)
+
+    def test_clockGoingBack(self) -> None:
+        """
+        A clock that went back does not silence challenge ACKs.
+        """
+        pair = Pair()
+        junk = from_client(CLIENT_ISN + (1 << 31), 0, PSH | ACK, b"x")
+        deliver(junk, pair.server, 100.0)
+        deliver(junk, pair.server, 1.0)
+        self.assertEqual(len(pair.server.pending), 2)
+
+    def test_rstInReceiveWindowChallenged(self) -> None:
+        """
+        A RST inside the receive window but outside the control window is
+        answered (RFC 5961 3.2); one outside the receive window is not.
+        """
+        pair = Pair()
+        deliver(from_client(CLIENT_ISN + 1 + 0x10000, 0, RST), pair.server, 1.0)
+        self.assertEqual(len(pair.server.pending), 1)
+        deliver(from_client(CLIENT_ISN + (1 << 31), 0, RST), pair.server, 5.0)
+        self.assertEqual(len(pair.server.pending), 1)
+        self.assertEqual(pair.server.stats.rx_bad_rst, 2)
+        self.assertIs(pair.server.state, FlowState.ESTABLISHED)
+
+
+class FinAcceptanceTests(SynchronousTestCase):
+    """
+    A FIN is honoured only inside the control window, with a plausible ack.
+    """
+
+    def test_finAfterLostData(self) -> None:
+        """
+        The peer's FIN after its last data segments were lost is still
+        inside the control window.
+        """
+        pair = Pair()
+        for _ in range(3):
+            pair.client.send(b"l" * 1000, 1.0)  # lost
+        deliver(pair.client.finish(1.0), pair.server)
+        self.assertIs(pair.server.state, FlowState.READ_CLOSED)
+
+    def test_finOutsideControlWindow(self) -> None:
+        """
+        A FIN beyond the control window (but inside the receive window)
+        does not close; it is counted and challenged.
+        """
+        pair = Pair()
+        fin = from_client(CLIENT_ISN + 1 + 0x10000, SERVER_ISN + 1, FIN | ACK)
+        self.assertIsNone(deliver(fin, pair.server))
+        self.assertIs(pair.server.state, FlowState.ESTABLISHED)
+        self.assertEqual(pair.server.stats.rx_bad_fin, 1)
+        self.assertEqual(len(pair.server.pending), 1)
+
+    def test_finNeedsPlausibleAck(self) -> None:
+        """
+        A FIN at the right number but without ACK, or with an ack of data
+        never sent, does not close.
+        """
+        pair = Pair()
+        for flags, ack in [(FIN, 0), (FIN | ACK, SERVER_ISN + 100)]:
+            deliver(from_client(CLIENT_ISN + 1, ack, flags), pair.server)
+        self.assertIs(pair.server.state, FlowState.ESTABLISHED)
+        self.assertEqual(pair.server.stats.rx_bad_fin, 2)
+
+    def test_dataOfRefusedFinDelivered(self) -> None:
+        """
+        A data-carrying FIN whose FIN is refused (implausible ack) still
+        delivers its data.
+        """
+        pair = Pair()
+        packet = from_client(CLIENT_ISN + 1, SERVER_ISN + 100, FIN | PSH | ACK, b"d")
+        self.assertEqual(deliver(packet, pair.server), b"d")
+        self.assertIs(pair.server.state, FlowState.ESTABLISHED)
+        self.assertEqual(pair.server.rcv_high, CLIENT_ISN + 2)
+
+    def test_duplicateFinNotCounted(self) -> None:
+        """
+        A copy of the FIN already taken is neither counted nor answered.
+        """
+        pair = Pair()
+        fin = pair.client.finish(1.0)
+        deliver(fin, pair.server)
+        deliver(fin, pair.server)
+        self.assertEqual(pair.server.stats.rx_bad_fin, 0)
+        self.assertEqual(pair.server.pending, [])
+
+
+class QueueLimitTests(SynchronousTestCase):
+    """
+    L{Flow.held}, L{Flow.pending} and L{Flow.gaps} are bounded.
+    """
+
+    def blocked(self) -> Pair:
+        """
+        A pair whose client has no room in the server's window at all.
+        """
+        pair = Pair(peer_window=0)
+        self.assertIsNone(pair.client.send(b"x", 0.0))
+        return pair
+
+    def test_heldCountLimit(self) -> None:
+        """
+        Past L{Flow.heldLimit} datagrams, more are dropped and counted.
+        """
+        pair = self.blocked()
+        for _ in range(Flow.heldLimit + 10):
+            pair.client.send(b"h", 0.0)
+        self.assertEqual(len(pair.client.held), Flow.heldLimit)
+        self.assertEqual(pair.client.stats.tx_window_drops, 11)
+
+    def test_heldByteLimit(self) -> None:
+        """
+        Past L{Flow.heldBytesLimit} bytes, more are dropped and counted.
+        """
+        pair = self.blocked()
+        size = MSS
+        for _ in range(Flow.heldBytesLimit // size + 5):
+            pair.client.send(b"b" * size, 0.0)
+        self.assertLessEqual(pair.client.held_bytes, Flow.heldBytesLimit)
+        self.assertEqual(pair.client.held_bytes, sum(len(p) for _, p in pair.client.held))
+        self.assertGreater(pair.client.stats.tx_window_drops, 0)
+
+    def test_heldLifetime(self) -> None:
+        """
+        Datagrams held longer than L{Flow.heldLifetime} are dropped by
+        C{poll}, younger ones stay.
+        """
+        pair = self.blocked()
+        pair.client.send(b"old", 1.0)
+        pair.client.send(b"new", 2.5)
+        pair.client.poll(1.0 + Flow.heldLifetime + 0.1)
+        self.assertEqual([p for _, p in pair.client.held], [b"new"])
+        self.assertEqual(pair.client.stats.tx_held_expired, 2)  # b"x" too
+        self.assertEqual(pair.client.held_bytes, 3)
+
+    def test_heldReleasedInOrder(self) -> None:
+        """
+        Once the peer's window opens, held datagrams go out in order.
+        """
+        pair = self.blocked()
+        pair.client.send(b"one", 0.0)
+        pair.client.send(b"two", 0.0)
+        deliver(pair.server.bare_ack(0.5), pair.client, 0.5)
+        self.assertEqual([wire(p).payload for p in pair.client.pending], [b"x", b"one", b"two"])
+        self.assertEqual(pair.client.held_bytes, 0)
+
+    def test_heldReleaseStopsAtPendingLimit(self) -> None:
+        """
+        Releasing held datagrams stops when L{Flow.pending} is full; the
+        rest goes out on a later segment or tick.
+        """
+        pair = self.blocked()
+        pair.client.pending.extend([b"x"] * (Flow.pendingLimit - 2))
+        for i in range(5):
+            pair.client.send(b"%d" % i, 0.0)
+        deliver(pair.server.bare_ack(0.5), pair.client, 0.5)
+        self.assertEqual(len(pair.client.pending), Flow.pendingLimit)
+        self.assertEqual(len(pair.client.held), 4)
+        pair.client.pending.clear()
+        pair.client.poll(0.6)
+        self.assertEqual(len(pair.client.pending), 4)
+        self.assertEqual(len(pair.client.held), 0)
+
+    def test_heldClearedWhenClosed(self) -> None:
+        """
+        A closed flow keeps nothing held.
+        """
+        pair = self.blocked()
+        pair.client.send(b"h", 0.0)
+        pair.client.reset(0.0)
+        self.assertEqual((len(pair.client.held), pair.client.held_bytes), (0, 0))
+
+    def test_pendingLimit(self) -> None:
+        """
+        Bare ACKs are not queued past L{Flow.pendingLimit}; the drop is
+        counted.
+        """
+        pair = Pair(keepalive_interval=1.0, receive_window=4)
+        for i in range(Flow.pendingLimit + 10):
+            deliver(pair.client.send(b"abcd", 1.0), pair.server)
+        self.assertEqual(len(pair.server.pending), Flow.pendingLimit)
+        self.assertEqual(pair.server.stats.tx_pending_drops, 10)
+        pair.server.poll(100.0)
+        self.assertEqual(len(pair.server.pending), Flow.pendingLimit)
+
+    def test_gapLimit(self) -> None:
+        """
+        At most L{Flow.gapLimit} gaps are remembered.
+        """
+        pair = Pair()
+        for _ in range(Flow.gapLimit + 20):
+            pair.client.send(b"lost", 1.0)
+            deliver(pair.client.send(b"kept", 1.0), pair.server)
+        self.assertEqual(len(pair.server.gaps), Flow.gapLimit)
+
+    def test_gapsBehindWindowForgotten(self) -> None:
+        """
+        Gaps that fell behind the receive window are forgotten; one that
+        straddles its back edge is cut at the edge.
+        """
+        pair = Pair()
+        server = pair.server
+        base = CLIENT_ISN + 1
+        deliver(from_client(base + 100, SERVER_ISN + 1, PSH | ACK, b"a"), server)
+        deliver(from_client(base + 1000, SERVER_ISN + 1, PSH | ACK, b"a"), server)
+        self.assertEqual(len(server.gaps), 2)
+        # Jump ahead so that the first gap is behind the window and the
+        # second straddles its back edge.
+        top = base + 500 + server.rx_back
+        while seq_after(top, server.rcv_high + server.rx_ahead - 10):
+            deliver(from_client(server.rcv_high + server.rx_ahead - 10, SERVER_ISN + 1, PSH | ACK, b"j"), server)
+        deliver(from_client(top, SERVER_ISN + 1, PSH | ACK, b"j"), server)
+        back_edge = (server.rcv_high - server.rx_back) & 0xFFFFFFFF
+        self.assertNotIn((base, base + 100), server.gaps)
+        for start, end in server.gaps:
+            self.assertTrue(server.in_window(start))
+        self.assertIn(back_edge, [start for start, _ in server.gaps])

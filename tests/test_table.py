@@ -398,6 +398,164 @@ class EmbryoLimitTests(SynchronousTestCase):
         self.assertEqual(len(table.embryos), 0)
 
 
+class EmbryoHardeningTests(SynchronousTestCase):
+    """
+    A blind attacker who knows a handshake's 4-tuple (not its numbers)
+    cannot end it, change its numbers or fill its early budget, and one
+    flooding address cannot push out everyone else's handshakes.
+    """
+
+    def test_blindRstKeepsEmbryo(self) -> None:
+        """
+        A RST far from the peer's first sequence number leaves the embryo;
+        one at it (or just after early data) ends it.
+        """
+        table = FlowTable(Role.SERVER)
+        server_handshake(table)
+        for seq in (CLIENT_ISN, CLIENT_ISN + 1 + 0x10000, CLIENT_ISN + (1 << 31)):
+            table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, RST, seq), 0.0)
+        self.assertTrue(table.handshake_known(SERVER_KEY))
+        self.assertEqual(table.drops["bad-rst"], 3)
+        table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, RST, CLIENT_ISN + 1), 0.0)
+        self.assertFalse(table.handshake_known(SERVER_KEY))
+
+    def test_otherSynKeepsNumbers(self) -> None:
+        """
+        A SYN with another sequence number does not replace the first one's
+        (the kernel keeps the first too).
+        """
+        table = FlowTable(Role.SERVER)
+        table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, SYN, CLIENT_ISN), 0.0)
+        table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, SYN, 12345), 0.0)
+        self.assertEqual(table.embryos[SERVER_KEY].remote_isn, CLIENT_ISN)
+        self.assertEqual(table.drops["bad-syn"], 1)
+
+    def test_outOfWindowAckIgnored(self) -> None:
+        """
+        An ACK whose sequence number is not near the peer's ISN does not
+        give the local ISN, nor the peer's window.
+        """
+        table = FlowTable(Role.SERVER)
+        table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, SYN, CLIENT_ISN), 0.0)
+        table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, ACK, CLIENT_ISN - 1, 999), 0.0)
+        embryo = table.embryos[SERVER_KEY]
+        self.assertIsNone(embryo.local_isn)
+        self.assertFalse(embryo.peer_window_scaled)
+        self.assertEqual(table.drops["embryo-out-of-window"], 1)
+        self.assertEqual(table.completed, [])
+
+    def test_outOfWindowEarlyDataDropped(self) -> None:
+        """
+        Early data outside C{embryo_window} is dropped, not kept.
+        """
+        table = FlowTable(Role.SERVER, TableLimits(embryo_window=1000))
+        server_handshake(table)
+        for offset in (1000, 5000, -1):
+            segment = incoming(SERVER_KEY, PSH | ACK, CLIENT_ISN + 1 + offset, SERVER_ISN + 1, b"x")
+            table.receive_unadopted(SERVER_KEY, segment, 0.0)
+        good = incoming(SERVER_KEY, PSH | ACK, CLIENT_ISN + 1 + 999, SERVER_ISN + 1, b"x")
+        table.receive_unadopted(SERVER_KEY, good, 0.0)
+        self.assertEqual(table.drops["embryo-out-of-window"], 3)
+        self.assertEqual(table.embryos[SERVER_KEY].early, [good])
+
+    def test_perAddressLimit(self) -> None:
+        """
+        Past C{embryos_per_address} handshakes from one address, its SYNs
+        are dropped without evicting anyone; other addresses are served,
+        and the address gets room again once an embryo leaves.
+        """
+        table = FlowTable(Role.SERVER, TableLimits(embryos=10, embryos_per_address=2))
+        other = FlowKey(SERVER_ADDR, SERVER_PORT, CLIENT_ADDR_2, 1)
+        table.receive_unadopted(other, incoming(other, SYN, 1), 0.0)
+        keys = [FlowKey(SERVER_ADDR, SERVER_PORT, CLIENT_ADDR, port) for port in (1, 2, 3, 4)]
+        for key in keys:
+            table.receive_unadopted(key, incoming(key, SYN, CLIENT_ISN), 0.0)
+        self.assertEqual(list(table.embryos), [other] + keys[:2])
+        self.assertEqual(table.drops["embryo-address-limit"], 2)
+        self.assertEqual(table.drops["embryo-evicted"], 0)
+        table.receive_unadopted(keys[0], incoming(keys[0], RST, CLIENT_ISN + 1), 0.0)
+        table.receive_unadopted(keys[2], incoming(keys[2], SYN, CLIENT_ISN), 0.0)
+        self.assertIn(keys[2], table.embryos)
+
+    def test_halfOpenEvictedFirst(self) -> None:
+        """
+        A new handshake past C{embryos} evicts the oldest half-open one,
+        not an older handshake that completed.
+        """
+        table = FlowTable(Role.SERVER, TableLimits(embryos=2))
+        keys = [FlowKey(SERVER_ADDR, SERVER_PORT, CLIENT_ADDR, port) for port in (1, 2, 3)]
+        server_handshake(table, keys[0])
+        for key in keys[1:]:
+            table.receive_unadopted(key, incoming(key, SYN, CLIENT_ISN), 0.0)
+        self.assertEqual(list(table.embryos), [keys[0], keys[2]])
+        self.assertTrue(table.handshake_known(keys[0]))
+
+    def test_completedEvictedWhenNoneHalfOpen(self) -> None:
+        """
+        With every embryo complete, the oldest goes.
+        """
+        table = FlowTable(Role.SERVER, TableLimits(embryos=2))
+        keys = [FlowKey(SERVER_ADDR, SERVER_PORT, CLIENT_ADDR, port) for port in (1, 2, 3)]
+        for key in keys:
+            server_handshake(table, key)
+        self.assertEqual(list(table.embryos), keys[1:])
+        self.assertEqual(table.drops["embryo-evicted"], 1)
+
+    def test_earlyTotalLimits(self) -> None:
+        """
+        Early segments and bytes are bounded across all embryos too.
+        """
+        limits = TableLimits(early_total_segments=3, early_total_bytes=250)
+        table = FlowTable(Role.SERVER, limits)
+        keys = [FlowKey(SERVER_ADDR, SERVER_PORT, CLIENT_ADDR, port) for port in (1, 2)]
+        for key in keys:
+            server_handshake(table, key)
+            for _ in range(2):
+                data = incoming(key, PSH | ACK, CLIENT_ISN + 1, SERVER_ISN + 1, b"d" * 100)
+                table.receive_unadopted(key, data, 0.0)
+        self.assertEqual((table.early_segments, table.early_bytes), (2, 200))
+        self.assertEqual(table.drops["early-overflow"], 2)
+        small = incoming(keys[1], PSH | ACK, CLIENT_ISN + 1, SERVER_ISN + 1, b"s" * 50)
+        table.receive_unadopted(keys[1], small, 0.0)
+        self.assertEqual((table.early_segments, table.early_bytes), (3, 250))
+
+    def test_earlyTotalsFollowEmbryos(self) -> None:
+        """
+        The table-wide early counts drop with every embryo that leaves:
+        adopted, reset, evicted or expired.
+        """
+        table = FlowTable(Role.SERVER, TableLimits(embryos=2, embryo_lifetime=5.0))
+        keys = [FlowKey(SERVER_ADDR, SERVER_PORT, CLIENT_ADDR, port) for port in range(1, 6)]
+
+        def fill(key: FlowKey, now: float) -> None:
+            server_handshake(table, key, now=now)
+            data = incoming(key, PSH | ACK, CLIENT_ISN + 1, SERVER_ISN + 1, b"e" * 10)
+            table.receive_unadopted(key, data, now)
+
+        fill(keys[0], 0.0)
+        fill(keys[1], 0.0)
+        table.adopt(keys[0], MSS, 0.0)
+        self.assertEqual((table.early_segments, table.early_bytes), (1, 10))
+        table.receive_unadopted(keys[1], incoming(keys[1], RST, CLIENT_ISN + 11), 0.0)
+        self.assertEqual((table.early_segments, table.early_bytes), (0, 0))
+        for key in keys[2:]:
+            fill(key, 1.0)
+        self.assertEqual((table.early_segments, table.early_bytes), (2, 20))
+        table.expire(10.0)
+        self.assertEqual((table.early_segments, table.early_bytes), (0, 0))
+        self.assertEqual(table.embryos, {})
+
+    def test_completedBounded(self) -> None:
+        """
+        The list of completed handshakes never outgrows C{embryos}, even if
+        the owner never clears it.
+        """
+        table = FlowTable(Role.SERVER, TableLimits(embryos=3))
+        for port in range(10):
+            server_handshake(table, FlowKey(SERVER_ADDR, SERVER_PORT, CLIENT_ADDR, port))
+        self.assertEqual(len(table.completed), 3)
+
+
 class ClientHandshakeTests(SynchronousTestCase):
     """
     A client table learns a handshake from the SYN-ACK of a connection it
@@ -827,6 +985,10 @@ limits_strategy = st.builds(
     early_bytes=st.integers(0, 3000),
     time_wait=st.floats(0.0, 5.0),
     time_waits=st.integers(1, 3),
+    embryos_per_address=st.integers(1, 3),
+    embryo_window=st.sampled_from([1, 2000, 1 << 20]),
+    early_total_segments=st.integers(0, 5),
+    early_total_bytes=st.integers(0, 5000),
 )
 
 
@@ -847,6 +1009,18 @@ class TablePropertyTests(SynchronousTestCase):
         self.assertFalse(set(table.flows) & set(table.embryos))
         for key, flow in table.flows.items():
             self.assertEqual(flow.key, key)
+        embryos = list(table.embryos.values())
+        self.assertEqual(table.early_segments, sum(len(e.early) for e in embryos))
+        self.assertEqual(table.early_bytes, sum(e.early_bytes for e in embryos))
+        self.assertLessEqual(table.early_segments, limits.early_total_segments)
+        self.assertLessEqual(table.early_bytes, limits.early_total_bytes)
+        per_address: dict[bytes, int] = {}
+        for key in table.embryos:
+            per_address[key.remote_addr] = per_address.get(key.remote_addr, 0) + 1
+        self.assertEqual(table._per_address, per_address)
+        self.assertLessEqual(max(per_address.values(), default=0), limits.embryos_per_address)
+        self.assertLessEqual(set(table._half_open), set(table.embryos))
+        self.assertLessEqual(len(table.completed), limits.embryos)
 
     @settings(max_examples=250, deadline=None)
     @given(
@@ -915,6 +1089,18 @@ class TablePropertyTests(SynchronousTestCase):
                 key = PROPERTY_KEYS[index]
                 if key in table.flows:
                     continue
+                # Whether the table has room for, and will believe, these
+                # numbers: a new embryo needs room for its address; a
+                # server keeps the first SYN's numbers.
+                embryo = table.embryos.get(key)
+                if embryo is None:
+                    believed = (
+                        table._per_address.get(key.remote_addr, 0) < limits.embryos_per_address
+                    )
+                elif role is Role.SERVER:
+                    believed = embryo.remote_isn == remote_isn
+                else:
+                    believed = True
                 if role is Role.SERVER:
                     table.receive_unadopted(key, incoming(key, SYN, remote_isn), now)
                     ack = incoming(
@@ -925,7 +1111,7 @@ class TablePropertyTests(SynchronousTestCase):
                     table.expect(key.local_port, key.remote_addr, key.remote_port)
                     synack = incoming(key, SYN | ACK, remote_isn, (local_isn + 1) & 0xFFFFFFFF)
                     table.receive_unadopted(key, synack, now)
-                if key not in table.time_wait:
+                if key not in table.time_wait and believed:
                     self.assertTrue(table.handshake_known(key))
             elif kind == "adopt":
                 key = PROPERTY_KEYS[op[1]]
