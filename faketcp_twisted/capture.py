@@ -92,9 +92,14 @@ class Capture:
         @return: an iterator of (packet starting at the IP header, whether
             its checksum still needs verifying).
         """
-        recvmsg = self.capture.recvmsg
+        capture = self.capture
+        recvmsg = capture.recvmsg
         size = self.maxPacket
         for _ in range(budget):
+            if capture.fileno() < 0:
+                # Closed by the reader while it handled the last packet (the
+                # capture's last flow ended on it): nothing more to read.
+                return
             try:
                 data, ancillary, _flags, _address = recvmsg(size, _AUX_SPACE)
             except (BlockingIOError, InterruptedError):

@@ -214,6 +214,14 @@ class Demultiplexer:
         if len(backlog) >= self.backlogHighWater:
             self._setCongested(True)
 
+    @property
+    def backlog_bytes(self) -> int:
+        """
+        Bytes of the packets waiting for room in the send buffer.
+        """
+        backlog = self._backlog
+        return sum(len(packet) for packet, _address in backlog) if backlog else 0
+
     def _sendFailed(self, failure: OSError) -> None:
         reason = errno.errorcode.get(failure.errno or 0, "send-error").lower()
         self.drops[f"send-{reason}"] += 1

@@ -205,17 +205,17 @@ class AsyncioLoop:
 def loop_for(reactor_or_loop: Any) -> EventLoop:
     """
     The adapter for a Twisted reactor or an asyncio loop, cached on it so
-    every user of one reactor shares one set of watches.
+    every user of one reactor or loop shares one adapter: one set of watches,
+    and one identity under which client captures are shared.
     """
-    if isinstance(reactor_or_loop, asyncio.AbstractEventLoop):
-        adapter: Any = AsyncioLoop(reactor_or_loop)
-    else:
-        adapter = getattr(reactor_or_loop, "_faketcp_loop", None)
-        if adapter is None:
+    adapter: Any = getattr(reactor_or_loop, "_faketcp_loop", None)
+    if adapter is None:
+        if isinstance(reactor_or_loop, asyncio.AbstractEventLoop):
+            adapter = AsyncioLoop(reactor_or_loop)
+        else:
             adapter = TwistedLoop(reactor_or_loop)
-            try:
-                reactor_or_loop._faketcp_loop = adapter
-            except AttributeError:
-                pass
-        return adapter  # type: ignore[no-any-return]
+        try:
+            reactor_or_loop._faketcp_loop = adapter
+        except AttributeError:
+            pass
     return adapter  # type: ignore[no-any-return]

@@ -224,6 +224,20 @@ class ClosingTests(LabTestCase):
         self.assertNotIsInstance(reason, error.ConnectionDone)
         self.assertIsInstance(await client.lost, error.ConnectionAborted)
 
+    async def test_server_abort_seen_by_client(self) -> None:
+        """
+        The server resetting a client's only connection ends it with
+        ConnectionLost; the client's capture, closed while it reads the
+        RST, logs no error.
+        """
+        port, client, _peer = await self._pair()
+        port.abortConnections()
+        reason = await client.lost
+        self.assertIsInstance(reason, error.ConnectionLost)
+        self.assertNotIsInstance(reason, error.ConnectionDone)
+        await sleep(0.1)
+        self.assertEqual(silencing_rules(self.lab, self.lab.C), [])
+
     async def test_idle_flow_expires(self) -> None:
         """
         A flow silent for idleTimeout seconds ends with TimeoutError.
