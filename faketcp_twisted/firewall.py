@@ -51,9 +51,14 @@ class SilenceRule:
     remote: str | None = None
     mark: int = DEFAULT_MARK
 
-    def describe(self) -> str:
+    def describe(self, comment: str | None = None) -> str:
         """
-        The rule as C{iptables-save} (or C{ip6tables-save}) would print it.
+        The rule as an iptables (ip6tables) command.
+
+        @param comment: the rule's comment; by default the one this process
+            would give it.  An operator installing rules by hand must use
+            another comment: rules with this process's comment are swept as
+            leftovers once it has exited.
         """
         command = "ip6tables" if self.family == socket.AF_INET6 else "iptables"
         if self.remote is None:
@@ -64,7 +69,7 @@ class SilenceRule:
         return (
             f"{command} -A OUTPUT -p tcp {where} ! --tcp-flags SYN SYN "
             f"-m mark --mark {self.mark:#x} -m comment --comment "
-            f'"{_comment()}" -j DROP'
+            f'"{_comment() if comment is None else comment}" -j DROP'
         )
 
 

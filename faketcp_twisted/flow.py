@@ -125,6 +125,7 @@ class FlowStats:
     tx_challenge_limited: int = 0
     tx_held_expired: int = 0
     tx_pending_drops: int = 0
+    tx_keepalives: int = 0
 
     @property
     def rx_loss_estimate(self) -> float:
@@ -722,5 +723,6 @@ class Flow:
         if self.held:
             self._release_held(now)
         if self.keepalive_interval and now - self.last_tx >= self.keepalive_interval:
+            self.stats.tx_keepalives += 1
             self._queue_ack(now)
         return False

@@ -94,6 +94,11 @@ class TableLimits:
     @ivar time_wait: seconds a closed flow's 4-tuple keeps dropping late
         segments, so they never reach a new connection.
     @ivar time_waits: most time-wait entries kept at once (oldest evicted).
+    @ivar orphan_resets: most RSTs per second a server sends in answer to
+        orphan data (a flow of a previous run of the server, say: the
+        kernel's own RST would carry the listener's mark and be silenced,
+        and the peer would wait for its idle timeout).  A global budget,
+        so spoofed orphans cannot turn the port into a RST reflector.
     """
 
     embryos: int = 1024
@@ -106,6 +111,7 @@ class TableLimits:
     embryo_window: int = 1 << 20
     early_total_segments: int = 8192
     early_total_bytes: int = 8 * 1024 * 1024
+    orphan_resets: float = 10.0
 
 
 class FlowTable:
@@ -145,6 +151,8 @@ class FlowTable:
         #: data piles up as early segments.  At most L{TableLimits.embryos}
         #: long, should the owner never look.
         self.completed: list[FlowKey] = []
+        self._reset_tokens = self.limits.orphan_resets
+        self._reset_time = 0.0
         # Keys of embryos whose handshake is half open, oldest first: the
         # first to be evicted.
         self._half_open: OrderedDict[FlowKey, None] = OrderedDict()
@@ -223,6 +231,19 @@ class FlowTable:
                 )
         if embryo is None:
             self.drops["orphan"] += 1
+            if self.role is Role.SERVER and flags & ACK and self._may_reset(now):
+                # RFC 793: a RST for a segment with ACK takes its ack as seq,
+                # which is exactly what the peer's flow expects next.
+                return build_packet(
+                    key.local_addr,
+                    key.remote_addr,
+                    key.local_port,
+                    key.remote_port,
+                    segment.ack,
+                    0,
+                    RST,
+                    0,
+                )
             return None
         if self._offset(embryo, segment) >= self.limits.embryo_window:
             self.drops["embryo-out-of-window"] += 1
@@ -303,6 +324,18 @@ class FlowTable:
         self.early_segments -= len(embryo.early)
         self.early_bytes -= embryo.early_bytes
         return embryo
+
+    def _may_reset(self, now: float) -> bool:
+        rate = self.limits.orphan_resets
+        if rate <= 0:
+            return False
+        self._reset_tokens = min(rate, self._reset_tokens + (now - self._reset_time) * rate)
+        self._reset_time = now
+        if self._reset_tokens < 1:
+            self.drops["orphan-reset-limited"] += 1
+            return False
+        self._reset_tokens -= 1
+        return True
 
     # -- adoption --------------------------------------------------------
 

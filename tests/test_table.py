@@ -255,7 +255,7 @@ class ServerOrphanTests(SynchronousTestCase):
         An ACK or data segment with no SYN seen is an orphan: dropped,
         counted, and no embryo is made.
         """
-        table = FlowTable(Role.SERVER)
+        table = FlowTable(Role.SERVER, TableLimits(orphan_resets=0))
         self.assertIsNone(
             table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, ACK, 1, 2), 0.0)
         )
@@ -263,6 +263,34 @@ class ServerOrphanTests(SynchronousTestCase):
         table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, FIN | ACK, 1, 2), 0.0)
         self.assertEqual(table.drops["orphan"], 3)
         self.assertEqual(table.embryos, {})
+
+    def test_orphanDataIsReset(self) -> None:
+        """
+        A server answers orphan data (a flow of its previous run) with a RST
+        whose seq is the segment's ack, so the peer's flow ends at once.
+        """
+        table = FlowTable(Role.SERVER)
+        reply = table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, PSH | ACK, 1, 777, b"x"), 0.0)
+        assert reply is not None
+        answer = parse_packet(reply, verify_checksum=True)
+        self.assertEqual((answer.flags, answer.seq), (RST, 777))
+        self.assertEqual((answer.src, answer.sport), (SERVER_KEY.local_addr, SERVER_KEY.local_port))
+        self.assertEqual((answer.dst, answer.dport), (SERVER_KEY.remote_addr, SERVER_KEY.remote_port))
+
+    def test_orphanResetsRateLimited(self) -> None:
+        """
+        Orphan RSTs stay within their budget per second, whatever the flood,
+        so the port cannot be used to reflect RSTs at spoofed addresses.
+        """
+        table = FlowTable(Role.SERVER, TableLimits(orphan_resets=5))
+        sent = sum(
+            table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, ACK, 1, n), 10.0 + n * 1e-4) is not None
+            for n in range(1000)
+        )
+        self.assertLessEqual(sent, 6)
+        self.assertGreater(table.drops["orphan-reset-limited"], 900)
+        later = table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, ACK, 1, 5), 12.0)
+        self.assertIsNotNone(later)
 
     def test_synAckIsOrphan(self) -> None:
         """
@@ -1079,7 +1107,10 @@ class TablePropertyTests(SynchronousTestCase):
                     reply = table.receive_unadopted(key, segment, now)
                     if reply is not None:
                         answer = parse_packet(reply, verify_checksum=True)
-                        self.assertIs(role, Role.CLIENT)
+                        if role is Role.SERVER:
+                            # An orphan's RST, seq taken from its ack.
+                            self.assertEqual((answer.flags, answer.seq), (RST, ack))
+                            continue
                         self.assertEqual(answer.flags, ACK)
                         self.assertEqual(answer.seq, ack)
                         self.assertEqual(answer.ack, (seq + 1) & 0xFFFFFFFF)

@@ -1,0 +1,813 @@
+# -*- test-case-name: tests.test_relay -*-
+"""
+The UDP <-> fake-TCP relay, as two Twisted services.
+
+L{ServerRelay} listens for fake-TCP connections and gives each one its own
+connected UDP socket toward the target, so the target's replies come back
+on the socket of the connection they belong to.  L{ClientRelay} listens on
+one UDP socket and makes one fake-TCP connection per UDP source address,
+queueing that source's first datagrams (a bounded number) while the
+connection is being made, and making a new one on the next datagram after
+the old one died.
+
+One datagram is one segment is one datagram: a datagram larger than the
+connection's MSS is dropped and counted (and logged once per flow), never
+split, since the far side would deliver the pieces as separate datagrams.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from twisted.application import service
+from twisted.internet import defer, error, task
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .firewall import FirewallUnavailable, sweep
+from .kernel import has_privileges
+from .relayspec import SpecError, UDPAddress, resolve
+from .relaystats import FlowRecord, RelayStats, path_mtu
+
+#: Largest UDP datagram read: anything up to the IP limit is read whole, so
+#: an oversize datagram is seen (and dropped) at its true size rather than
+#: truncated by the read.
+MAX_DATAGRAM = 65535
+#: Socket buffers of the client relay's UDP socket: a burst from a fast
+#: sender (WireGuard, KCP) must not overflow the kernel's default buffer
+#: while the reactor is busy with the other side; not much more, or an
+#: overloaded relay queues hundreds of milliseconds of datagrams.
+UDP_BUFFER = 1024 * 1024
+#: Socket buffers of each server flow's UDP socket (one per connection, so
+#: smaller: the memory is committed as they fill).
+FLOW_UDP_BUFFER = 512 * 1024
+#: Seconds the shutdown waits for connections to close before aborting them.
+STOP_GRACE = 5.0
+#: Seconds between two log lines about one flow's failing connection attempts.
+FAILURE_LOG_INTERVAL = 30.0
+
+
+@dataclass(slots=True)
+class RelaySettings:
+    """
+    Tunables of a relay that are not part of its endpoint strings.
+
+    @ivar udp_idle_timeout: seconds without a datagram either way after
+        which a flow is closed (its fake-TCP connection with FIN, its UDP
+        socket or mapping freed); 0 never.
+    @ivar max_flows: most flows at once; more are refused (server: the
+        connection is reset) or dropped (client: the datagram is counted as
+        C{flow-limit}).
+    @ivar queue_limit: most datagrams a client flow queues while its
+        fake-TCP connection is being made.
+    @ivar reconnect_delay: seconds after a failed connection attempt during
+        which a client flow drops datagrams instead of trying again.
+    """
+
+    udp_idle_timeout: float = 180.0
+    max_flows: int = 1024
+    queue_limit: int = 64
+    reconnect_delay: float = 1.0
+
+
+#: Linux's SO_RCVBUFFORCE and SO_SNDBUFFORCE (not in the socket module):
+#: a privileged process may pass net.core.rmem_max / wmem_max.
+_FORCED = {socket.SO_RCVBUF: 33, socket.SO_SNDBUF: 32}
+
+
+def enlarge_buffers(handle: socket.socket, size: int = UDP_BUFFER) -> None:
+    """
+    Give a UDP socket C{size}-byte receive and send buffers, past the
+    system's limits when privileged, else as far as they allow.
+    """
+    for option, forced in _FORCED.items():
+        try:
+            handle.setsockopt(socket.SOL_SOCKET, forced, size)
+        except OSError:
+            try:
+                handle.setsockopt(socket.SOL_SOCKET, option, size)
+            except OSError:
+                pass
+
+
+#: SO_MEMINFO (linux/socket.h) and the index of SK_MEMINFO_DROPS in it.
+_SO_MEMINFO = 55
+_MEMINFO = struct.Struct("9I")
+_MEMINFO_DROPS = 8
+
+
+def receive_drops(handle: socket.socket) -> int:
+    """
+    Datagrams the kernel dropped because the socket's receive buffer was
+    full: they never reached the relay, but an operator needs to see them.
+    0 where the kernel cannot tell.
+    """
+    try:
+        return _MEMINFO.unpack(handle.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, _MEMINFO.size))[_MEMINFO_DROPS]
+    except (OSError, struct.error):
+        return 0
+
+
+def _udp_error(failure: BaseException) -> str:
+    if isinstance(failure, error.MessageLengthError):
+        return "udp-too-long"
+    code = getattr(failure, "errno", None) or 0
+    return "udp-" + errno.errorcode.get(code, "send-error").lower()
+
+
+def _watch_capture(stats: RelayStats, transport: Any) -> None:
+    # Malformed, orphan and time-wait segments never reach a transport:
+    # they are counted by the capture's demultiplexer.
+    drops = getattr(getattr(transport, "demux", None), "drops", None)
+    if drops is not None:
+        stats.watch_capture(drops)
+
+
+def _to_peer(log: Logger, stats: RelayStats, record: FlowRecord, transport: Any, datagram: bytes, source: str) -> None:
+    """
+    Send one datagram as one segment to the fake-TCP peer, or drop it
+    whole: never split, never truncated.
+    """
+    if len(datagram) > transport.flow.mss:
+        _oversize(log, stats, record, transport, len(datagram), source)
+        return
+    transport.write(datagram)
+    counts = record.counts
+    counts.up_datagrams += 1
+    counts.up_bytes += len(datagram)
+
+
+def _oversize(log: Logger, stats: RelayStats, record: FlowRecord, transport: Any, size: int, source: str) -> None:
+    """
+    Drop a datagram too large for the connection's MSS: count it, and log
+    the first one of the flow with the MSS and the MTU it implies.
+    """
+    stats.drop("oversize")
+    if record.oversize_logged:
+        return
+    record.oversize_logged = True
+    mss = transport.flow.mss
+    mtu = path_mtu(mss, ":" in transport.getPeer().host)
+    log.warn(
+        "dropped a {size}-byte datagram from {source}: larger than the fake-TCP MSS of {mss} bytes "
+        "(path MTU {mtu}); datagrams are never split, so lower the sender's MTU until its datagrams "
+        "fit in {mss} bytes (further oversize datagrams of this flow are counted, not logged)",
+        size=size,
+        source=source,
+        mss=mss,
+        mtu=mtu,
+    )
+
+
+def cannot_start(log: Logger, failure: BaseException) -> NoReturn:
+    """
+    Log why the relay cannot start, in one line, and exit with status 1.
+
+    twistd would print a full traceback for an exception raised from
+    startService; the reason (not root, port in use...) is all an operator
+    needs.  Services are ordered so that nothing holding a firewall rule
+    has started yet when this is called.
+    """
+    log.critical("faketcp-relay cannot start: {error}", error=failure)
+    raise SystemExit(1)
+
+
+class _RelayBase(service.Service):
+    """
+    What both relays share: counters, settings, flow expiry, shutdown.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, stats: RelayStats, settings: RelaySettings) -> None:
+        self.reactor = reactor
+        self.stats = stats
+        self.settings = settings
+        self._expiry: task.LoopingCall | None = None
+        self.stopped: defer.Deferred[None] | None = None
+
+    def _startExpiry(self) -> None:
+        idle = self.settings.udp_idle_timeout
+        if idle > 0:
+            self._expiry = task.LoopingCall(self._expire)
+            self._expiry.clock = self.reactor
+            # A quarter of the timeout keeps the expiry within 25% of it.
+            self._expiry.start(min(max(idle / 4, 0.1), 5.0), now=False)
+
+    def _stopExpiry(self) -> None:
+        if self._expiry is not None and self._expiry.running:
+            self._expiry.stop()
+        self._expiry = None
+
+    def _expire(self) -> None:
+        cutoff = time.monotonic() - self.settings.udp_idle_timeout
+        for flow in list(self._flows()):
+            if flow.record.last_activity < cutoff:
+                self.log.info("flow {udp} idle for {idle:g} s: closing", udp=flow.record.udp, idle=self.settings.udp_idle_timeout)
+                flow.close()
+
+    def _flows(self) -> list[Any]:
+        raise NotImplementedError
+
+    def _sweep(self) -> None:
+        # Rules of a relay that was killed (SIGKILL, a crash) go now, not
+        # only when this relay installs its first rule.  Without privileges
+        # the start fails anyway, with a clearer reason than the sweep's.
+        if not has_privileges():
+            return
+        try:
+            removed = sweep()
+        except FirewallUnavailable as failure:
+            self.log.warn("cannot sweep stale rules: {error}", error=failure)
+            return
+        except Exception as failure:  # python-iptables raises its own errors
+            self.log.warn("cannot sweep stale rules: {error}", error=failure)
+            return
+        if removed:
+            self.log.info("removed {count} stale silencing rule(s) of relays that no longer run", count=removed)
+
+    def _finishStop(self, waits: list[defer.Deferred[Any]]) -> defer.Deferred[None]:
+        """
+        Wait for every flow to close; abort those still open after
+        L{STOP_GRACE} seconds, and give up waiting after twice that.  Then
+        log the totals.
+        """
+        done: defer.Deferred[None] = defer.Deferred()
+        pending = defer.DeferredList(waits, consumeErrors=True)
+        timers = [
+            self.reactor.callLater(STOP_GRACE, self._abortRemaining),
+            self.reactor.callLater(2 * STOP_GRACE, lambda: finished(None, late=True)),
+        ]
+
+        def finished(_: object, late: bool = False) -> None:
+            if done.called:
+                return
+            for timer in timers:
+                if timer.active():
+                    timer.cancel()
+            if late:
+                self.log.warn("some flows did not close within {seconds:g} s", seconds=2 * STOP_GRACE)
+            self.log.info("stopped; {totals}", totals=self.stats.totals_line())
+            done.callback(None)
+
+        pending.addCallback(finished)
+        return done
+
+    def _abortRemaining(self) -> None:
+        for flow in list(self._flows()):
+            flow.abort()
+
+
+# -- server: fake-TCP in, UDP out -------------------------------------------
+
+
+class _TargetSide(DatagramProtocol):
+    """
+    The connected UDP socket of one server flow toward the target.
+    """
+
+    noisy = False
+
+    def __init__(self, flow: _ServerFlow) -> None:
+        self.flow = flow
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self.flow.fromTarget(datagram)
+
+    def connectionRefused(self) -> None:
+        # The target's ICMP port unreachable for an earlier datagram.
+        self.flow.relay.stats.drop("udp-refused")
+
+
+class _ServerFlow(Protocol):
+    """
+    One fake-TCP connection of the server relay and its UDP socket.
+    """
+
+    log = Logger()
+    #: A L{FakeTCPTransport} (its C{flow} is not on L{ITransport}).
+    transport: Any
+
+    def __init__(self, relay: ServerRelay) -> None:
+        self.relay = relay
+        self.record = FlowRecord("-")
+        self.udp: Any = None
+        self.lost: defer.Deferred[None] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        relay = self.relay
+        record = self.record
+        record.attach(self.transport)
+        relay.stats.open(record)
+        relay.stats.connections += 1
+        relay.flows.add(self)
+        _watch_capture(relay.stats, self.transport)
+        self.log.info("flow from fake-TCP {peer} opened (MSS {mss})", peer=record.peer, mss=self.transport.flow.mss)
+
+    def _openUDP(self) -> Any:
+        # Opened on the first datagram: a connection that never carries one
+        # (a port scanner, a plain TCP client whose data is dropped) costs
+        # no UDP socket.
+        relay = self.relay
+        target = relay.target_address
+        interface = "::" if ":" in target[0] else ""
+        port = relay.reactor.listenUDP(0, _TargetSide(self), interface=interface, maxPacketSize=MAX_DATAGRAM)
+        enlarge_buffers(port.getHandle(), FLOW_UDP_BUFFER)
+        port.connect(*target)
+        host = port.getHost()
+        self.record.udp = f"[{host.host}]:{host.port}" if ":" in host.host else f"{host.host}:{host.port}"
+        return port
+
+    def dataReceived(self, data: bytes) -> None:
+        record = self.record
+        record.last_activity = time.monotonic()
+        if self.udp is None:
+            try:
+                self.udp = self._openUDP()
+            except Exception as failure:
+                self.relay.stats.drop("udp-socket")
+                self.log.warn("cannot open a UDP socket toward the target: {error}", error=failure)
+                return
+        try:
+            self.udp.write(data)
+        except Exception as failure:
+            self.relay.stats.drop(_udp_error(failure))
+            return
+        counts = record.counts
+        counts.down_datagrams += 1
+        counts.down_bytes += len(data)
+
+    def fromTarget(self, datagram: bytes) -> None:
+        """
+        A datagram from the target: one segment to the peer, if it fits.
+        """
+        transport = self.transport
+        record = self.record
+        record.last_activity = time.monotonic()
+        if not transport.connected or transport.disconnecting:
+            self.relay.stats.drop("closed")
+            return
+        _to_peer(self.log, self.relay.stats, record, transport, datagram, f"the UDP target ({record.udp})")
+
+    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+        relay = self.relay
+        udp, self.udp = self.udp, None
+        if udp is not None:
+            relay.closed_socket_drops += receive_drops(udp.getHandle())
+            udp.stopListening()
+        relay.flows.discard(self)
+        relay.stats.close(self.record)
+        self.log.info(
+            "flow from fake-TCP {peer} closed: {reason}",
+            peer=self.record.peer,
+            reason=getattr(reason, "value", reason),
+        )
+        self.lost.callback(None)
+
+    def close(self) -> None:
+        """
+        End the flow with FIN.
+        """
+        self.transport.loseConnection()
+
+    def abort(self) -> None:
+        """
+        End the flow with RST.
+        """
+        self.transport.abortConnection()
+
+
+class _ServerFactory(Factory):
+    noisy = False
+
+    def __init__(self, relay: ServerRelay) -> None:
+        self.relay = relay
+
+    def buildProtocol(self, addr: Any) -> _ServerFlow | None:
+        if len(self.relay.flows) >= self.relay.settings.max_flows:
+            self.relay.stats.drop("flow-limit")
+            return None
+        return _ServerFlow(self.relay)
+
+
+class ServerRelay(_RelayBase):
+    """
+    Fake-TCP in, UDP out: every fake-TCP connection gets its own UDP socket
+    connected to the target.
+
+    @ivar flows: the live flows.
+    @ivar port: the fake-TCP listening port, once started.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        faketcp: str,
+        target: UDPAddress,
+        stats: RelayStats | None = None,
+        settings: RelaySettings | None = None,
+    ) -> None:
+        """
+        @param faketcp: the C{faketcp:PORT...} server endpoint string.
+        @param target: where each connection's datagrams go.
+        """
+        super().__init__(reactor, stats or RelayStats(), settings or RelaySettings())
+        self.faketcp = faketcp
+        self.target = target
+        self.target_address: tuple[str, int] = (target.host, target.port)
+        self.flows: set[_ServerFlow] = set()
+        self.port: Any = None
+        #: Receive-buffer drops of the UDP sockets of flows that ended.
+        self.closed_socket_drops = 0
+        self.stats.add_drop_source("udp-rcvbuf", self._socketDrops)
+
+    def _socketDrops(self) -> int:
+        live = sum(receive_drops(flow.udp.getHandle()) for flow in self.flows if flow.udp is not None)
+        return self.closed_socket_drops + live
+
+    def _flows(self) -> list[Any]:
+        return list(self.flows)
+
+    def startService(self) -> None:
+        """
+        Resolve the target, sweep stale rules, and listen.  Listening is
+        synchronous, so a failure (not root, port in use) is known here:
+        it is logged and twistd exits with status 1.
+        """
+        from twisted.internet.endpoints import serverFromString
+
+        try:
+            self.target_address = (resolve(self.target.host)[1], self.target.port)
+        except SpecError as failure:
+            cannot_start(self.log, failure)
+        self._sweep()
+        listening = serverFromString(self.reactor, self.faketcp).listen(_ServerFactory(self))
+        outcome: list[Any] = []
+        listening.addBoth(outcome.append)
+        if not outcome:
+            raise RuntimeError("the fake-TCP endpoint did not listen synchronously")
+        if isinstance(outcome[0], Failure):
+            cannot_start(self.log, outcome[0].value)
+        self.port = outcome[0]
+        for demux in getattr(self.port, "demuxes", {}).values():
+            self.stats.watch_capture(demux.drops)
+        super().startService()
+        self._startExpiry()
+        host = self.port.getHost()
+        self.log.info(
+            "faketcp-relay server ready: fake-TCP {host}:{port} -> UDP {target}",
+            host=host.host,
+            port=host.port,
+            target=f"{self.target_address[0]}:{self.target_address[1]}",
+        )
+
+    def stopService(self) -> defer.Deferred[None]:
+        """
+        Stop listening and close every connection with FIN; fires once the
+        port's captures and rules are gone.
+        """
+        super().stopService()
+        self._stopExpiry()
+        waits: list[defer.Deferred[Any]] = []
+        if self.port is not None:
+            waits.append(self.port.stopListening())
+        for flow in list(self.flows):
+            waits.append(flow.lost)
+            flow.close()
+        return self._finishStop(waits)
+
+
+# -- client: UDP in, fake-TCP out -------------------------------------------
+
+
+class _Connection(Protocol):
+    """
+    The protocol of one fake-TCP connection of a client flow.
+    """
+
+    #: A L{FakeTCPTransport} (its C{flow} is not on L{ITransport}).
+    transport: Any
+
+    def __init__(self, flow: _ClientFlow) -> None:
+        self.flow = flow
+        self.lost: defer.Deferred[None] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        self.flow.connectionMade(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.flow.fromFakeTCP(data)
+
+    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+        self.flow.connectionLost(self, reason)
+        self.lost.callback(None)
+
+
+class _ConnectionFactory(Factory):
+    noisy = False
+
+    def __init__(self, flow: _ClientFlow) -> None:
+        self.flow = flow
+
+    def buildProtocol(self, addr: Any) -> _Connection:
+        return _Connection(self.flow)
+
+
+class _ClientFlow:
+    """
+    One UDP source of the client relay and its fake-TCP connection, made
+    on demand and made again after it died.
+    """
+
+    log = Logger()
+
+    def __init__(self, relay: ClientRelay, source: Any) -> None:
+        self.relay = relay
+        self.source = source
+        udp = f"[{source[0]}]:{source[1]}" if ":" in source[0] else f"{source[0]}:{source[1]}"
+        self.record = FlowRecord(udp)
+        self.connection: _Connection | None = None
+        self.connecting: defer.Deferred[Any] | None = None
+        self.queue: deque[bytes] = deque()
+        self.retry_at = 0.0
+        self.closing = False
+        self.failures = 0
+        self.failure_logged = float("-inf")
+
+    def send(self, datagram: bytes) -> None:
+        """
+        A datagram from the UDP source: send it, queue it while connecting,
+        or start connecting.
+        """
+        now = time.monotonic()
+        self.record.last_activity = now
+        stats = self.relay.stats
+        connection = self.connection
+        if connection is not None:
+            self._write(connection, datagram)
+            return
+        if self.connecting is None:
+            if now < self.retry_at:
+                stats.drop("reconnect-wait")
+                return
+            # Queued first: a connection attempt may fail at once.
+            self.queue.append(datagram)
+            self._connect()
+        elif len(self.queue) < self.relay.settings.queue_limit:
+            self.queue.append(datagram)
+        else:
+            stats.drop("queue-full")
+
+    def _write(self, connection: _Connection, datagram: bytes) -> None:
+        transport = connection.transport
+        record = self.record
+        if transport.disconnecting:
+            # Closing (the peer sent FIN): the next datagram after it is
+            # gone makes a new connection.
+            self.relay.stats.drop("closed")
+            return
+        _to_peer(self.log, self.relay.stats, record, transport, datagram, f"UDP {record.udp}")
+
+    def _connect(self) -> None:
+        self.record.state = "connecting"
+        attempt = self.relay.endpoint.connect(_ConnectionFactory(self))
+        self.connecting = attempt
+        attempt.addCallbacks(self._connected, self._failed)
+
+    def connectionMade(self, connection: _Connection) -> None:
+        """
+        A connection of this flow is up (called before the attempt's
+        Deferred fires).
+        """
+        stats = self.relay.stats
+        self.connection = connection
+        self.record.attach(connection.transport)
+        stats.connections += 1
+        _watch_capture(stats, connection.transport)
+        self.log.info(
+            "flow {udp}: fake-TCP connection {local} -> {peer} up (MSS {mss})",
+            udp=self.record.udp,
+            local=f"{connection.transport.getHost().host}:{connection.transport.getHost().port}",
+            peer=self.record.peer,
+            mss=connection.transport.flow.mss,
+        )
+
+    def _connected(self, connection: _Connection) -> None:
+        self.connecting = None
+        queue, self.queue = self.queue, deque()
+        while queue and self.connection is connection:
+            self._write(connection, queue.popleft())
+        if queue:
+            self.relay.stats.drop("closed", len(queue))
+
+    def _failed(self, failure: Failure) -> None:
+        self.connecting = None
+        self.record.state = "down"
+        dropped = len(self.queue)
+        self.queue.clear()
+        if failure.check(defer.CancelledError, error.ConnectingCancelledError) and self.closing:
+            return
+        self.relay.stats.drop("connect-failed", dropped)
+        now = time.monotonic()
+        self.retry_at = now + self.relay.settings.reconnect_delay
+        self.failures += 1
+        # A peer that stays down fails every attempt: say so now and then.
+        if now - self.failure_logged < FAILURE_LOG_INTERVAL:
+            return
+        self.failure_logged = now
+        self.log.warn(
+            "flow {udp}: cannot connect to {forward}: {error} ({failures} failed attempt(s) since the "
+            "last such line; queued datagrams dropped; trying again on a datagram after {delay:g} s)",
+            udp=self.record.udp,
+            forward=self.relay.faketcp,
+            error=failure.getErrorMessage(),
+            failures=self.failures,
+            delay=self.relay.settings.reconnect_delay,
+        )
+        self.failures = 0
+
+    def fromFakeTCP(self, data: bytes) -> None:
+        """
+        A datagram from the fake-TCP peer, back to the UDP source.
+        """
+        record = self.record
+        record.last_activity = time.monotonic()
+        try:
+            self.relay.udp.write(data, self.source)
+        except Exception as failure:
+            self.relay.stats.drop(_udp_error(failure))
+            return
+        counts = record.counts
+        counts.down_datagrams += 1
+        counts.down_bytes += len(data)
+
+    def connectionLost(self, connection: _Connection, reason: Failure) -> None:
+        """
+        The connection ended (FIN, RST, the peer found dead): the flow
+        stays, and the next datagram makes a new connection.
+        """
+        if self.connection is not connection:
+            return
+        self.connection = None
+        self.record.detach()
+        if self.closing:
+            return
+        self.log.info(
+            "flow {udp}: fake-TCP connection to {peer} ended ({reason}); a new one is made on the next datagram",
+            udp=self.record.udp,
+            peer=self.record.peer,
+            reason=reason.getErrorMessage() if isinstance(reason, Failure) else reason,
+        )
+
+    def close(self) -> defer.Deferred[None]:
+        """
+        End the flow: cancel a connection attempt, close a connection with
+        FIN.  Fires when the connection is gone.
+        """
+        self.closing = True
+        self.relay.forget(self)
+        if self.connecting is not None:
+            self.connecting.cancel()
+        connection = self.connection
+        if connection is None:
+            return defer.succeed(None)
+        connection.transport.loseConnection()
+        return connection.lost
+
+    def abort(self) -> None:
+        """
+        End the flow at once with RST.
+        """
+        if self.connection is not None:
+            self.connection.transport.abortConnection()
+
+
+class _SourceSide(DatagramProtocol):
+    """
+    The client relay's UDP socket.
+    """
+
+    noisy = False
+
+    def __init__(self, relay: ClientRelay) -> None:
+        self.relay = relay
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self.relay.fromUDP(datagram, addr)
+
+
+class ClientRelay(_RelayBase):
+    """
+    UDP in, fake-TCP out: one fake-TCP connection per UDP source address.
+
+    @ivar flows: the flow of each UDP source.
+    @ivar udp: the listening UDP port, once started.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        listen: UDPAddress,
+        faketcp: str,
+        stats: RelayStats | None = None,
+        settings: RelaySettings | None = None,
+    ) -> None:
+        """
+        @param listen: the UDP address to listen on.
+        @param faketcp: the C{faketcp:host=...:port=...} client endpoint
+            string.
+        """
+        super().__init__(reactor, stats or RelayStats(), settings or RelaySettings())
+        self.listen = listen
+        self.faketcp = faketcp
+        self.flows: dict[Any, _ClientFlow] = {}
+        self.udp: Any = None
+        self.endpoint: Any = None
+        #: Receive-buffer drops of the UDP socket, as of its closing.
+        self.closed_socket_drops = 0
+        self.stats.add_drop_source("udp-rcvbuf", self._socketDrops)
+
+    def _socketDrops(self) -> int:
+        udp = self.udp
+        if udp is None or not udp.connected:
+            return self.closed_socket_drops
+        return receive_drops(udp.getHandle())
+
+    def _flows(self) -> list[Any]:
+        return list(self.flows.values())
+
+    def startService(self) -> None:
+        """
+        Sweep stale rules and listen on UDP (synchronously: a failure is
+        logged and twistd exits with status 1).
+        """
+        from twisted.internet.endpoints import clientFromString
+
+        try:
+            self.endpoint = clientFromString(self.reactor, self.faketcp)
+        except ValueError as failure:
+            cannot_start(self.log, failure)
+        self._sweep()
+        try:
+            self.udp = self.reactor.listenUDP(
+                self.listen.port, _SourceSide(self), interface=self.listen.host, maxPacketSize=MAX_DATAGRAM
+            )
+        except error.CannotListenError as failure:
+            cannot_start(self.log, failure)
+        enlarge_buffers(self.udp.getHandle())
+        super().startService()
+        self._startExpiry()
+        host = self.udp.getHost()
+        self.log.info(
+            "faketcp-relay client ready: UDP {host}:{port} -> {forward}",
+            host=host.host,
+            port=host.port,
+            forward=self.faketcp,
+        )
+
+    def fromUDP(self, datagram: bytes, source: Any) -> None:
+        """
+        A datagram from a UDP source: to that source's flow.
+        """
+        flow = self.flows.get(source)
+        if flow is None:
+            if not self.running:
+                return
+            if len(self.flows) >= self.settings.max_flows:
+                self.stats.drop("flow-limit")
+                return
+            flow = self.flows[source] = _ClientFlow(self, source)
+            self.stats.open(flow.record)
+        flow.send(datagram)
+
+    def forget(self, flow: _ClientFlow) -> None:
+        """
+        Remove a closed flow from the map, keeping its counters.
+        """
+        if self.flows.get(flow.source) is flow:
+            del self.flows[flow.source]
+            self.stats.close(flow.record)
+
+    def stopService(self) -> defer.Deferred[None]:
+        """
+        Stop reading UDP and close every flow; fires once every connection
+        (and so every rule) is gone.
+        """
+        super().stopService()
+        self._stopExpiry()
+        waits: list[defer.Deferred[Any]] = []
+        if self.udp is not None:
+            self.closed_socket_drops = self._socketDrops()
+            stopping = self.udp.stopListening()
+            if stopping is not None:
+                waits.append(stopping)
+        for flow in list(self.flows.values()):
+            waits.append(flow.close())
+        return self._finishStop(waits)

@@ -1,0 +1,449 @@
+# -*- test-case-name: tests.test_relay -*-
+"""
+C{twistd faketcp-relay} end to end: real twistd processes in two lab
+namespaces, a UDP echo behind the server relay, UDP clients in front of the
+client relay.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+
+from twisted.trial.unittest import SkipTest, TestCase
+
+from faketcp_twisted import netlab
+from tests.relaylab import (
+    CHECKOUT,
+    TWISTD,
+    RelayProcess,
+    UDPClient,
+    UDPEcho,
+    drops_in,
+    listen_udp,
+    pids_of,
+    rules,
+    temp_dir,
+    udp_sockets,
+)
+from tests.support import require_root, sleep, wait_until
+
+FAKETCP_PORT = 9191
+ECHO_PORT = 5000
+CLIENT_PORT = 4000
+
+
+class RelayTestCase(TestCase):
+    """
+    A two-host lab with a UDP echo in S, and helpers to run the relays.
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        require_root()
+        self.lab = netlab.two_hosts()
+        self.addCleanup(self.lab.destroy)
+        self.directory = temp_dir(self)
+        self.echo = UDPEcho()
+        listen_udp(self, self.lab.S, self.echo, ECHO_PORT)
+
+    def relay(self, ns: str, name: str, *args: str, twistd_args: tuple[str, ...] = ()) -> RelayProcess:
+        relay = RelayProcess(self.lab, ns, list(args), self.directory, name, twistd_args)
+        self.addCleanup(relay.kill)
+        return relay
+
+    def server(self, *extra: str) -> RelayProcess:
+        return self.relay(
+            self.lab.S, "server",
+            "--listen", f"faketcp:{FAKETCP_PORT}:interface=0.0.0.0",
+            "--forward", f"udp:host=127.0.0.1:port={ECHO_PORT}",
+            "--stats-interval", "1", *extra,
+        )  # fmt: skip
+
+    def client(self, *extra: str) -> RelayProcess:
+        return self.relay(
+            self.lab.C, "client",
+            "--listen", f"udp:{CLIENT_PORT}:interface=127.0.0.1",
+            "--forward", f"faketcp:host={self.lab.server4}:port={FAKETCP_PORT}",
+            "--stats-interval", "1", *extra,
+        )  # fmt: skip
+
+    async def pair(self, server_args: tuple[str, ...] = (), client_args: tuple[str, ...] = ()) -> tuple[RelayProcess, RelayProcess]:
+        server = self.server(*server_args).start()
+        client = self.client(*client_args).start()
+        await server.ready()
+        await client.ready()
+        return server, client
+
+    def udp_client(self) -> UDPClient:
+        client = UDPClient(("127.0.0.1", CLIENT_PORT))
+        listen_udp(self, self.lab.C, client)
+        return client
+
+    async def ping(self, client: UDPClient, tag: bytes, timeout: float = 10.0) -> None:
+        """
+        Send C{tag} every 0.2 s until it comes back.
+        """
+        waited = 0.0
+        count = 0
+        while True:
+            payload = tag + b"#%d" % count
+            client.send(payload)
+            count += 1
+            for _ in range(4):
+                await sleep(0.05)
+                waited += 0.05
+                if any(d.startswith(tag + b"#") for d in client.received):
+                    return
+            if waited > timeout:
+                raise AssertionError(f"{tag!r} never came back")
+
+    def assertNoRules(self) -> None:
+        for ns in (self.lab.S, self.lab.C):
+            self.assertEqual(rules(self.lab, ns), [], ns)
+
+
+class EndToEndTests(RelayTestCase):
+    """
+    Many UDP sources through a client relay and a server relay.
+    """
+
+    async def test_many_clients(self) -> None:
+        """
+        20 UDP sources each get their own fake-TCP connection and their own
+        UDP socket toward the target; every datagram comes back whole and to
+        its own source only; SIGUSR1 logs the flow table; SIGTERM stops
+        both relays with status 0 and leaves no rule.
+        """
+        server, client = await self.pair()
+        sources = [self.udp_client() for _ in range(20)]
+        sent: list[list[bytes]] = []
+        for index, source in enumerate(sources):
+            mine = [b"%d:%d:" % (index, n) + b"d" * (n * 145) for n in range(10)]
+            sent.append(mine)
+            for datagram in mine:
+                source.send(datagram)
+        try:
+            await wait_until(lambda: all(len(s.received) >= 10 for s in sources), timeout=10)
+        except AssertionError:
+            counts = [len(s.received) for s in sources]
+            server.signal(signal.SIGUSR1)
+            client.signal(signal.SIGUSR1)
+            await sleep(0.5)
+            raise AssertionError(f"echoes per source: {counts}\n{client.describe()}\n{server.describe()}")
+        await sleep(0.2)
+        for source, mine in zip(sources, sent):
+            self.assertEqual(source.received, mine)
+        self.assertEqual(len(self.echo.sources), 20)
+        self.assertEqual(len(udp_sockets(self.lab, self.lab.S, ECHO_PORT)), 20)
+
+        await server.wait_log(r"stats 1s: flows 20 ")
+        server.signal(signal.SIGUSR1)
+        client.signal(signal.SIGUSR1)
+        await server.wait_log(r"flow table: 20 flow\(s\)")
+        await client.wait_log(r"flow table: 20 flow\(s\)")
+
+        await client.terminate()
+        await server.terminate()
+        self.assertNoRules()
+        for relay in (client, server):
+            totals = relay.totals()
+            self.assertIn("udp->faketcp 200 dgrams", totals)
+            self.assertIn("faketcp->udp 200 dgrams", totals)
+            self.assertIn("drops none", totals)
+
+    async def test_ipv6(self) -> None:
+        """
+        The relays carry datagrams over IPv6 fake-TCP, to an IPv6 target.
+        """
+        echo6 = UDPEcho()
+        listen_udp(self, self.lab.S, echo6, ECHO_PORT + 1, interface="::1")
+        server = self.relay(
+            self.lab.S, "server6",
+            "--listen", rf"faketcp:{FAKETCP_PORT}:interface=\:\:",
+            "--forward", rf"udp:host=\:\:1:port={ECHO_PORT + 1}",
+        ).start()  # fmt: skip
+        server6 = self.lab.server6.replace(":", "\\:")
+        client = self.relay(
+            self.lab.C, "client6",
+            "--listen", rf"udp:{CLIENT_PORT}:interface=\:\:1",
+            "--forward", f"faketcp:host={server6}:port={FAKETCP_PORT}",
+        ).start()  # fmt: skip
+        await server.ready()
+        await client.ready()
+        source = UDPClient(("::1", CLIENT_PORT))
+        listen_udp(self, self.lab.C, source, interface="::1")
+        await self.ping(source, b"six")
+        self.assertTrue(echo6.received)
+        await client.terminate()
+        await server.terminate()
+        self.assertNoRules()
+
+
+    async def test_asyncio_reactor(self) -> None:
+        """
+        Both relays run on twistd's asyncio reactor as well.
+        """
+        server = self.relay(
+            self.lab.S, "server-asyncio",
+            "--listen", f"faketcp:{FAKETCP_PORT}", "--forward", f"udp:host=127.0.0.1:port={ECHO_PORT}",
+            twistd_args=("--reactor=asyncio",),
+        ).start()  # fmt: skip
+        client = self.relay(
+            self.lab.C, "client-asyncio",
+            "--listen", f"udp:{CLIENT_PORT}", "--forward", f"faketcp:host={self.lab.server4}:port={FAKETCP_PORT}",
+            twistd_args=("--reactor=asyncio",),
+        ).start()  # fmt: skip
+        await server.ready()
+        await client.ready()
+        self.assertIn("AsyncioSelectorReactor", server.log())
+        await self.ping(self.udp_client(), b"asyncio")
+        await client.terminate()
+        await server.terminate()
+        self.assertNoRules()
+
+
+class OversizeTests(RelayTestCase):
+    """
+    Datagrams larger than the MSS are dropped whole, counted, logged once.
+    """
+
+    async def test_oversize_dropped_not_truncated(self) -> None:
+        """
+        One byte over the MSS is dropped (in either direction), exactly the
+        MSS passes, nothing arrives truncated or split, and the drops are
+        counted and logged once per flow with the MSS and the path MTU.
+        """
+        server, client = await self.pair()
+        source = self.udp_client()
+        await self.ping(source, b"small")
+        source.received.clear()
+        source.send(b"o" * 1461)
+        source.send(b"m" * 1460)
+        await wait_until(lambda: len(source.received) == 1)
+        self.assertEqual(source.received, [b"m" * 1460])
+        # Far above Twisted's default read size of 8192: seen whole, dropped.
+        source.send(b"o" * 9000)
+        # The target's reply is the one too large, on the server's side.
+        source.send(b"BIG:1461")
+        source.send(b"after")
+        await wait_until(lambda: source.received[-1:] == [b"after"])
+        self.assertEqual(source.received, [b"m" * 1460, b"after"])
+        self.assertEqual([d for d in self.echo.received if d.startswith(b"o")], [])
+        self.assertNotIn(1461, [len(d) for d in self.echo.received])
+
+        await client.wait_log(r"dropped a 1461-byte datagram from UDP .*MSS of 1460 bytes \(path MTU 1500\)")
+        await server.wait_log(r"dropped a 1461-byte datagram from the UDP target .*MSS of 1460 bytes \(path MTU 1500\)")
+        await client.terminate()
+        await server.terminate()
+        self.assertEqual(len(re.findall("dropped a ", client.log())), 1)
+        self.assertEqual(drops_in(client.totals(), "oversize"), 2)
+        self.assertEqual(drops_in(server.totals(), "oversize"), 1)
+
+
+class LifecycleTests(RelayTestCase):
+    """
+    Idle expiry, reconnection, and the firewall rules across stops and
+    kills.
+    """
+
+    timeout = 90
+
+    async def test_idle_expiry_frees_udp_socket(self) -> None:
+        """
+        A flow idle for --idle-timeout is closed on both relays and the
+        server's UDP socket toward the target is freed; the same source
+        then gets a new flow.
+        """
+        server, client = await self.pair(("--idle-timeout", "1"), ("--idle-timeout", "1"))
+        source = self.udp_client()
+        await self.ping(source, b"one")
+        self.assertEqual(len(udp_sockets(self.lab, self.lab.S, ECHO_PORT)), 1)
+        await wait_until(lambda: not udp_sockets(self.lab, self.lab.S, ECHO_PORT), timeout=5, step=0.1)
+        await client.wait_log(r"idle for 1 s: closing")
+        await server.wait_log(r"flow from fake-TCP .* closed")
+        await server.wait_log(r"stats 1s: flows 0 ")
+        await self.ping(source, b"two")
+        self.assertEqual(len(udp_sockets(self.lab, self.lab.S, ECHO_PORT)), 1)
+
+    async def test_reconnect_after_server_restart(self) -> None:
+        """
+        After the server relay is stopped (FIN) or killed (silence: found
+        dead by keepalives and the peer timeout) and started again, the
+        same UDP source gets through again, on a new connection; the killed
+        relay's rule is swept by the new one.
+        """
+        server, client = await self.pair(client_args=("--keepalive", "0.3", "--peer-timeout", "1.5"))
+        source = self.udp_client()
+        await self.ping(source, b"before")
+
+        await server.terminate(signal.SIGTERM)
+        await client.wait_log(r"connection to .* ended \(.*\); a new one is made on the next datagram")
+        server.start()
+        await server.ready()
+        await self.ping(source, b"after-term")
+
+        await server.stop(signal.SIGKILL)
+        left = rules(self.lab, self.lab.S)
+        self.assertEqual(pids_of(left), {server.process.pid})  # type: ignore[union-attr]
+        server.start()
+        await server.ready()
+        self.assertEqual(pids_of(rules(self.lab, self.lab.S)), {server.process.pid})  # type: ignore[union-attr]
+        await self.ping(source, b"after-kill", timeout=15)
+        self.assertEqual(len(re.findall(r"a new one is made on the next datagram", client.log())), 2)
+        self.assertEqual(len(re.findall(r"flow 127\.0\.0\.1:\d+: fake-TCP connection .* up", client.log())), 3)
+
+    async def test_sigterm_leaves_nothing(self) -> None:
+        """
+        SIGTERM and SIGINT stop the relays with status 0 and remove every
+        rule; no kernel socket of the port is left.
+        """
+        server, client = await self.pair()
+        for n in range(3):
+            await self.ping(self.udp_client(), b"flow%d" % n)
+        self.assertTrue(rules(self.lab, self.lab.S))
+        self.assertTrue(rules(self.lab, self.lab.C))
+        await client.terminate(signal.SIGINT)
+        await server.terminate(signal.SIGTERM)
+        self.assertNoRules()
+        for ns in (self.lab.S, self.lab.C):
+            sockets = self.lab.run(ns, "ss", "-tanH", check=False).stdout
+            self.assertNotIn(f":{FAKETCP_PORT} ", sockets)
+
+    async def test_sigkill_rules_swept_by_next_start(self) -> None:
+        """
+        SIGKILLed relays leave their rules; the next start of each sweeps
+        them at once (the client before it has made any connection).
+        """
+        server, client = await self.pair()
+        await self.ping(self.udp_client(), b"x")
+        killed_server, killed_client = server.process.pid, client.process.pid  # type: ignore[union-attr]
+        await client.stop(signal.SIGKILL)
+        await server.stop(signal.SIGKILL)
+        self.assertEqual(pids_of(rules(self.lab, self.lab.S)), {killed_server})
+        self.assertEqual(pids_of(rules(self.lab, self.lab.C)), {killed_client})
+        client.start()
+        await client.ready()
+        self.assertEqual(rules(self.lab, self.lab.C), [])
+        server.start()
+        await server.ready()
+        self.assertEqual(pids_of(rules(self.lab, self.lab.S)), {server.process.pid})  # type: ignore[union-attr]
+        await client.wait_log(r"removed 1 stale silencing rule")
+        await self.ping(self.udp_client(), b"y")
+        await client.terminate()
+        await server.terminate()
+        self.assertNoRules()
+
+
+    async def test_unreachable_server_and_stop_while_connecting(self) -> None:
+        """
+        A server that never answers: the attempt times out, its queued
+        datagrams are counted as connect-failed, datagrams within
+        --reconnect-delay are dropped, the next one tries again; SIGTERM
+        during an attempt stops at once and leaves no rule.
+        """
+        self.lab.iptables(self.lab.S, "-A", "INPUT", "-p", "tcp", "--dport", str(FAKETCP_PORT), "-j", "DROP")
+        client = self.client("--connect-timeout", "0.5", "--reconnect-delay", "1").start()
+        await client.ready()
+        source = self.udp_client()
+        source.send(b"first")
+        source.send(b"second")
+        await client.wait_log(r"cannot connect to .*: .*\(1 failed attempt")
+        source.send(b"too soon")
+        await sleep(1.0)
+        source.send(b"again")
+        await sleep(0.2)
+        self.assertTrue(rules(self.lab, self.lab.C))
+        await client.terminate()
+        self.assertNoRules()
+        totals = client.totals()
+        self.assertEqual(drops_in(totals, "connect-failed"), 2)
+        self.assertEqual(drops_in(totals, "reconnect-wait"), 1)
+
+
+class PlainTCPTests(RelayTestCase):
+    """
+    A kernel TCP client knocking at the relay's port.
+    """
+
+    async def test_plain_tcp_junk_goes_nowhere(self) -> None:
+        """
+        A plain TCP connection to the relay's port that sends junk does not
+        reach the UDP target (its data segments carry TCP options, which
+        fake-TCP peers never send) and does not disturb another flow.
+        """
+        server, client = await self.pair()
+        source = self.udp_client()
+        await self.ping(source, b"good-1")
+        with netlab.in_namespace(self.lab.C):
+            plain = socket.create_connection((self.lab.server4, FAKETCP_PORT), timeout=5)
+        try:
+            for n in range(5):
+                plain.send(b"JUNK %d " % n * 20)
+                await sleep(0.1)
+            await self.ping(source, b"good-2")
+            await sleep(0.5)
+        finally:
+            # RST, so nothing lingers in the client namespace.
+            plain.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            plain.close()
+        self.assertEqual([d for d in self.echo.received if b"JUNK" in d], [])
+        await self.ping(source, b"good-3")
+        await client.terminate()
+        await server.terminate()
+        self.assertNoRules()
+
+
+class MetricsTests(RelayTestCase):
+    """
+    The Prometheus endpoint.
+    """
+
+    async def test_metrics_endpoint(self) -> None:
+        """
+        --metrics serves the relay's counters.
+        """
+        try:
+            import prometheus_client.twisted  # noqa: F401
+        except ImportError:
+            raise SkipTest("prometheus_client is not installed (pip install 'faketcp_twisted[metrics]')")
+        server, _client = await self.pair(server_args=("--metrics", "9100"))
+        await server.wait_log(r"metrics on http://127\.0\.0\.1:9100/metrics")
+        source = self.udp_client()
+        await self.ping(source, b"counted")
+        fetch = (
+            "import urllib.request;"
+            "print(urllib.request.urlopen('http://127.0.0.1:9100/metrics', timeout=5).read().decode())"
+        )
+        page = self.lab.run(self.lab.S, sys.executable, "-c", fetch).stdout
+        self.assertIn('faketcp_relay_flows{mode="server"} 1.0', page)
+        found = re.search(r'faketcp_relay_datagrams_total\{direction="faketcp_to_udp",mode="server"\} (\S+)', page)
+        self.assertIsNotNone(found, page)
+        self.assertGreaterEqual(float(found.group(1)), 1)  # type: ignore[union-attr]
+        self.assertIn("faketcp_relay_rx_loss_ratio", page)
+
+    def test_metrics_without_prometheus_client(self) -> None:
+        """
+        Without prometheus_client, --metrics fails at once with the command
+        that installs it.
+        """
+        hide = os.path.join(self.directory, "hide")
+        os.makedirs(os.path.join(hide, "prometheus_client"))
+        with open(os.path.join(hide, "prometheus_client", "__init__.py"), "w") as module:
+            module.write("raise ImportError('hidden by the test')\n")
+        result = subprocess.run(
+            [TWISTD, "-n", "--pidfile=", "faketcp-relay", "--listen", "faketcp:9191",
+             "--forward", "udp:host=127.0.0.1:port=5000", "--metrics", "9100"],
+            capture_output=True, text=True, timeout=30,
+            env={**os.environ, "PYTHONPATH": hide + os.pathsep + CHECKOUT},
+            cwd=self.directory,
+        )  # fmt: skip
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("pip install 'faketcp_twisted[metrics]'", result.stdout + result.stderr)
+

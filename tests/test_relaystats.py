@@ -1,0 +1,101 @@
+# -*- test-case-name: tests.test_relaystats -*-
+"""
+The relay's counters and the lines they make (no root, no sockets).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from types import SimpleNamespace
+from typing import Any
+
+from twisted.trial.unittest import TestCase
+
+from faketcp_twisted.flow import FlowStats
+from faketcp_twisted.relaystats import Counts, FlowRecord, RelayStats, Snapshot, format_counter, path_mtu
+
+
+def fake_transport(stats: FlowStats, mss: int = 1460) -> Any:
+    peer = SimpleNamespace(host="198.18.0.1", port=40000)
+    return SimpleNamespace(flow=SimpleNamespace(stats=stats, mss=mss), getPeer=lambda: peer)
+
+
+class CountsTests(TestCase):
+    def test_loss(self) -> None:
+        """
+        Gap bytes that were never filled are the loss; late bytes are not.
+        """
+        counts = Counts(rx_bytes=9000, gap_bytes=2000, late_bytes=1000)
+        self.assertAlmostEqual(counts.loss, 1000 / 10000)
+        self.assertEqual(Counts().loss, 0.0)
+
+    def test_minus(self) -> None:
+        later = Counts(up_datagrams=10, up_bytes=1000)
+        earlier = Counts(up_datagrams=4, up_bytes=400)
+        self.assertEqual(later.minus(earlier), Counts(up_datagrams=6, up_bytes=600))
+
+
+class RelayStatsTests(TestCase):
+    def test_live_and_ended_flows_add_up(self) -> None:
+        """
+        Totals hold the live connections' sequence counters and those of
+        ended connections and flows.
+        """
+        stats = RelayStats()
+        record = stats.open(FlowRecord("127.0.0.1:1"))
+        first = FlowStats(rx_bytes=1000, rx_gap_bytes=100)
+        record.attach(fake_transport(first))
+        record.counts.down_datagrams += 1
+        self.assertEqual(stats.totals().rx_bytes, 1000)
+        record.detach()
+        record.attach(fake_transport(FlowStats(rx_bytes=500, rx_reordered=2)))
+        self.assertEqual((stats.totals().rx_bytes, stats.totals().reordered), (1500, 2))
+        self.assertEqual(record.connections, 2)
+        stats.close(record)
+        self.assertEqual(stats.flows, set())
+        totals = stats.totals()
+        self.assertEqual((totals.rx_bytes, totals.gap_bytes, totals.down_datagrams), (1500, 100, 1))
+
+    def test_line_is_about_the_interval(self) -> None:
+        stats = RelayStats()
+        record = stats.open(FlowRecord("127.0.0.1:1"))
+        before = stats.snapshot()
+        record.counts.up_datagrams += 3
+        record.counts.up_bytes += 3000
+        stats.drop("oversize")
+        now = stats.snapshot()
+        line = stats.line(Snapshot(now.time - 10, before.counts, before.drops, before.capture), now)
+        self.assertIn("stats 10s: flows 1 ", line)
+        self.assertIn("udp->faketcp 3 dgrams 3000 B 0.00 Mbit/s", line)
+        self.assertIn("| drops oversize=1 |", line)
+        self.assertIn("capture drops none", line)
+
+    def test_capture_counters_folded(self) -> None:
+        """
+        Past the limit, the oldest capture counters are folded into a
+        total instead of being forgotten.
+        """
+        stats = RelayStats()
+        counters = [Counter({"orphan": 1}) for _ in range(stats.captureCounterLimit + 3)]
+        for counter in counters:
+            stats.watch_capture(counter)
+        self.assertEqual(stats.capture_drops()["orphan"], len(counters))
+
+    def test_table(self) -> None:
+        stats = RelayStats()
+        record = stats.open(FlowRecord("127.0.0.1:5", now=0.0))
+        record.attach(fake_transport(FlowStats()))
+        lines = stats.table(now=12.0)
+        self.assertEqual(len(lines), 2)
+        self.assertIn("198.18.0.1:40000", lines[1])
+        self.assertIn("1460", lines[1])
+
+
+class HelpersTests(TestCase):
+    def test_format_counter(self) -> None:
+        self.assertEqual(format_counter(Counter({"b": 2, "a": 1, "z": 0})), "a=1 b=2")
+        self.assertEqual(format_counter(Counter()), "none")
+
+    def test_path_mtu(self) -> None:
+        self.assertEqual(path_mtu(1460, ipv6=False), 1500)
+        self.assertEqual(path_mtu(1440, ipv6=True), 1500)
