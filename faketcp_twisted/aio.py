@@ -25,6 +25,11 @@ Semantics, where asyncio's stream conventions meet datagrams:
     only what the kernel's send buffer cannot take waits there.
   - Failures to listen or connect are L{OSError} subclasses with one-line
     reasons (see L{errors.asyncio_error}).
+  - With C{key=} (or C{key_file=}), connections are authenticated with a
+    pre-shared key (see L{auth}): a server's protocol factory is called, and
+    C{create_connection} returns, only once the peer proved the key; a
+    client whose server cannot prove it gets
+    L{FakeTCPAuthenticationError}.
 
 No netlink is needed: the kernel's own bind and connect report an address
 that does not exist or an unreachable host, so this face never asks
@@ -41,10 +46,12 @@ from asyncio import trsock
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
 
+from .auth import DEFAULT_TIMEOUT, AuthKey, auth_key
 from .connection import Ending, FlowConnection
 from .connector import Connector
 from .demux import Demultiplexer, FlowOptions
 from .errors import (
+    FakeTCPAuthenticationError,
     FakeTCPConnectionRefusedError,
     FakeTCPError,
     FakeTCPFirewallError,
@@ -62,6 +69,7 @@ from .loop import AsyncioLoop, loop_for
 __all__ = [
     "AioServer",
     "AioTransport",
+    "FakeTCPAuthenticationError",
     "FakeTCPConnectionRefusedError",
     "FakeTCPFirewallError",
     "FakeTCPHandshakeNotSeenError",
@@ -534,11 +542,23 @@ class AioServer(asyncio.AbstractServer):
         port: int,
         backlog: int,
         options: FlowOptions,
+        auth: AuthKey | None = None,
+        auth_timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self._loop = loop
         self._protocol_factory = protocol_factory
         self._host = host
-        self._listener = Listener(loop_for(loop), port, host, backlog, options, AioTransport, self._accepted)
+        self._listener = Listener(
+            loop_for(loop),
+            port,
+            host,
+            backlog,
+            options,
+            AioTransport,
+            self._accepted,
+            auth=auth,
+            auth_timeout=auth_timeout,
+        )
         self._listener.on_closed = self._listenerClosed
         self._transports: set[AioTransport] = set()
         self._serving = False
@@ -733,6 +753,9 @@ async def create_server(
     idle_timeout: float | None = None,
     keepalive: float | None = None,
     mark: int | None = None,
+    key: str | bytes | None = None,
+    key_file: str | None = None,
+    auth_timeout: float = DEFAULT_TIMEOUT,
 ) -> AioServer:
     """
     Listen for fake-TCP connections, as C{loop.create_server} listens for
@@ -750,24 +773,34 @@ async def create_server(
     @param keepalive: seconds between keepalive ACKs on a quiet connection
         (default 0: none).
     @param mark: the firewall mark of the silenced kernel sockets.
+    @param key: a pre-shared key clients must prove before
+        C{protocol_factory} is called for them (a string is taken as UTF-8).
+        A key in a command line is visible to every local user through
+        C{ps}: prefer C{key_file}.
+    @param key_file: a file holding the key instead (surrounding whitespace
+        ignored).
+    @param auth_timeout: seconds a client's proof may take.
     @raise FakeTCPOSError: a subclass naming the reason (C{errno} is
         C{EADDRINUSE} for a port in use).
+    @raise ValueError: both C{key} and C{key_file}, or an empty or
+        unreadable key.
     """
     loop = asyncio.get_running_loop()
     options = _options(idle_timeout, keepalive, mark)
+    auth = auth_key(key, key_file)
     if host:
         host = await _resolve(loop, host, port, socket.AF_UNSPEC, passive=True)
-        server = AioServer(loop, protocol_factory, host, port, backlog, options)
+        server = AioServer(loop, protocol_factory, host, port, backlog, options, auth, auth_timeout)
         server._start()
         return server
     # Every address: dual stack, or IPv4 alone on a host without IPv6.
-    server = AioServer(loop, protocol_factory, "::", port, backlog, options)
+    server = AioServer(loop, protocol_factory, "::", port, backlog, options, auth, auth_timeout)
     try:
         server._start()
     except FakeTCPOSError as failure:
         if failure.errno != errno.EAFNOSUPPORT:
             raise
-        server = AioServer(loop, protocol_factory, "0.0.0.0", port, backlog, options)
+        server = AioServer(loop, protocol_factory, "0.0.0.0", port, backlog, options, auth, auth_timeout)
         server._start()
     return server
 
@@ -783,6 +816,9 @@ async def create_connection(
     idle_timeout: float | None = None,
     keepalive: float | None = None,
     mark: int | None = None,
+    key: str | bytes | None = None,
+    key_file: str | None = None,
+    auth_timeout: float = DEFAULT_TIMEOUT,
 ) -> tuple[AioTransport, _Protocol]:
     """
     Open a fake-TCP connection, as C{loop.create_connection} opens a TCP
@@ -796,11 +832,19 @@ async def create_connection(
     @param idle_timeout: as for L{create_server}.
     @param keepalive: as for L{create_server}.
     @param mark: as for L{create_server}.
+    @param key: a pre-shared key the server must prove, and this side
+        proves, before the connection is made; as for L{create_server}.
+    @param key_file: as for L{create_server}.
+    @param auth_timeout: seconds the server's proof may take.
     @return: the transport and the protocol.
     @raise FakeTCPOSError: a subclass naming the reason
-        (C{ConnectionRefusedError}, C{TimeoutError}, C{EHOSTUNREACH}...).
+        (C{ConnectionRefusedError}, C{TimeoutError}, C{EHOSTUNREACH},
+        L{FakeTCPAuthenticationError}...).
+    @raise ValueError: both C{key} and C{key_file}, or an empty or
+        unreadable key.
     """
     loop = asyncio.get_running_loop()
+    auth = auth_key(key, key_file)
     address = await _resolve(loop, host, port, family)
     made: asyncio.Future[tuple[AioTransport, _Protocol]] = loop.create_future()
 
@@ -833,6 +877,8 @@ async def create_connection(
         AioTransport,
         connected,
         failed,
+        auth=auth,
+        auth_timeout=auth_timeout,
     )
     connector.start()
     try:

@@ -7,20 +7,40 @@ A face (Twisted's transport, asyncio's) subclasses L{FlowConnection} and
 implements four hooks: L{_deliver} a datagram, L{_peerFinished} (the peer
 sent FIN and this side may still write), L{_ended} (the connection is over,
 and why) and L{_congestion} (the send backlog crossed its high-water mark).
+
+With a pre-shared key, a connection passes an authentication stage
+(L{FlowConnection.authenticate}, see L{auth}) between adoption and its
+face's application: none of the hooks is called, and nothing the peer sent
+is delivered, until the peer proved it knows the key.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
 import socket
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .auth import AuthState, Authenticator, Refusal, refusal_log
 from .flow import EndReason, Flow, FlowState
 from .segment import Segment
+from .table import Role
 
 if TYPE_CHECKING:
     from .demux import Demultiplexer
+    from .loop import Timer
+
+log = logging.getLogger(__name__)
+
+#: What a refusal means, for the log line.
+_REFUSAL_WORDS = {
+    Refusal.BAD_PROOF: "wrong key, or a proof replayed from another connection",
+    Refusal.UNEXPECTED_DATA: "data before any proof (a peer without the key)",
+    Refusal.TIMEOUT: "no proof in time",
+    Refusal.CLOSED: "closed before proving the key",
+}
 
 
 class Ending(enum.Enum):
@@ -60,6 +80,9 @@ class FlowConnection:
         L{start} to deliver once the application is attached.
     @ivar on_socket_closed: called once the kernel socket is closed.
     @ivar ended: whether the connection is over.
+    @ivar auth: the connection's authentication, when its port or
+        connector has a key; it stays after acceptance to answer (server)
+        or swallow (client) repeated proofs.
     """
 
     #: Most datagrams queued while the application paused reading; past
@@ -80,15 +103,25 @@ class FlowConnection:
         self.ended = False
         self.reading_paused = False
         self._paused_queue: deque[bytes] = deque()
+        self.auth: Authenticator | None = None
+        self._auth_done: Callable[[FlowConnection, bool], None] | None = None
+        self._auth_timer: Timer | None = None
 
     # -- called by the demultiplexer -------------------------------------
 
     def start(self) -> None:
         """
         The application is attached: send what the flow holds, deliver the
-        segments that arrived before adoption.
+        segments that arrived before adoption (or, after authentication,
+        what was held while waiting for the peer's proof, then the early
+        segments authentication did not need).
         """
         self.flush_pending()
+        if self.auth is not None:
+            for payload in self.auth.take_held():
+                if self.ended:
+                    return
+                self._deliver(payload)
         early, self.early = self.early, []
         now = self.loop.seconds()
         for segment in early:
@@ -106,7 +139,10 @@ class FlowConnection:
         if flow.pending:
             self.flush_pending()
         if payload:
-            if self.reading_paused:
+            auth = self.auth
+            if auth is not None and auth.receive(payload, now):
+                self._authProgress(now)
+            elif self.reading_paused:
                 if len(self._paused_queue) < self.pausedQueueLimit:
                     self._paused_queue.append(payload)
                 else:
@@ -120,6 +156,14 @@ class FlowConnection:
 
     def _flowStateChanged(self) -> None:
         flow = self.flow
+        if self._auth_done is not None:
+            # Ended or half-closed before proving the key: nobody was told
+            # of this connection, so nobody is told of its end.
+            if flow.state is FlowState.CLOSED:
+                self.end(Ending.RESET if flow.end_reason is EndReason.PEER_RST else Ending.DONE)
+            else:
+                self._authFailed(Refusal.CLOSED)
+            return
         if flow.end_reason is EndReason.PEER_RST:
             self.end(Ending.RESET)
         elif flow.state is FlowState.READ_CLOSED:
@@ -222,6 +266,11 @@ class FlowConnection:
             flow._end(EndReason.LOCAL_FIN)
         self._paused_queue.clear()
         self.demux.detach(self)
+        if self._auth_done is not None:
+            # Still authenticating: the face never saw this connection;
+            # its owner (listener, connector) hears of the failure instead.
+            self._authOver(Refusal.CLOSED)
+            return
         self._ended(ending, failure)
 
     def pause_reading(self) -> None:
@@ -246,6 +295,139 @@ class FlowConnection:
         self.send_rst()
         self.ended = True
         self.demux.detach(self)
+
+    # -- authentication --------------------------------------------------
+
+    def authenticate(self, authenticator: Authenticator, done: Callable[[FlowConnection, bool], None]) -> None:
+        """
+        Hold the connection until the peer proves it knows the key.
+
+        Runs the segments that arrived before adoption through
+        C{authenticator}, sends this side's proof (a client) and arms the
+        timer of resends and deadline.  C{done(self, True)} is called once
+        the peer's proof arrived (the owner then attaches the application,
+        whose L{start} delivers what was held), or C{done(self, False)}
+        once the connection was refused (reset, counted, and logged at
+        most once a minute per peer address) or ended.  C{done} may be
+        called before this returns.
+        """
+        self.auth = authenticator
+        self._auth_done = done
+        # The window announcement adoption queued goes out first.
+        self.flush_pending()
+        now = self.loop.seconds()
+        self._authProgress(now)
+        # Taken one at a time from the list itself: when a segment accepts
+        # (a client: the server's proof, then its first data), the owner
+        # attaches the application within that call, and start() delivers
+        # the rest of this very list.
+        early = self.early
+        while early and self._auth_done is not None and not self.ended:
+            self.segment_received(early.pop(0), now)
+        if self._auth_done is not None and not self.ended:
+            self._armAuthTimer(now)
+
+    def _armAuthTimer(self, now: float) -> None:
+        auth = self.auth
+        wakeup = auth.next_wakeup if auth is not None else None
+        if wakeup is not None:
+            self._auth_timer = self.loop.call_later(max(wakeup - now, 0.0), self._authTick)
+
+    def _authTick(self) -> None:
+        self._auth_timer = None
+        auth = self.auth
+        if auth is None or self._auth_done is None or self.ended:
+            return
+        now = self.loop.seconds()
+        auth.poll(now)
+        self._authProgress(now)
+        if self._auth_done is not None and not self.ended:
+            self._armAuthTimer(now)
+
+    def _authProgress(self, now: float) -> None:
+        """
+        Send what authentication wants sent; act on its verdict.
+        """
+        auth = self.auth
+        assert auth is not None
+        if auth.outgoing:
+            for payload in auth.outgoing:
+                self.send(payload)
+            auth.outgoing.clear()
+        if self._auth_done is None:
+            return
+        if auth.state is AuthState.ACCEPTED:
+            self._authOver(None)
+        elif auth.state is AuthState.REFUSED:
+            self._authFailed(auth.refusal or Refusal.BAD_PROOF)
+
+    def _authFailed(self, refusal: Refusal) -> None:
+        """
+        Refuse the connection: reset it, count, log (rate-limited), tell
+        the owner.
+        """
+        if self._auth_done is None:
+            return
+        host, port = self.remote_address
+        if self.demux.role is Role.SERVER and refusal_log.should_log(host, self.loop.seconds()):
+            log.warning(
+                "refused fake-TCP connection from %s port %d: %s (%s); further refusals of %s "
+                "are counted, not logged, for %g s",
+                host,
+                port,
+                _REFUSAL_WORDS[refusal],
+                refusal.value,
+                host,
+                refusal_log.interval,
+            )
+        if not self.ended:
+            self.send_rst()
+            self.ended = True
+            self._paused_queue.clear()
+            self.demux.detach(self)
+        self._authOver(refusal)
+
+    def _authOver(self, refusal: Refusal | None) -> None:
+        """
+        Authentication is over, accepted (C{refusal} is L{None}) or not:
+        stop its timer, count a refusal, tell the owner once.
+        """
+        done, self._auth_done = self._auth_done, None
+        timer, self._auth_timer = self._auth_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        if done is None:
+            return
+        auth = self.auth
+        if refusal is not None:
+            if auth is not None:
+                auth.refuse(refusal)
+            self.early = []
+            self.demux.count_drop(refusal.value)
+        if auth is not None and auth.held_dropped:
+            self.demux.drops["auth-held-overflow"] += auth.held_dropped
+        done(self, refusal is None)
+
+    def cancel_authentication(self) -> None:
+        """
+        Give up a pending authentication without telling the owner (which
+        is the one giving up): reset the connection and release it.
+        """
+        if self._auth_done is None:
+            return
+        self._auth_done = None
+        timer, self._auth_timer = self._auth_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        if not self.ended:
+            self.refuse()
+
+    @property
+    def authenticating(self) -> bool:
+        """
+        Whether the connection waits for the peer's proof.
+        """
+        return self._auth_done is not None
 
     # -- hooks for the faces ---------------------------------------------
 

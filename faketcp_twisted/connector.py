@@ -13,6 +13,7 @@ import socket
 from collections.abc import Callable
 
 from . import adoption, kernel
+from .auth import DEFAULT_TIMEOUT, AuthKey, Authenticator, Refusal
 from .connection import FlowConnection
 from .demux import Demultiplexer, FlowOptions
 from .errors import FakeTCPError, Problem
@@ -86,9 +87,17 @@ class Connector:
         make: adoption.ConnectionMaker,
         on_connected: Callable[[FlowConnection], None],
         on_failed: Callable[[FakeTCPError], None],
+        auth: AuthKey | None = None,
+        auth_timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         """
         @param host: an IP address (names are resolved by the face).
+        @param timeout: seconds the whole attempt may take, authentication
+            included.
+        @param auth: the key the server must prove (and this side proves),
+            or L{None} for none.
+        @param auth_timeout: seconds after adoption the server's proof may
+            take.
         """
         self.loop = loop
         self.host = host
@@ -99,6 +108,9 @@ class Connector:
         self.make = make
         self.on_connected = on_connected
         self.on_failed = on_failed
+        self.auth = auth
+        self.auth_timeout = auth_timeout
+        self.connection: FlowConnection | None = None
         self.sock: socket.socket | None = None
         self.demux: Demultiplexer | None = None
         self.rule: SilenceRule | None = None
@@ -180,11 +192,47 @@ class Connector:
         if self.done:
             connection.refuse()
             return
-        self._finishAttempt()
+        # The connection owns the kernel socket now, and with it the use of
+        # the silencing rule, released once the socket is closed.
         self.sock = None
         connection.on_socket_closed = _release_rule(self.rule, self._namespace)
+        self.rule = None
+        if self.auth is None:
+            self._connected(connection)
+            return
+        self._stopWriting()
+        self.connection = connection
+        flow = connection.flow
+        assert flow.local_isn is not None and flow.remote_isn is not None
+        authenticator = Authenticator(
+            self.auth, Role.CLIENT, flow.local_isn, flow.remote_isn, self.loop.seconds(), self.auth_timeout
+        )
+        connection.authenticate(authenticator, self._authenticated)
+
+    def _connected(self, connection: FlowConnection) -> None:
+        demux = self.demux
+        assert demux is not None
+        self._finishAttempt()
+        self.connection = None
         captures.attempt_over(demux)
         self.on_connected(connection)
+
+    def _authenticated(self, connection: FlowConnection, accepted: bool) -> None:
+        if self.done:
+            return
+        if accepted:
+            self._connected(connection)
+            return
+        self.connection = None
+        auth = connection.auth
+        refusal = auth.refusal if auth is not None else None
+        if refusal is Refusal.TIMEOUT:
+            detail = f"no proof from {self.host}:{self.port} within {self.auth_timeout:g} s (no key, or another one)"
+        elif refusal is Refusal.CLOSED:
+            detail = f"{self.host}:{self.port} ended the connection during authentication (another key, or none)"
+        else:
+            detail = f"{self.host}:{self.port} sent something else than its proof"
+        self._fail(FakeTCPError(Problem.AUTH_FAILED, detail))
 
     def _stopWriting(self) -> None:
         if self._writing:
@@ -217,6 +265,11 @@ class Connector:
         if self.done:
             return False
         self._finishAttempt()
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            # Given up while authenticating: reset the peer, release the
+            # flow (its socket and rule go when its time-wait ends).
+            connection.cancel_authentication()
         sock, self.sock = self.sock, None
         if sock is not None:
             kernel.close_silently(sock)

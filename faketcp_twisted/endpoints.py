@@ -5,12 +5,17 @@ Endpoints and the C{faketcp:} endpoint string parsers.
 Server::
 
     faketcp:PORT[:interface=ADDR][:backlog=N][:idleTimeout=S][:keepalive=S][:mark=M]
+        [:key=SECRET | :keyFile=PATH][:authTimeout=S]
 
 Client::
 
     faketcp:host=HOST:port=PORT[:timeout=S][:bindAddress=ADDR][:idleTimeout=S][:keepalive=S][:mark=M]
+        [:key=SECRET | :keyFile=PATH][:authTimeout=S]
 
-Colons inside values are escaped with a backslash (C{interface=\\:\\:}).
+Colons inside values are escaped with a backslash (C{interface=\\:\\:},
+C{key=a\\:b}).  With C{key} or C{keyFile}, connections are authenticated
+with that pre-shared key (see L{faketcp_twisted.auth}); a key on a command
+line is visible to every local user through C{ps}, a key file is not.
 This module imports nothing heavy at import time: the plugin loads it on
 every C{serverFromString} call, for every prefix.
 """
@@ -51,6 +56,57 @@ def flow_options(
     return options
 
 
+def redact(description: str) -> str:
+    """
+    An endpoint string fit for logs: the value of every C{key=} field is
+    replaced by C{***} (a C{keyFile=} path is kept; it is no secret).
+
+    Fields are found as Twisted finds them: separated by colons that no
+    backslash escapes.
+    """
+    fields: list[str] = []
+    current: list[str] = []
+    escaped = False
+    for char in description:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            current.append(char)
+            escaped = True
+        elif char == ":":
+            fields.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    fields.append("".join(current))
+    return ":".join("key=***" if field.startswith("key=") else field for field in fields)
+
+
+def _key(key: str | bytes | None, keyFile: str | None) -> Any:
+    """
+    The L{AuthKey} of endpoint arguments, or L{None}.
+
+    @raise ValueError: both given, or an empty or unreadable key.
+    """
+    if key is None and keyFile is None:
+        return None
+    from .auth import auth_key
+
+    return auth_key(key, keyFile)
+
+
+def _auth_timeout(authTimeout: float | str | None) -> float:
+    from .auth import DEFAULT_TIMEOUT
+
+    if authTimeout is None:
+        return DEFAULT_TIMEOUT
+    value = float(authTimeout)
+    if not value > 0:
+        raise ValueError(f"authTimeout must be positive, not {authTimeout!r}")
+    return value
+
+
 @implementer(IStreamServerEndpoint)
 class FakeTCPServerEndpoint:
     """
@@ -66,6 +122,9 @@ class FakeTCPServerEndpoint:
         idleTimeout: float | None = None,
         keepalive: float | None = None,
         mark: int | None = None,
+        key: str | bytes | None = None,
+        keyFile: str | None = None,
+        authTimeout: float | str | None = None,
     ) -> None:
         """
         @param port: the TCP port (0 picks a free one).
@@ -77,12 +136,21 @@ class FakeTCPServerEndpoint:
         @param keepalive: seconds between keepalive ACKs on a quiet
             connection (default 0: none).
         @param mark: the firewall mark of the silenced kernel sockets.
+        @param key: a pre-shared key clients must prove before the factory
+            builds their protocol (a string is taken as UTF-8).
+        @param keyFile: a file holding the key instead (surrounding
+            whitespace ignored).
+        @param authTimeout: seconds a client's proof may take (default 5).
+        @raise ValueError: both C{key} and C{keyFile}, or an empty or
+            unreadable key.
         """
         self._reactor = reactor
         self._port = port
         self._interface = interface
         self._backlog = backlog
         self._options = flow_options(idleTimeout, keepalive, mark)
+        self._auth = _key(key, keyFile)
+        self._auth_timeout = _auth_timeout(authTimeout)
 
     def listen(self, protocolFactory: Any) -> defer.Deferred[Any]:
         """
@@ -98,6 +166,8 @@ class FakeTCPServerEndpoint:
             interface=self._interface,
             backlog=self._backlog,
             options=self._options,
+            auth=self._auth,
+            auth_timeout=self._auth_timeout,
         )
         return defer.execute(lambda: (port.startListening(), port)[1])
 
@@ -118,12 +188,24 @@ class FakeTCPClientEndpoint:
         idleTimeout: float | None = None,
         keepalive: float | None = None,
         mark: int | None = None,
+        key: str | bytes | None = None,
+        keyFile: str | None = None,
+        authTimeout: float | str | None = None,
     ) -> None:
         """
         @param host: an IP address, or a name resolved with getaddrinfo.
-        @param timeout: seconds to wait for the handshake.
+        @param timeout: seconds to wait for the handshake (and, with a
+            key, the server's proof).
         @param bindAddress: the local address (and optionally port) to
             connect from.
+        @param key: a pre-shared key the server must prove, and this side
+            proves, before the connection is made (a string is taken as
+            UTF-8); a server that cannot fails the attempt with
+            L{AuthenticationError}.
+        @param keyFile: a file holding the key instead.
+        @param authTimeout: seconds the server's proof may take (default 5).
+        @raise ValueError: both C{key} and C{keyFile}, or an empty or
+            unreadable key.
         """
         self._reactor = reactor
         self._host = host
@@ -133,6 +215,8 @@ class FakeTCPClientEndpoint:
             bindAddress = (bindAddress, 0)
         self._bindAddress = bindAddress
         self._options = flow_options(idleTimeout, keepalive, mark)
+        self._auth = _key(key, keyFile)
+        self._auth_timeout = _auth_timeout(authTimeout)
 
     def connect(self, protocolFactory: Any) -> defer.Deferred[Any]:
         """
@@ -198,6 +282,8 @@ class FakeTCPClientEndpoint:
             FakeTCPTransport,
             connected,
             failed,
+            auth=self._auth,
+            auth_timeout=self._auth_timeout,
         )
         connector.start()
         return result
@@ -230,9 +316,21 @@ class FakeTCPServerParser:
         idleTimeout: str | None = None,
         keepalive: str | None = None,
         mark: str | None = None,
+        key: str | None = None,
+        keyFile: str | None = None,
+        authTimeout: str | None = None,
     ) -> FakeTCPServerEndpoint:
         return FakeTCPServerEndpoint(
-            reactor, int(port), interface, int(backlog), idleTimeout, keepalive, mark
+            reactor,
+            int(port),
+            interface,
+            int(backlog),
+            idleTimeout,
+            keepalive,
+            mark,
+            key=key,
+            keyFile=keyFile,
+            authTimeout=authTimeout,
         )
 
     def parseStreamServer(self, reactor: Any, *args: Any, **kwargs: Any) -> FakeTCPServerEndpoint:
@@ -260,11 +358,24 @@ class FakeTCPClientParser:
         idleTimeout: str | None = None,
         keepalive: str | None = None,
         mark: str | None = None,
+        key: str | None = None,
+        keyFile: str | None = None,
+        authTimeout: str | None = None,
     ) -> FakeTCPClientEndpoint:
         if host is None or port is None:
             raise ValueError("faketcp client endpoints need host= and port=")
         return FakeTCPClientEndpoint(
-            reactor, host, int(port), float(timeout), bindAddress, idleTimeout, keepalive, mark
+            reactor,
+            host,
+            int(port),
+            float(timeout),
+            bindAddress,
+            idleTimeout,
+            keepalive,
+            mark,
+            key=key,
+            keyFile=keyFile,
+            authTimeout=authTimeout,
         )
 
     def parseStreamClient(self, reactor: Any, *args: Any, **kwargs: Any) -> FakeTCPClientEndpoint:

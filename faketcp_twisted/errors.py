@@ -31,6 +31,7 @@ class Problem(enum.Enum):
     NO_ROUTE = "no route to host"
     TIMEOUT = "connection timed out"
     HANDSHAKE_UNSEEN = "the capture did not see the handshake"
+    AUTH_FAILED = "the server did not prove knowledge of the key"
     OTHER = "system error"
 
 
@@ -80,6 +81,8 @@ _BY_ERRNO = {
     errno.EADDRINUSE: Problem.PORT_IN_USE,
     errno.EADDRNOTAVAIL: Problem.ADDRESS_NOT_AVAILABLE,
     errno.ECONNREFUSED: Problem.REFUSED,
+    # A reset during the handshake: nobody (any more) accepts it there.
+    errno.ECONNRESET: Problem.REFUSED,
     errno.EHOSTUNREACH: Problem.NO_ROUTE,
     errno.ENETUNREACH: Problem.NO_ROUTE,
     errno.ETIMEDOUT: Problem.TIMEOUT,
@@ -143,6 +146,13 @@ class HandshakeNotSeenError(FakeTCPConnectError):
     """
 
 
+class AuthenticationError(FakeTCPConnectError):
+    """
+    A key was given, and the server did not prove that it knows it: it has
+    another key or none, or it refused this client's proof.
+    """
+
+
 _LISTEN_ERRORS = {
     Problem.PERMISSION: ListenPermissionError,
     Problem.FIREWALL: ListenFirewallError,
@@ -169,6 +179,7 @@ def twisted_connect_error(cause: FakeTCPError) -> error.ConnectError:
         Problem.PERMISSION: ConnectPermissionError,
         Problem.FIREWALL: ConnectFirewallError,
         Problem.HANDSHAKE_UNSEEN: HandshakeNotSeenError,
+        Problem.AUTH_FAILED: AuthenticationError,
     }
     kind = kinds.get(cause.problem, FakeTCPConnectError)
     return kind(osError=cause.errno, string=text)
@@ -221,6 +232,12 @@ class FakeTCPHandshakeNotSeenError(FakeTCPOSError):
     """
 
 
+class FakeTCPAuthenticationError(FakeTCPOSError, ConnectionError):
+    """
+    A key was given, and the server did not prove that it knows it.
+    """
+
+
 _ASYNCIO_ERRORS: dict[Problem, tuple[type[FakeTCPOSError], int | None]] = {
     Problem.PERMISSION: (FakeTCPPermissionError, errno.EPERM),
     Problem.FIREWALL: (FakeTCPFirewallError, None),
@@ -230,6 +247,7 @@ _ASYNCIO_ERRORS: dict[Problem, tuple[type[FakeTCPOSError], int | None]] = {
     Problem.NO_ROUTE: (FakeTCPOSError, errno.EHOSTUNREACH),
     Problem.TIMEOUT: (FakeTCPTimeoutError, errno.ETIMEDOUT),
     Problem.HANDSHAKE_UNSEEN: (FakeTCPHandshakeNotSeenError, None),
+    Problem.AUTH_FAILED: (FakeTCPAuthenticationError, None),
     Problem.OTHER: (FakeTCPOSError, None),
 }
 

@@ -2,7 +2,9 @@
 """
 The listening side, for every face: a real kernel listener makes the
 handshakes, one capture per address family sees the port's segments, one
-silencing rule per family keeps the kernel quiet.
+silencing rule per family keeps the kernel quiet.  With a key, each
+adopted connection is authenticated (see L{auth}) before the face hears of
+it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import socket
 from collections.abc import Callable
 
 from . import adoption, kernel
+from .auth import DEFAULT_TIMEOUT, AuthKey, Authenticator
 from .connection import Ending, FlowConnection
 from .demux import Demultiplexer, FlowOptions
 from .errors import FakeTCPError, Problem
@@ -46,10 +49,17 @@ class Listener:
     @ivar port: the port number (the actual one after binding to 0).
     @ivar demuxes: the demultiplexer of each address family listened on.
     @ivar rules: the silencing rules this listener holds.
+    @ivar auth: the pre-shared key connections must prove, or L{None}.
+    @ivar authenticating: connections waiting for their client's proof.
     """
 
     #: Most connections accepted per wake-up.
     acceptsPerRead = 64
+    #: Most connections waiting for their client's proof at once; past it a
+    #: new connection is reset at once (counted as C{auth-pending-limit}).
+    #: Each waits at most the authentication timeout, so connections that
+    #: never prove anything cannot pile up beyond this.
+    authPendingLimit = 256
 
     def __init__(
         self,
@@ -60,11 +70,18 @@ class Listener:
         options: FlowOptions,
         make: adoption.ConnectionMaker,
         on_connection: Callable[[FlowConnection], None],
+        auth: AuthKey | None = None,
+        auth_timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         """
         @param make: makes the face's connection object for a new flow.
         @param on_connection: called with each new connection, to attach
-            the application (or L{FlowConnection.refuse} it).
+            the application (or L{FlowConnection.refuse} it); with C{auth},
+            only once its client proved the key.
+        @param auth: the key clients must prove, or L{None} for none (the
+            wire is then exactly tcpraw's).
+        @param auth_timeout: seconds after adoption a client's proof may
+            take.
         """
         self.loop = loop
         self.port = port
@@ -73,6 +90,9 @@ class Listener:
         self.options = options
         self.make = make
         self.on_connection = on_connection
+        self.auth = auth
+        self.auth_timeout = auth_timeout
+        self.authenticating: set[FlowConnection] = set()
         self.listener: socket.socket | None = None
         self.demuxes: dict[int, Demultiplexer] = {}
         self.rules: list[SilenceRule] = []
@@ -171,7 +191,28 @@ class Listener:
         if demux is None:
             kernel.close_silently(sock)
             return
-        adoption.adopt(demux, sock, key, self.make, self.on_connection, lambda: kernel.close_silently(sock))
+        adoption.adopt(demux, sock, key, self.make, self._adopted, lambda: kernel.close_silently(sock))
+
+    def _adopted(self, connection: FlowConnection) -> None:
+        if self.auth is None:
+            self.on_connection(connection)
+            return
+        if len(self.authenticating) >= self.authPendingLimit:
+            connection.demux.count_drop("auth-pending-limit")
+            connection.refuse()
+            return
+        flow = connection.flow
+        assert flow.local_isn is not None and flow.remote_isn is not None
+        self.authenticating.add(connection)
+        authenticator = Authenticator(
+            self.auth, Role.SERVER, flow.local_isn, flow.remote_isn, self.loop.seconds(), self.auth_timeout
+        )
+        connection.authenticate(authenticator, self._authenticated)
+
+    def _authenticated(self, connection: FlowConnection, accepted: bool) -> None:
+        self.authenticating.discard(connection)
+        if accepted:
+            self.on_connection(connection)
 
     def close(self) -> None:
         """
@@ -181,6 +222,13 @@ class Listener:
         if self._closing:
             return
         self._closing = True
+        # Connections still proving the key were never accepted as far as
+        # the application knows: reset them now rather than let them finish
+        # into a port that stopped accepting.  (While the listener is still
+        # set, their release cannot finish the close half-way.)
+        for connection in list(self.authenticating):
+            connection.cancel_authentication()
+        self.authenticating.clear()
         listener, self.listener = self.listener, None
         if listener is not None:
             self.loop.remove_reader(self._listener_fd)

@@ -14,6 +14,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from .auth import DEFAULT_TIMEOUT, AuthKey
 from .connection import FlowConnection
 from .demux import Demultiplexer, FlowOptions
 from .errors import FakeTCPError, twisted_listen_error
@@ -38,7 +39,14 @@ class FakeTCPPort:
         interface: str = "",
         backlog: int = 50,
         options: FlowOptions | None = None,
+        auth: AuthKey | None = None,
+        auth_timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
+        """
+        @param auth: the key clients must prove before the factory builds
+            their protocol, or L{None}.
+        @param auth_timeout: seconds a client's proof may take.
+        """
         self.reactor = reactor
         self.factory = factory
         self.interface = interface
@@ -51,6 +59,8 @@ class FakeTCPPort:
             options or FlowOptions(),
             FakeTCPTransport,
             self._connection,
+            auth=auth,
+            auth_timeout=auth_timeout,
         )
         self._stopped: defer.Deferred[None] | None = None
 

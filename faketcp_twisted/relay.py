@@ -31,6 +31,7 @@ from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .endpoints import redact
 from .firewall import FirewallUnavailable, sweep
 from .kernel import has_privileges
 from .relayspec import SpecError, UDPAddress, resolve
@@ -769,7 +770,7 @@ class ClientRelay(_RelayBase):
             "faketcp-relay client ready: UDP {host}:{port} -> {forward}",
             host=host.host,
             port=host.port,
-            forward=self.faketcp,
+            forward=redact(self.faketcp),
         )
 
     def fromUDP(self, datagram: bytes, source: Any) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 
+from .endpoints import redact
 from .firewall import DEFAULT_MARK, SilenceRule
 from .listener import listen_families
 
@@ -193,8 +194,8 @@ class RelaySpec:
         One line naming both sides.
         """
         if self.mode == "server":
-            return f"fake-TCP {self.faketcp} -> UDP {self.udp.describe()}"
-        return f"UDP {self.udp.describe()} -> fake-TCP {self.faketcp}"
+            return f"fake-TCP {redact(self.faketcp)} -> UDP {self.udp.describe()}"
+        return f"UDP {self.udp.describe()} -> fake-TCP {redact(self.faketcp)}"
 
 
 def parse(listen: str, forward: str) -> RelaySpec:
