@@ -25,5 +25,9 @@ test: setup
 demo: setup
 	$(PY) -m faketcp_twisted.demo
 
+# Not part of `make test`: figures are measured, never asserted.
+bench: setup
+	$(PY) -m faketcp_twisted.bench
+
 clean:
 	rm -rf $(VENV) build *.egg-info _trial_temp dropin.cache
