@@ -224,6 +224,21 @@ class Silencer:
             finally:
                 os.close(fd)
 
+    def release_all(self) -> None:
+        """
+        Remove every rule this process holds, whatever its count of users
+        (the process is exiting).
+        """
+        with self._lock:
+            entries = list(self._rules.items())
+        for (namespace, rule), entry in entries:
+            entry[0] = 1
+            try:
+                self.release(rule, namespace)
+            except Exception:
+                # Exiting: a rule left here is swept by the next start.
+                pass
+
     def installed(self) -> list[SilenceRule]:
         """
         The rules this process holds, in every namespace.

@@ -14,13 +14,13 @@ import logging
 import socket
 from collections.abc import Callable
 
-from . import adoption, kernel
+from . import adoption, kernel, shutdown
 from .auth import DEFAULT_TIMEOUT, AuthKey, Authenticator
 from .connection import Ending, FlowConnection
 from .demux import Demultiplexer, FlowOptions
 from .errors import FakeTCPError, Problem
 from .firewall import FirewallUnavailable, SilenceRule, netns_id, silencer
-from .loop import EventLoop
+from .loop import EventLoop, Timer
 from .table import Role
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,10 @@ class Listener:
 
     #: Most connections accepted per wake-up.
     acceptsPerRead = 64
+    #: Seconds accepting pauses when the process is out of descriptors or
+    #: memory: the listener stays readable meanwhile, and retrying at once
+    #: would spin (and log) as fast as the loop turns.
+    acceptPause = 1.0
     #: Most connections waiting for their client's proof at once; past it a
     #: new connection is reset at once (counted as C{auth-pending-limit}).
     #: Each waits at most the authentication timeout, so connections that
@@ -98,6 +102,7 @@ class Listener:
         self.rules: list[SilenceRule] = []
         self.on_closed: Callable[[], None] | None = None
         self._closing = False
+        self._accept_timer: Timer | None = None
         self._namespace = netns_id()
 
     def start(self) -> None:
@@ -146,6 +151,7 @@ class Listener:
             self._release(listener)
             raise
         self.listener = listener
+        shutdown.track_listener(self)
         listener_fd = listener.fileno()
         self._listener_fd = listener_fd
         self.loop.add_reader(listener_fd, self._accept)
@@ -162,7 +168,7 @@ class Listener:
 
     def _accept(self) -> None:
         listener = self.listener
-        if listener is None:
+        if listener is None or self._accept_timer is not None:
             return
         for _ in range(self.acceptsPerRead):
             try:
@@ -173,10 +179,28 @@ class Listener:
                 if failure.errno in (errno.ECONNABORTED, errno.EPERM):
                     continue
                 # Out of descriptors or memory: the kernel keeps the
-                # connection queued; try again on the next wake-up.
-                log.warning("cannot accept on fake-TCP port %d: %s", self.port, failure.strerror)
+                # connection queued; pause, then try again.
+                self._pauseAccepting(failure)
                 return
             self._accepted(sock)
+
+    def _pauseAccepting(self, failure: OSError) -> None:
+        if self._accept_timer is not None or self.listener is None:
+            return
+        log.warning(
+            "cannot accept on fake-TCP port %d: %s; pausing accepts for %g s",
+            self.port,
+            failure.strerror,
+            self.acceptPause,
+        )
+        self.loop.remove_reader(self._listener_fd)
+        self._accept_timer = self.loop.call_later(self.acceptPause, self._resumeAccepting)
+
+    def _resumeAccepting(self) -> None:
+        self._accept_timer = None
+        if self.listener is not None:
+            self.loop.add_reader(self._listener_fd, self._accept)
+            self._accept()
 
     def _accepted(self, sock: socket.socket) -> None:
         try:
@@ -230,6 +254,10 @@ class Listener:
             connection.cancel_authentication()
         self.authenticating.clear()
         listener, self.listener = self.listener, None
+        if self._accept_timer is not None:
+            if self._accept_timer.active():
+                self._accept_timer.cancel()
+            self._accept_timer = None
         if listener is not None:
             self.loop.remove_reader(self._listener_fd)
             # Handshakes the kernel finished but nobody accepted are reset

@@ -116,6 +116,11 @@ class TwistedLoop:
             raise TypeError(f"fake-TCP needs a reactor providing IReactorFDSet, not {reactor!r}")
         self.reactor = reactor
         self._watches: dict[int, _Watch] = {}
+        # Twisted closes its own connections when the reactor stops; do
+        # the same, before the process exits with rules still installed.
+        from .shutdown import shutdown
+
+        reactor.addSystemEventTrigger("during", "shutdown", shutdown)
 
     def seconds(self) -> float:
         return float(self.reactor.seconds())

@@ -413,3 +413,78 @@ class NatLossTests(LabTestCase):
             await wait_until(lambda: len(client.received) - before >= per_round * 0.75, timeout=10)
         self.assertGreater(self.lab.loss_drops(), 0)
         self.assertEqual(self.lab.conntrack_invalid_drops(), 0)
+
+
+_LOW_FD_SERVER = """
+import logging, resource, sys
+logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(message)s")
+resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[1])))
+from twisted.internet import reactor
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory
+from twisted.protocols.wire import Echo
+serverFromString(reactor, "faketcp:9191").listen(Factory.forProtocol(Echo))
+print("listening", flush=True)
+reactor.callLater(float(sys.argv[2]), reactor.stop)
+reactor.run()
+"""
+
+
+class DescriptorExhaustionTests(LabTestCase):
+    """
+    A server out of file descriptors pauses accepting instead of spinning.
+    """
+
+    async def test_out_of_descriptors_pauses_accepting(self) -> None:
+        """
+        With its descriptors exhausted, the server logs one warning per
+        pause (not one per loop turn) and keeps serving the connections it
+        has; the clients it could not accept time out.
+        """
+        import os
+        import subprocess
+        import sys
+
+        checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", self.lab.S, sys.executable, "-c", _LOW_FD_SERVER, "40", "4"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ, PYTHONPATH=checkout),
+        )
+        self.addCleanup(server.kill)
+        self.addCleanup(server.wait)
+        self.assertEqual(server.stdout.readline().strip(), "listening")
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import clientFromString
+
+        attempts = []
+        with netlab.in_namespace(self.lab.C):
+            for _ in range(40):
+                attempts.append(
+                    clientFromString(reactor, f"faketcp:host={self.lab.server4}:port=9191:timeout=2").connect(
+                        RecordingFactory()
+                    )
+                )
+        from twisted.internet import defer
+
+        results = await defer.DeferredList(attempts, consumeErrors=True)
+        # The kernel completes every handshake (the backlog holds them); only
+        # the connections the server could accept echo.
+        connected = [protocol for ok, protocol in results if ok]
+        try:
+            for protocol in connected:
+                protocol.transport.write(b"echo?")
+            await sleep(1.5)
+            served = [protocol for protocol in connected if protocol.received == [b"echo?"]]
+            self.assertTrue(served, "no connection was served at all")
+            self.assertLess(len(served), 40, "the descriptor limit was never reached")
+        finally:
+            for protocol in connected:
+                if protocol.transport.connected:
+                    protocol.transport.abortConnection()
+        _out, errors = server.communicate(timeout=20)
+        pauses = errors.count("pausing accepts")
+        self.assertGreaterEqual(pauses, 1, errors)
+        self.assertLessEqual(pauses, 8, errors[:2000])
