@@ -8,11 +8,14 @@ PY := $(VENV)/bin/python
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: setup.cfg pyproject.toml scripts/bootstrap-system
+$(VENV)/.installed: setup.cfg setup.py pyproject.toml faketcp_twisted/_fastpath.c scripts/bootstrap-system
 	./scripts/bootstrap-system
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet '.[test]'
+	# The checkout is what the tests import: build the C fast path here too
+	# (optional: without a compiler the pure-Python path is used).
+	$(PY) setup.py --quiet build_ext --inplace
 	touch $@
 
 # Trial runs from the checkout, so the code under test is this tree's.

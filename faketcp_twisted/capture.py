@@ -9,6 +9,10 @@ that drops segments conntrack calls INVALID cannot hide them, and it sees
 IPv6 headers too (an AF_INET6 raw socket would not).  A kernel BPF filter
 keeps every other packet from waking the process; one capture serves every
 local address of its family.
+
+Packets cross in batches: L{Capture.receive} reads and parses many per
+call and L{Capture.send_batch} sends many per call (C{recvmmsg} and
+C{sendmmsg} with the C fast path, see L{fastpath}).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import socket
 import struct
 from collections.abc import Iterator
 
+from . import fastpath
 from .bpf import attach_filter, capture_filter
 
 SOL_PACKET = 263
@@ -87,7 +92,8 @@ class Capture:
     def read(self, budget: int) -> Iterator[tuple[bytes, bool]]:
         """
         Yield up to C{budget} captured packets, stopping early when the
-        capture is empty.
+        capture is empty: one C{recvmsg} each, unparsed.  The
+        demultiplexer reads with L{receive}, which batches and parses.
 
         @return: an iterator of (packet starting at the IP header, whether
             its checksum still needs verifying).
@@ -109,6 +115,27 @@ class Capture:
                 if level == SOL_PACKET and kind == PACKET_AUXDATA:
                     verify = not (_AUXDATA.unpack_from(value)[0] & _TRUSTED)
             yield data, verify
+
+    def receive(self, budget: int) -> fastpath.Received:
+        """
+        Read and parse up to C{budget} captured packets in batches (see
+        L{fastpath.receive_segments}), stopping early when the capture is
+        empty.
+
+        @return: the segments, the flow key of each (this side's view), and
+            the L{MalformedSegment} reason of every packet refused.
+        """
+        return fastpath.receive_segments(self.capture, budget)
+
+    def send_batch(self, items: list[fastpath.Outgoing], start: int) -> tuple[int, list[int]]:
+        """
+        Send C{items[start:]}, each a (whole IP packet, destination) pair,
+        until the send buffer is full (see L{fastpath.send_batch}).
+
+        @return: the index of the first item not sent, and the errno of
+            every item the kernel refused (skipped, not retried).
+        """
+        return fastpath.send_batch(self.sender, items, start)
 
     def send(self, packet: bytes, address: tuple) -> None:
         """

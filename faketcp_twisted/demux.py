@@ -8,6 +8,15 @@ A listening port has one per address family; client connections to the
 same remote port share one.  It also owns the send side (a raw socket with
 a bounded backlog when the kernel's send buffer is full), the timer that
 expires flows, and the kernel sockets of flows in time-wait.
+
+Packets cross the kernel boundary in batches, not one syscall each: the
+capture is read up to 64 packets per C{recvmmsg} (with the C fast path),
+and what the flows send is queued and handed to the kernel with one
+C{sendmmsg} at the end of each read batch, at the end of each loop turn
+in which packets were sent outside a read batch in a burst (a lone packet
+goes at once), or whenever L{Demultiplexer.flushThreshold} packets are
+waiting.  A packet thus leaves within the turn that made it: batching costs
+no latency beyond the rest of that turn's work, and a lone packet none.
 """
 
 from __future__ import annotations
@@ -15,23 +24,26 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from . import kernel
+from . import fastpath, kernel, shutdown
+from .bpf import BPF_K, BPF_RET, attach_filter, stmt
 from .capture import Capture, sockaddr
 from .firewall import DEFAULT_MARK
 from .flow import FlowKey
 from .loop import EventLoop, Timer
-from .segment import MalformedSegment, parse_packet
 from .table import FlowTable, Role, TableLimits
 
 if TYPE_CHECKING:
     from .connection import FlowConnection
 
 log = logging.getLogger(__name__)
+
+_monotonic = time.monotonic
 
 
 @dataclass(slots=True)
@@ -74,6 +86,13 @@ class Demultiplexer:
     backlogLimit = 4096
     #: Backlog length at which streaming producers are paused.
     backlogHighWater = 1024
+    #: Packets queued within one turn that are sent at once, without
+    #: waiting for the turn to end: one C{sendmmsg} batch.
+    flushThreshold = 64
+    #: Seconds between two packets sent outside a read batch below which
+    #: they are taken for a burst, and the rest of the turn's packets are
+    #: sent together at its end (see L{transmit}).
+    burstInterval = 50e-6
 
     def __init__(
         self,
@@ -92,8 +111,14 @@ class Demultiplexer:
         self.table = FlowTable(role, options.limits)
         self.transports: dict[FlowKey, FlowConnection] = {}
         self.drops: Counter[str] = self.table.drops
-        self._backlog: deque[tuple[bytes, tuple]] = deque()
+        # Packets to send, oldest first; those before _head are sent.  Not
+        # blocked (_writing false), it holds the current turn's packets, up
+        # to flushThreshold; blocked, also those waiting for room.
+        self._queue: list[fastpath.Outgoing] = []
+        self._head = 0
         self._writing = False
+        self._flushCall: Timer | None = None
+        self._lastSent = 0.0
         self.congested = False
         self._closing_sockets: deque[tuple[float, socket.socket, Callable[[], None] | None]] = deque()
         #: Called when a flow left, so the owner can close an unused capture.
@@ -106,6 +131,7 @@ class Demultiplexer:
         self._addresses: dict[bytes, tuple] = {}
         self._closed = False
         self._closing = False
+        shutdown.track_capture(self)
         self._fd = self.capture.fileno()
         loop.add_reader(self._fd, self.doRead)
         self._timer: Timer = loop.call_later(self.tickInterval, self._tick)
@@ -119,7 +145,8 @@ class Demultiplexer:
 
     def doRead(self) -> None:
         """
-        Read a batch of captured packets and hand each to its flow.
+        Read a batch of captured packets and hand each to its flow, then
+        send what the batch made the flows send.
         """
         if self._closed or self.reading:
             return
@@ -128,8 +155,10 @@ class Demultiplexer:
             self._readBatch()
         finally:
             self.reading = False
+            self.flush()
         if self._waiters:
             self._waiters = [waiter for waiter in self._waiters if not waiter()]
+            self.flush()
 
     def _readBatch(self) -> None:
         now = self.loop.seconds()
@@ -137,13 +166,14 @@ class Demultiplexer:
         transports = self.transports
         table = self.table
         drops = self.drops
-        for data, verify in self.capture.read(self.maxPacketsPerRead):
-            try:
-                segment = parse_packet(data, verify)
-            except MalformedSegment as malformed:
-                drops[malformed.reason] += 1
-                continue
-            key = FlowKey(segment.dst, segment.dport, segment.src, segment.sport)
+        segments, keys, malformed = self.capture.receive(self.maxPacketsPerRead)
+        for reason in malformed:
+            drops[reason] += 1
+        for segment, key in zip(segments, keys):
+            if self._closed:
+                # The capture's last flow ended on the previous segment and
+                # its owner closed the capture: nothing is left to feed.
+                return
             if key in flows:
                 transports[key].segment_received(segment, now)
                 continue
@@ -160,20 +190,7 @@ class Demultiplexer:
         """
         Send what waited for room in the send buffer.
         """
-        backlog = self._backlog
-        send = self.capture.send
-        while backlog:
-            packet, address = backlog[0]
-            try:
-                send(packet, address)
-            except BlockingIOError:
-                return
-            except OSError as failure:
-                self._sendFailed(failure)
-            backlog.popleft()
-        self._writing = False
-        self.loop.remove_writer(self._fd)
-        self._setCongested(False)
+        self.flush()
 
     # -- sending ---------------------------------------------------------
 
@@ -190,40 +207,93 @@ class Demultiplexer:
 
     def transmit(self, packet: bytes, address: tuple) -> None:
         """
-        Send one packet now, or queue it behind packets still waiting.
+        Queue one packet to be sent within this turn of the loop, behind
+        packets still waiting for room in the send buffer.
+
+        Within a read batch it goes out with the others at the end of the
+        batch; otherwise it goes at once, unless it is part of a burst,
+        whose packets go together at the end of the turn; and always at
+        once when L{flushThreshold} packets are waiting (see the module
+        docstring).
         """
         if self._closed:
             return
-        backlog = self._backlog
-        if not backlog:
-            try:
-                self.capture.send(packet, address)
-                return
-            except BlockingIOError:
-                pass
-            except OSError as failure:
-                self._sendFailed(failure)
-                return
-        if len(backlog) >= self.backlogLimit:
+        queue = self._queue
+        waiting = len(queue) - self._head
+        if waiting >= self.backlogLimit:
             self.drops["send-backlog-full"] += 1
             return
-        backlog.append((packet, address))
+        queue.append((packet, address))
+        waiting += 1
+        if self._writing:
+            # Blocked: doWrite sends it once the kernel has room.
+            if waiting >= self.backlogHighWater:
+                self._setCongested(True)
+        elif waiting >= self.flushThreshold:
+            self.flush()
+        elif not self.reading and self._flushCall is None:
+            # Outside a read batch, and no burst under way: the packet goes
+            # at once, as a lone packet (a reply, a FIN) should.  Packets
+            # coming faster than burstInterval apart are a burst (a loop
+            # turn that reads many datagrams and writes each, say): the
+            # rest of the turn's packets then wait for one call, which
+            # sends them together when the loop comes round.  Scheduling
+            # that call costs more than a syscall, so lone packets spared.
+            now = _monotonic()
+            if now - self._lastSent < self.burstInterval:
+                self._flushCall = self.loop.call_later(0, self._flushTurn)
+            self._lastSent = now
+            self.flush()
+
+    def _flushTurn(self) -> None:
+        self._flushCall = None
+        self.flush()
+
+    def flush(self) -> None:
+        """
+        Hand the queued packets to the kernel, as many as its send buffer
+        takes; the rest wait for room (L{doWrite}).
+        """
+        queue = self._queue
+        head = self._head
+        if head >= len(queue) or self._closed:
+            return
+        sent, errors = self.capture.send_batch(queue, head)
+        for code in errors:
+            self._sendFailed(code)
+        if sent >= len(queue):
+            queue.clear()
+            self._head = 0
+            if self._writing:
+                self._writing = False
+                self.loop.remove_writer(self._fd)
+                self._setCongested(False)
+            return
+        # The send buffer is full.  Drop the sent head of the list now and
+        # then, not on every partial send (each drop moves the whole rest).
+        if sent >= 1024 or sent * 2 >= len(queue):
+            del queue[:sent]
+            sent = 0
+        self._head = sent
         if not self._writing:
             self._writing = True
             self.loop.add_writer(self._fd, self.doWrite)
-        if len(backlog) >= self.backlogHighWater:
+        if len(queue) - sent >= self.backlogHighWater:
             self._setCongested(True)
 
     @property
     def backlog_bytes(self) -> int:
         """
-        Bytes of the packets waiting for room in the send buffer.
+        Bytes of the packets waiting for room in the send buffer (a turn's
+        packets not yet flushed are not waiting for room, so not counted).
         """
-        backlog = self._backlog
-        return sum(len(packet) for packet, _address in backlog) if backlog else 0
+        if not self._writing:
+            return 0
+        queue = self._queue
+        return sum(len(queue[index][0]) for index in range(self._head, len(queue)))
 
-    def _sendFailed(self, failure: OSError) -> None:
-        reason = errno.errorcode.get(failure.errno or 0, "send-error").lower()
+    def _sendFailed(self, code: int) -> None:
+        reason = errno.errorcode.get(code, "send-error").lower()
         self.drops[f"send-{reason}"] += 1
 
     def _setCongested(self, congested: bool) -> None:
@@ -243,9 +313,11 @@ class Demultiplexer:
 
     def attach(self, connection: FlowConnection) -> None:
         """
-        Route the segments of C{connection}'s flow to it.
+        Route the segments of C{connection}'s flow to it, and stop its
+        kernel socket from taking any more segments (see L{mute}).
         """
         self.transports[connection.flow.key] = connection
+        mute(connection.socket)
 
     def detach(self, connection: FlowConnection) -> None:
         """
@@ -287,6 +359,7 @@ class Demultiplexer:
             self._closeKernelSocket(*closing.popleft()[1:])
         if self._waiters:
             self._waiters = [waiter for waiter in self._waiters if not waiter()]
+        self.flush()
 
     def close(self) -> None:
         """
@@ -302,12 +375,20 @@ class Demultiplexer:
         if self._writing:
             self.loop.remove_writer(self._fd)
             self._writing = False
+        # The RSTs of capture_closed (and anything else queued) go out now,
+        # as far as the send buffer takes them: nothing is sent later.
+        self.flush()
+        if self._flushCall is not None:
+            if self._flushCall.active():
+                self._flushCall.cancel()
+            self._flushCall = None
         self._closed = True
         if self._timer.active():
             self._timer.cancel()
         while self._closing_sockets:
             self._closeKernelSocket(*self._closing_sockets.popleft()[1:])
-        self._backlog.clear()
+        self._queue.clear()
+        self._head = 0
         self.capture.close()
 
     def _closeKernelSocket(self, sock: socket.socket, closed: Callable[[], None] | None) -> None:
@@ -317,3 +398,31 @@ class Demultiplexer:
                 closed()
             except Exception:
                 log.exception("error after closing a kernel socket")
+
+
+#: A socket filter that refuses every packet: a classic BPF program of one
+#: instruction, "return 0".
+_REFUSE_ALL = [stmt(BPF_RET | BPF_K, 0)]
+
+
+def mute(sock: socket.socket) -> None:
+    """
+    Make an adopted flow's kernel socket refuse every segment it receives.
+
+    The kernel's TCP stack still sees every fake segment of the flow: on its
+    silenced socket each one is out of its (small) window, and for each it
+    builds a duplicate ACK (not rate-limited for data) that the silencing
+    rule then drops.  A socket filter runs right after the socket lookup,
+    before any of that: the segment is simply freed.  The capture has its
+    copy already (AF_PACKET sees packets before IP does), and after the
+    handshake the kernel socket needs nothing more: it is kept open only so
+    that the kernel does not answer the flow's segments with RST, which a
+    socket with a filter still does not.
+
+    Best effort: a socket that refuses the filter (or a stand-in without a
+    descriptor, in tests) is left as it was, silenced but doing the work.
+    """
+    try:
+        attach_filter(sock, _REFUSE_ALL)
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass

@@ -14,6 +14,9 @@ import socket
 import struct
 from typing import NamedTuple
 
+#: What the codec reads from: bytes, or a view of a receive buffer.
+BytesLike = bytes | bytearray | memoryview
+
 # TCP flag bits.
 FIN = 0x01
 SYN = 0x02
@@ -101,7 +104,22 @@ class Segment(NamedTuple):
         return socket.AF_INET if len(self.src) == 4 else socket.AF_INET6
 
 
-def internet_checksum_sum(*parts: bytes) -> int:
+class FlowKey(NamedTuple):
+    """
+    The full 4-tuple of a flow, seen from this side, addresses packed.
+
+    For a segment from the peer that is (dst, dport, src, sport).  Defined
+    with the codec, beside L{Segment}, because the fast path builds one per
+    captured packet while it parses; L{faketcp_twisted.flow} re-exports it.
+    """
+
+    local_addr: bytes
+    local_port: int
+    remote_addr: bytes
+    remote_port: int
+
+
+def internet_checksum_sum(*parts: BytesLike) -> int:
     """
     One's complement sum of 16-bit big-endian words, reduced modulo 0xffff.
 
@@ -181,11 +199,12 @@ def parse_options(options: bytes) -> TCPOptions:
     return TCPOptions(mss, wscale, sack, timestamp)
 
 
-def parse_packet(packet: bytes, verify_checksum: bool = True) -> Segment:
+def parse_packet(packet: BytesLike, verify_checksum: bool = True) -> Segment:
     """
     Parse an IPv4 or IPv6 packet carrying a TCP segment.
 
-    @param packet: bytes starting at the IP header.
+    @param packet: bytes starting at the IP header (or a view of them: the
+        payload and options are copied out, nothing else is).
     @param verify_checksum: check the TCP checksum (skip it only when the
         kernel vouched for the packet, or the checksum was never computed
         because the packet did not leave the machine).

@@ -1,0 +1,290 @@
+# -*- test-case-name: tests.test_fastpath -*-
+"""
+The per-packet hot path, in C when the optional extension
+C{faketcp_twisted._fastpath} was built, else in pure Python with the same
+semantics.
+
+Five operations carry every packet, and each has two implementations that
+give the same results and raise the same errors (the tests compare them on
+many random packets):
+
+  - L{internet_checksum_sum}: the one's complement sum behind every TCP
+    checksum.
+  - L{build_segment}: a whole IP packet from a per-flow header template
+    (L{segment_template}), so a flow packs its addresses, ports and window
+    once, not per packet.
+  - L{parse_packet}: the codec's parser, with checksum verification.
+  - L{receive_segments}: a batch of captured packets, parsed, with their
+    flow keys (C: one C{recvmmsg} per 64 packets; Python: C{recvmsg_into}
+    into one reused buffer, so only the payload is copied).
+  - L{send_batch}: a batch of packets out of the raw socket (C: one
+    C{sendmmsg} per 64 packets; Python: C{sendto} each).
+
+The C implementation is used when it imports, unless the environment sets
+C{FAKETCP_PURE_PYTHON=1}; L{use} switches at run time (for tests).  Callers
+look the functions up on this module at call time (C{fastpath.parse_packet}),
+never bind them at import, so a switch reaches them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import segment as _segment
+from .segment import IPPROTO_TCP, BytesLike, FlowKey, MalformedSegment, Segment
+
+#: A batch of parsed captured packets: the segments, the flow key of each
+#: (this side's view: local address and port first), and the reason of
+#: every packet refused as malformed.
+Received = tuple[list[Segment], list[FlowKey], list[str]]
+
+#: Items of a send batch: (whole IP packet, destination socket address).
+#: The C implementation sends each packet to the destination in its own IP
+#: header, which for the packets this project builds is the same address
+#: (and refuses, with EINVAL, a packet too short to have one); the Python
+#: one sends to the address given.
+Outgoing = tuple[bytes, tuple[Any, ...]]
+
+_TCP_HEADER = struct.Struct("!HHIIBBHHH")
+_SEQ_ACK = struct.Struct("!II")
+_PSEUDO4_TAIL = struct.Struct("!HH")
+_PSEUDO6_TAIL = struct.Struct("!II")
+
+SOL_PACKET = 263
+PACKET_AUXDATA = 8
+#: tpacket_auxdata.tp_status bits: the checksum was never computed (the
+#: packet did not leave the machine), or the kernel verified it already.
+_TRUSTED = (1 << 3) | (1 << 7)
+_AUXDATA = struct.Struct("=I")
+_AUX_SPACE = socket.CMSG_SPACE(20)
+#: As L{capture.Capture.maxPacket}: an IP packet cannot be longer.
+MAX_PACKET = 65535
+
+
+def segment_template(
+    src: bytes, dst: bytes, sport: int, dport: int, window: int, ttl: int = 64
+) -> bytes:
+    """
+    The header template of a flow's segments for L{build_segment}: an IP
+    header and an option-less TCP header with everything that never changes
+    within a flow (addresses, ports, window, TTL) and zero where the
+    sequence and ack numbers, flags, lengths and checksum go.
+
+    @param src: packed source address (4 or 16 bytes).
+    @param dst: packed destination address.
+    @return: 40 bytes (IPv4) or 60 (IPv6).
+    """
+    ip = _segment.ip_header(src, dst, 20, ttl)
+    return ip + _TCP_HEADER.pack(sport, dport, 0, 0, 5 << 4, 0, window, 0, 0)
+
+
+# -- the pure-Python implementation -------------------------------------------
+
+
+def _py_build_segment(template: bytes, seq: int, ack: int, flags: int, payload: BytesLike) -> bytes:
+    """
+    L{build_segment} in Python.
+    """
+    size = len(template)
+    if size == 40 and template[0] >> 4 == 4:
+        v6 = False
+    elif size == 60 and template[0] >> 4 == 6:
+        v6 = True
+    else:
+        raise ValueError("not a segment template")
+    if not (0 <= seq <= 0xFFFFFFFF and 0 <= ack <= 0xFFFFFFFF):
+        raise OverflowError("seq, ack or flags out of range")
+    if not 0 <= flags <= 0xFF:
+        raise OverflowError("seq, ack or flags out of range")
+    tcp_length = 20 + len(payload)
+    if (tcp_length if v6 else 20 + tcp_length) > 0xFFFF:
+        raise ValueError("payload too long for one IP packet")
+    if v6:
+        ip = template[:4] + tcp_length.to_bytes(2, "big") + template[6:40]
+        pseudo = template[8:40] + _PSEUDO6_TAIL.pack(tcp_length, IPPROTO_TCP)
+        tcp = template[40:44] + _SEQ_ACK.pack(seq, ack) + bytes((template[52], flags)) + template[54:56]
+        urgent = template[58:60]
+    else:
+        ip = template[:2] + (20 + tcp_length).to_bytes(2, "big") + template[4:20]
+        pseudo = template[12:20] + _PSEUDO4_TAIL.pack(IPPROTO_TCP, tcp_length)
+        tcp = template[20:24] + _SEQ_ACK.pack(seq, ack) + bytes((template[32], flags)) + template[34:36]
+        urgent = template[38:40]
+    # Pseudo header, the header's 16 bytes before the checksum field and
+    # the urgent pointer after it, then the payload: the sum needs no
+    # concatenation of the payload (int.from_bytes reads it in place).
+    total = _segment.internet_checksum_sum(pseudo + tcp + urgent, payload)
+    checksum = 0xFFFF - total if total else 0
+    return ip + tcp + checksum.to_bytes(2, "big") + urgent + payload
+
+
+class _ReceiveBuffer(threading.local):
+    """
+    The pure-Python receive buffer, one per thread: packets are read into it
+    and parsed from a view, so only their payload is ever copied.
+    """
+
+    def __init__(self) -> None:
+        self.buffer = bytearray(MAX_PACKET)
+        self.view = memoryview(self.buffer)
+        self.buffers = [self.buffer]
+
+
+_receive_buffer = _ReceiveBuffer()
+
+
+def _py_receive_segments(sock: socket.socket, budget: int) -> Received:
+    """
+    L{receive_segments} in Python.
+    """
+    segments: list[Segment] = []
+    keys: list[FlowKey] = []
+    malformed: list[str] = []
+    local = _receive_buffer
+    view, buffers = local.view, local.buffers
+    receive = sock.recvmsg_into
+    parse = _segment.parse_packet
+    for _ in range(budget):
+        try:
+            size, ancillary, _flags, _address = receive(buffers, _AUX_SPACE)
+        except (BlockingIOError, InterruptedError):
+            break
+        except OSError:
+            if segments or keys or malformed:
+                break
+            raise
+        verify = True
+        for level, kind, value in ancillary:
+            if level == SOL_PACKET and kind == PACKET_AUXDATA:
+                verify = not (_AUXDATA.unpack_from(value)[0] & _TRUSTED)
+        try:
+            segment = parse(view[:size], verify)
+        except MalformedSegment as refused:
+            malformed.append(refused.reason)
+            continue
+        segments.append(segment)
+        keys.append(FlowKey(segment.dst, segment.dport, segment.src, segment.sport))
+    return segments, keys, malformed
+
+
+def _py_send_batch(sock: socket.socket, items: list[Outgoing], start: int) -> tuple[int, list[int]]:
+    """
+    L{send_batch} in Python.
+    """
+    errors: list[int] = []
+    sendto = sock.sendto
+    index = max(start, 0)
+    end = len(items)
+    while index < end:
+        packet, address = items[index]
+        try:
+            sendto(packet, address)
+        except BlockingIOError:
+            break
+        except OSError as failure:
+            errors.append(failure.errno or 0)
+        index += 1
+    return index, errors
+
+
+# -- the two implementations --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """
+    One implementation of the hot path.
+
+    @ivar name: C{"c"} or C{"python"}.
+    """
+
+    name: str
+    internet_checksum_sum: Callable[..., int]
+    build_segment: Callable[[bytes, int, int, int, BytesLike], bytes]
+    parse_packet: Callable[..., Segment]
+    receive_segments: Callable[[socket.socket, int], Received]
+    send_batch: Callable[[socket.socket, list[Outgoing], int], tuple[int, list[int]]]
+
+
+PYTHON = Implementation(
+    name="python",
+    internet_checksum_sum=_segment.internet_checksum_sum,
+    build_segment=_py_build_segment,
+    parse_packet=_segment.parse_packet,
+    receive_segments=_py_receive_segments,
+    send_batch=_py_send_batch,
+)
+
+
+def _load_c() -> Implementation | None:
+    try:
+        from . import _fastpath  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    _fastpath.configure(Segment, FlowKey, MalformedSegment)
+    return Implementation(
+        name="c",
+        internet_checksum_sum=_fastpath.internet_checksum_sum,
+        build_segment=_fastpath.build_segment,
+        parse_packet=_fastpath.parse_packet,
+        receive_segments=_fastpath.receive_segments,
+        send_batch=_fastpath.send_batch,
+    )
+
+
+#: The C implementation, or L{None} when the extension was not built.
+C: Implementation | None = _load_c()
+
+
+def available() -> Sequence[Implementation]:
+    """
+    Every implementation that can run here, the pure-Python one first.
+    """
+    return (PYTHON,) if C is None else (PYTHON, C)
+
+
+# The active implementation's functions, as module attributes (see the
+# module docstring); L{use} rebinds them.
+active: Implementation = PYTHON
+internet_checksum_sum: Callable[..., int] = PYTHON.internet_checksum_sum
+build_segment: Callable[[bytes, int, int, int, BytesLike], bytes] = PYTHON.build_segment
+parse_packet: Callable[..., Segment] = PYTHON.parse_packet
+receive_segments: Callable[[socket.socket, int], Received] = PYTHON.receive_segments
+send_batch: Callable[[socket.socket, list[Outgoing], int], tuple[int, list[int]]] = PYTHON.send_batch
+
+
+def use(implementation: Implementation | str) -> Implementation:
+    """
+    Make C{implementation} (or the one of that name) the active one.
+
+    @return: the implementation that was active before, to restore later.
+    @raise LookupError: for the name of an implementation not available.
+    """
+    global active, internet_checksum_sum, build_segment, parse_packet, receive_segments, send_batch
+    if isinstance(implementation, str):
+        found = [each for each in available() if each.name == implementation]
+        if not found:
+            raise LookupError(f"no {implementation!r} fast path here (available: {[each.name for each in available()]})")
+        implementation = found[0]
+    previous = active
+    active = implementation
+    internet_checksum_sum = implementation.internet_checksum_sum
+    build_segment = implementation.build_segment
+    parse_packet = implementation.parse_packet
+    receive_segments = implementation.receive_segments
+    send_batch = implementation.send_batch
+    return previous
+
+
+def _default() -> Implementation:
+    if os.environ.get("FAKETCP_PURE_PYTHON", "") not in ("", "0") or C is None:
+        return PYTHON
+    return C
+
+
+use(_default())
