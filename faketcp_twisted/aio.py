@@ -50,6 +50,7 @@ from .auth import DEFAULT_TIMEOUT, AuthKey, auth_key
 from .connection import Ending, FlowConnection
 from .connector import Connector
 from .demux import Demultiplexer, FlowOptions
+from .endpoints import flow_options, is_ip_address
 from .errors import (
     FakeTCPAuthenticationError,
     FakeTCPConnectionRefusedError,
@@ -709,33 +710,12 @@ def _join(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _is_address(host: str) -> bool:
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, host)
-            return True
-        except OSError:
-            pass
-    return False
-
-
-def _options(idle_timeout: float | None, keepalive: float | None, mark: int | None) -> FlowOptions:
-    options = FlowOptions()
-    if idle_timeout is not None:
-        options.idle_timeout = float(idle_timeout)
-    if keepalive is not None:
-        options.keepalive = float(keepalive)
-    if mark is not None:
-        options.mark = int(mark)
-    return options
-
-
 async def _resolve(loop: asyncio.AbstractEventLoop, host: str, port: int, family: int, passive: bool = False) -> str:
     """
     The first address of C{host}; IP addresses are used as they are, with
     no turn of the loop (so sockets are made in the caller's namespace).
     """
-    if _is_address(host):
+    if is_ip_address(host):
         return host
     flags = socket.AI_PASSIVE if passive else 0
     answers = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM, flags=flags)
@@ -786,7 +766,7 @@ async def create_server(
         unreadable key.
     """
     loop = asyncio.get_running_loop()
-    options = _options(idle_timeout, keepalive, mark)
+    options = flow_options(idle_timeout, keepalive, mark)
     auth = auth_key(key, key_file)
     if host:
         host = await _resolve(loop, host, port, socket.AF_UNSPEC, passive=True)
@@ -873,7 +853,7 @@ async def create_connection(
         port,
         timeout,
         local_addr,
-        _options(idle_timeout, keepalive, mark),
+        flow_options(idle_timeout, keepalive, mark),
         AioTransport,
         connected,
         failed,

@@ -223,7 +223,7 @@ class FakeTCPClientEndpoint:
         Connect; fires with the connected protocol or fails with a
         L{ConnectError} subclass.
         """
-        if _is_address(self._host):
+        if is_ip_address(self._host):
             return self._connect(self._host, protocolFactory)
         from twisted.internet.threads import deferToThreadPool
 
@@ -289,7 +289,10 @@ class FakeTCPClientEndpoint:
         return result
 
 
-def _is_address(host: str) -> bool:
+def is_ip_address(host: str) -> bool:
+    """
+    Whether C{host} is an IPv4 or IPv6 address (not a name to resolve).
+    """
     for family in (socket.AF_INET, socket.AF_INET6):
         try:
             socket.inet_pton(family, host)
