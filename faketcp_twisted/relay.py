@@ -131,13 +131,19 @@ def _watch_capture(stats: RelayStats, transport: Any) -> None:
         stats.watch_capture(drops)
 
 
-def _to_peer(log: Logger, stats: RelayStats, record: FlowRecord, transport: Any, datagram: bytes, source: str) -> None:
+def _to_peer(owner: Any, stats: RelayStats, record: FlowRecord, transport: Any, datagram: bytes, source: str) -> None:
     """
     Send one datagram as one segment to the fake-TCP peer, or drop it
     whole: never split, never truncated.
+
+    @param owner: what logs an oversize drop (its C{log} is looked up only
+        then: a Twisted Logger attribute builds a new Logger per access).
+    @param source: where the datagram came from, for that log line, with
+        C{{udp}} standing for the flow's UDP address (formatted only then,
+        not per datagram).
     """
     if len(datagram) > transport.flow.mss:
-        _oversize(log, stats, record, transport, len(datagram), source)
+        _oversize(owner.log, stats, record, transport, len(datagram), source.format(udp=record.udp))
         return
     transport.write(datagram)
     counts = record.counts
@@ -355,7 +361,7 @@ class _ServerFlow(Protocol):
         if not transport.connected or transport.disconnecting:
             self.relay.stats.drop("closed")
             return
-        _to_peer(self.log, self.relay.stats, record, transport, datagram, f"the UDP target ({record.udp})")
+        _to_peer(self, self.relay.stats, record, transport, datagram, "the UDP target ({udp})")
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
         relay = self.relay
@@ -574,7 +580,7 @@ class _ClientFlow:
             # gone makes a new connection.
             self.relay.stats.drop("closed")
             return
-        _to_peer(self.log, self.relay.stats, record, transport, datagram, f"UDP {record.udp}")
+        _to_peer(self, self.relay.stats, record, transport, datagram, "UDP {udp}")
 
     def _connect(self) -> None:
         self.record.state = "connecting"
