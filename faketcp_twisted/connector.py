@@ -56,7 +56,7 @@ class _SharedCaptures:
             demux.on_released()
 
     def _maybeClose(self, key: tuple[int, int, int, int, int], demux: Demultiplexer) -> None:
-        if demux.transports or self._connecting.get(demux, 0) > 0:
+        if demux.transports or self._connecting.get(demux, 0) > 0 or not demux.quiescent:
             return
         self._connecting.pop(demux, None)
         if self._demuxes.get(key) is demux:

@@ -34,7 +34,7 @@ from . import fastpath, kernel, shutdown
 from .bpf import BPF_K, BPF_RET, attach_filter, stmt
 from .capture import Capture, sockaddr
 from .firewall import DEFAULT_MARK
-from .flow import FlowKey
+from .flow import EndReason, FlowKey
 from .loop import EventLoop, Timer
 from .table import FlowTable, Role, TableLimits
 
@@ -81,6 +81,10 @@ class Demultiplexer:
     maxPacketsPerRead = 256
     #: Seconds between runs of the flow timers.
     tickInterval = 1.0
+    #: Seconds the capture stays open after a flow ended with FIN, so the
+    #: peer's answering FIN meets the flow's kernel socket (and is dropped
+    #: in time-wait) rather than a closed port's unsilenced RST.
+    lingerAfterClose = 1.5
     #: Most packets waiting for room in the send buffer; past it packets
     #: are dropped, as a full UDP socket would.
     backlogLimit = 4096
@@ -131,6 +135,7 @@ class Demultiplexer:
         self._addresses: dict[bytes, tuple] = {}
         self._closed = False
         self._closing = False
+        self._lingering_until = 0.0
         shutdown.track_capture(self)
         self._fd = self.capture.fileno()
         loop.add_reader(self._fd, self.doRead)
@@ -332,8 +337,22 @@ class Demultiplexer:
         self._closing_sockets.append(
             (now + self.table.limits.time_wait, connection.socket, connection.on_socket_closed)
         )
+        if connection.flow.end_reason not in (EndReason.PEER_RST, EndReason.LOCAL_RST):
+            # The peer may still answer a FIN with its own: until then a
+            # closed capture would leave the kernel to answer it with an
+            # unsilenced RST (the 4-tuple would have no socket any more).
+            self._lingering_until = max(self._lingering_until, now + self.lingerAfterClose)
         if self.on_released is not None:
             self.on_released()
+
+    @property
+    def quiescent(self) -> bool:
+        """
+        Whether closing the capture now is safe: no flow that ended with a
+        FIN in the last L{lingerAfterClose} seconds can still get an answer
+        from its peer.
+        """
+        return self.loop.seconds() >= self._lingering_until
 
     def wait_for(self, waiter: Callable[[], bool]) -> None:
         """
@@ -360,6 +379,9 @@ class Demultiplexer:
         if self._waiters:
             self._waiters = [waiter for waiter in self._waiters if not waiter()]
         self.flush()
+        if not self.transports and closing and self.on_released is not None:
+            # An owner waiting for the capture to be quiescent looks again.
+            self.on_released()
 
     def close(self) -> None:
         """

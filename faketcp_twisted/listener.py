@@ -268,7 +268,7 @@ class Listener:
     def _maybeFinish(self) -> None:
         if not self._closing or self.listener is not None:
             return
-        if any(demux.transports for demux in self.demuxes.values()):
+        if any(demux.transports or not demux.quiescent for demux in self.demuxes.values()):
             return
         self._release(None)
         closed, self.on_closed = self.on_closed, None

@@ -215,6 +215,12 @@ class AioLabTestCase(SynchronousTestCase):
             async with contextlib.AsyncExitStack() as stack:
                 self.stack = stack
                 await asyncio.wait_for(test(), self.deadline)
+            # Captures linger a moment after a flow closed with FIN (for the
+            # peer's answering FIN): let them close on this loop.
+            for _ in range(60):
+                if not silencer.installed():
+                    break
+                await asyncio.sleep(0.05)
 
         with asyncio.Runner(loop_factory=self.loop_factory) as runner:
             runner.run(guarded())

@@ -12,6 +12,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols import amp, basic
 from twisted.protocols.wire import Echo
 
+from faketcp_twisted.demux import Demultiplexer
 from faketcp_twisted.errors import PortInUseError
 
 from faketcp_twisted import netlab
@@ -308,11 +309,43 @@ class SilenceTests(LabTestCase):
         await client.lost
         await sleep(0.2)
         await port.stopListening()
-        await sleep(0.2)
+        # The captures linger after the FIN close (lingerAfterClose), then go.
+        await sleep(Demultiplexer.lingerAfterClose + Demultiplexer.tickInterval + 0.3)
         for ns in (self.lab.S, self.lab.C):
             self.assertEqual(self.lab.read_count(ns, "rst"), 0, ns)
             self.assertEqual(self.lab.read_count(ns, "ttl1"), 0, ns)
         self.assertNothingLeft()
+
+    async def test_late_fin_answer_meets_no_kernel_rst(self) -> None:
+        """
+        A server that answers the client's FIN with its own a moment later
+        (a half-closing protocol) gets no RST from the client's kernel: the
+        client's capture and kernel socket outlive the close long enough.
+        """
+        from twisted.internet.interfaces import IHalfCloseableProtocol
+        from zope.interface import implementer
+
+        @implementer(IHalfCloseableProtocol)
+        class SlowCloser(Recorder):
+            def readConnectionLost(self) -> None:
+                from twisted.internet import reactor
+
+                reactor.callLater(0.5, self.transport.loseConnection)
+
+            def writeConnectionLost(self) -> None:
+                pass
+
+        self._count()
+        server = RecordingFactory(SlowCloser)
+        await self.listen(server)
+        client = await self.connect(RecordingFactory(), f"faketcp:host={self.lab.server4}:port={self.port}")
+        client.transport.write(b"bye soon")
+        peer = await server.new.get()
+        await wait_until(lambda: peer.received == [b"bye soon"])
+        client.transport.loseConnection()
+        self.assertIsInstance(await peer.lost, error.ConnectionDone)
+        await sleep(0.3)
+        self.assertEqual(self.lab.read_count(self.lab.S, "rst"), 0)
 
     async def test_stale_rule_swept_at_start(self) -> None:
         """
