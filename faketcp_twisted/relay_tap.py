@@ -8,6 +8,7 @@ names it); it imports no reactor at import time.
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any, TextIO
 
@@ -245,6 +246,27 @@ def print_rules(spec: relayspec.RelaySpec, out: TextIO) -> int:
     return 0
 
 
+class _ToTwistedLog(logging.Handler):
+    """
+    Hands the package's stdlib log records (auth refusals, accept pauses)
+    to Twisted's log, so they land in twistd's log file with the rest.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from twisted.logger import Logger, LogLevel
+
+        level = LogLevel.warn if record.levelno >= logging.WARNING else LogLevel.info
+        Logger(namespace=record.name).emit(level, "{message}", message=self.format(record))
+
+
+def _log_stdlib_to_twisted() -> None:
+    logger = logging.getLogger("faketcp_twisted")
+    if not any(isinstance(handler, _ToTwistedLog) for handler in logger.handlers):
+        logger.addHandler(_ToTwistedLog())
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def makeService(options: Options) -> Any:
     """
     The relay (and its stats reporter and metrics endpoint) as one service;
@@ -258,6 +280,7 @@ def makeService(options: Options) -> Any:
     from .relay import ClientRelay, RelaySettings, ServerRelay
     from .relaystats import RelayStats, StatsReporter
 
+    _log_stdlib_to_twisted()
     stats = RelayStats()
     settings = RelaySettings(
         udp_idle_timeout=options["idle-timeout"],
