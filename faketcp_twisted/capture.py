@@ -18,23 +18,12 @@ C{sendmmsg} with the C fast path, see L{fastpath}).
 from __future__ import annotations
 
 import socket
-import struct
-from collections.abc import Iterator
 
 from . import fastpath
 from .bpf import attach_filter, capture_filter
 
-SOL_PACKET = 263
-PACKET_AUXDATA = 8
 ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
-#: tpacket_auxdata.tp_status bits: the checksum was never computed because
-#: the packet did not leave the machine, or the kernel already verified it.
-TP_STATUS_CSUMNOTREADY = 1 << 3
-TP_STATUS_CSUM_VALID = 1 << 7
-_TRUSTED = TP_STATUS_CSUMNOTREADY | TP_STATUS_CSUM_VALID
-_AUXDATA = struct.Struct("=I")
-_AUX_SPACE = socket.CMSG_SPACE(20)
 
 
 class Capture:
@@ -65,7 +54,7 @@ class Capture:
             # Packets queued in the instant before the filter was attached
             # are not this port's: throw them away.
             _discard_queued(capture)
-            capture.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+            capture.setsockopt(fastpath.SOL_PACKET, fastpath.PACKET_AUXDATA, 1)
             _set_buffer(capture, socket.SO_RCVBUF, self.receiveBuffer)
             sender = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_RAW)
         except BaseException:
@@ -89,33 +78,6 @@ class Capture:
         """
         return self.capture.fileno()
 
-    def read(self, budget: int) -> Iterator[tuple[bytes, bool]]:
-        """
-        Yield up to C{budget} captured packets, stopping early when the
-        capture is empty: one C{recvmsg} each, unparsed.  The
-        demultiplexer reads with L{receive}, which batches and parses.
-
-        @return: an iterator of (packet starting at the IP header, whether
-            its checksum still needs verifying).
-        """
-        capture = self.capture
-        recvmsg = capture.recvmsg
-        size = self.maxPacket
-        for _ in range(budget):
-            if capture.fileno() < 0:
-                # Closed by the reader while it handled the last packet (the
-                # capture's last flow ended on it): nothing more to read.
-                return
-            try:
-                data, ancillary, _flags, _address = recvmsg(size, _AUX_SPACE)
-            except (BlockingIOError, InterruptedError):
-                return
-            verify = True
-            for level, kind, value in ancillary:
-                if level == SOL_PACKET and kind == PACKET_AUXDATA:
-                    verify = not (_AUXDATA.unpack_from(value)[0] & _TRUSTED)
-            yield data, verify
-
     def receive(self, budget: int) -> fastpath.Received:
         """
         Read and parse up to C{budget} captured packets in batches (see
@@ -136,15 +98,6 @@ class Capture:
             every item the kernel refused (skipped, not retried).
         """
         return fastpath.send_batch(self.sender, items, start)
-
-    def send(self, packet: bytes, address: tuple) -> None:
-        """
-        Send one IP packet built with its header.
-
-        @param address: the destination as a socket address of the family.
-        @raise OSError: C{BlockingIOError} when the send buffer is full.
-        """
-        self.sender.sendto(packet, address)
 
     def close(self) -> None:
         """

@@ -118,8 +118,7 @@ def _py_build_segment(template: bytes, seq: int, ack: int, flags: int, payload: 
     # Pseudo header, the header's 16 bytes before the checksum field and
     # the urgent pointer after it, then the payload: the sum needs no
     # concatenation of the payload (int.from_bytes reads it in place).
-    total = _segment.internet_checksum_sum(pseudo + tcp + urgent, payload)
-    checksum = 0xFFFF - total if total else 0
+    checksum = _segment.checksum_field(_segment.internet_checksum_sum(pseudo + tcp + urgent, payload))
     return ip + tcp + checksum.to_bytes(2, "big") + urgent + payload
 
 

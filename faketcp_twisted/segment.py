@@ -140,6 +140,17 @@ def internet_checksum_sum(*parts: BytesLike) -> int:
     return total % 0xFFFF
 
 
+def checksum_field(total: int) -> int:
+    """
+    The checksum field for a one's complement sum reduced modulo 0xffff
+    (see L{internet_checksum_sum}).
+
+    A sum of exactly 0xffff (reduced to 0) has the checksum 0, as RFC 1071
+    and the kernel write it; 0xffff would be accepted too.
+    """
+    return 0xFFFF - total if total else 0
+
+
 def tcp_checksum(src: bytes, dst: bytes, tcp: bytes, payload: bytes = b"") -> int:
     """
     The TCP checksum of a segment whose checksum field holds zero.
@@ -155,10 +166,7 @@ def tcp_checksum(src: bytes, dst: bytes, tcp: bytes, payload: bytes = b"") -> in
         pseudo = src + dst + _PSEUDO_TAIL.pack(IPPROTO_TCP, length)
     else:
         pseudo = src + dst + struct.pack("!II", length, IPPROTO_TCP)
-    total = internet_checksum_sum(pseudo, tcp, payload)
-    # A sum of exactly 0xffff (reduced to 0 here) has the checksum 0, as
-    # RFC 1071 and the kernel write it; 0xffff would be accepted too.
-    return 0xFFFF - total if total else 0
+    return checksum_field(internet_checksum_sum(pseudo, tcp, payload))
 
 
 def parse_options(options: bytes) -> TCPOptions:

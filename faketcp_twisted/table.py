@@ -219,31 +219,13 @@ class FlowTable:
                     embryo.local_isn = (segment.ack - 1) & _MASK
                     embryo.peer_window, embryo.peer_window_scaled = segment.window, False
                     self._half_open.pop(key, None)
-                return build_packet(
-                    key.local_addr,
-                    key.remote_addr,
-                    key.local_port,
-                    key.remote_port,
-                    segment.ack,
-                    (segment.seq + 1) & _MASK,
-                    ACK,
-                    WINDOW_FIELD,
-                )
+                return _reply(key, segment.ack, (segment.seq + 1) & _MASK, ACK, WINDOW_FIELD)
         if embryo is None:
             self.drops["orphan"] += 1
             if self.role is Role.SERVER and flags & ACK and self._may_reset(now):
                 # RFC 793: a RST for a segment with ACK takes its ack as seq,
                 # which is exactly what the peer's flow expects next.
-                return build_packet(
-                    key.local_addr,
-                    key.remote_addr,
-                    key.local_port,
-                    key.remote_port,
-                    segment.ack,
-                    0,
-                    RST,
-                    0,
-                )
+                return _reply(key, segment.ack, 0, RST, 0)
             return None
         if self._offset(embryo, segment) >= self.limits.embryo_window:
             self.drops["embryo-out-of-window"] += 1
@@ -449,3 +431,11 @@ class FlowTable:
 
     def __len__(self) -> int:
         return len(self.flows)
+
+
+def _reply(key: FlowKey, seq: int, ack: int, flags: int, window: int) -> bytes:
+    """
+    A bare segment from this side of C{key} to its peer (the table's own
+    answers, sent before or without a flow).
+    """
+    return build_packet(key.local_addr, key.remote_addr, key.local_port, key.remote_port, seq, ack, flags, window)
