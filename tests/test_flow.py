@@ -1242,3 +1242,55 @@ class QueueLimitTests(SynchronousTestCase):
         for start, end in server.gaps:
             self.assertTrue(server.in_window(start))
         self.assertIn(back_edge, [start for start, _ in server.gaps])
+
+
+class IdleMemoryTests(SynchronousTestCase):
+    """
+    L{Flow.held} and L{Flow.gaps} are an empty tuple while empty, not a
+    deque each: an idle flow holds neither.
+    """
+
+    def test_newFlow(self) -> None:
+        """
+        A new flow, and one that exchanged data without loss, hold no deque.
+        """
+        pair = Pair()
+        self.assertEqual((pair.client.held, pair.client.gaps), ((), ()))
+        deliver(pair.client.send(b"ping", 1.0), pair.server)
+        deliver(pair.server.send(b"pong", 1.0), pair.client)
+        for flow in (pair.client, pair.server):
+            self.assertEqual((flow.held, flow.gaps), ((), ()))
+
+    def test_heldDroppedOnceReleased(self) -> None:
+        """
+        Once the held datagrams went out (or expired), the hold is empty
+        again, and a later hold starts afresh.
+        """
+        pair = Pair(peer_window=0)
+        pair.client.send(b"one", 0.0)
+        self.assertEqual(len(pair.client.held), 1)
+        deliver(pair.server.bare_ack(0.5), pair.client, 0.5)
+        self.assertEqual(pair.client.held, ())
+        self.assertEqual([wire(p).payload for p in pair.client.pending], [b"one"])
+
+        blocked = Pair(peer_window=0)
+        blocked.client.send(b"old", 1.0)
+        blocked.client.poll(1.0 + Flow.heldLifetime + 0.1)
+        self.assertEqual((blocked.client.held, blocked.client.held_bytes), ((), 0))
+        blocked.client.send(b"new", 5.0)
+        self.assertEqual([p for _, p in blocked.client.held], [b"new"])
+
+    def test_gapsDroppedOnceFilled(self) -> None:
+        """
+        Once a late segment filled the only gap, no gap structure is kept;
+        a later loss opens one again.
+        """
+        pair = Pair()
+        first = pair.client.send(b"1" * 100, 1.0)
+        deliver(pair.client.send(b"2" * 100, 1.0), pair.server)
+        self.assertEqual(len(pair.server.gaps), 1)
+        deliver(first, pair.server)
+        self.assertEqual(pair.server.gaps, ())
+        pair.client.send(b"3" * 100, 1.0)  # lost
+        deliver(pair.client.send(b"4" * 100, 1.0), pair.server)
+        self.assertEqual(len(pair.server.gaps), 1)
