@@ -77,7 +77,8 @@ class FlowConnection:
     @ivar flow: the flow's sans-IO state.
     @ivar socket: the silenced kernel socket, kept open until time-wait ends.
     @ivar early: data segments that arrived before adoption, for
-        L{start} to deliver once the application is attached.
+        L{start} to deliver once the application is attached (an empty
+        tuple once there are none, rather than a list per connection).
     @ivar on_socket_closed: called once the kernel socket is closed.
     @ivar ended: whether the connection is over.
     @ivar auth: the connection's authentication, when its port or
@@ -94,18 +95,37 @@ class FlowConnection:
         self.loop = demux.loop
         self.flow = flow
         self.socket = kernel_socket
-        key = flow.key
-        self.local_address = text_address(key.local_addr, key.local_port)
-        self.remote_address = text_address(key.remote_addr, key.remote_port)
-        self._destination = demux.sockaddr(key.remote_addr)
-        self.early: list[Segment] = []
+        self._destination = demux.sockaddr(flow.key.remote_addr)
+        self.early: list[Segment] | tuple[()] = ()
         self.on_socket_closed: Any = None
         self.ended = False
         self.reading_paused = False
-        self._paused_queue: deque[bytes] = deque()
+        # An empty tuple until reading is paused with data coming: an empty
+        # deque per connection would cost 760 bytes, an eighth of an idle
+        # relay flow, for a queue most connections never use.
+        self._paused_queue: deque[bytes] | tuple[()] = ()
         self.auth: Authenticator | None = None
         self._auth_done: Callable[[FlowConnection, bool], None] | None = None
         self._auth_timer: Timer | None = None
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        """
+        This side's (host, port) in text.  Made on each use, not kept: it
+        is wanted for logs and addresses, not per packet, and the two pairs
+        kept cost an idle flow 230 bytes.
+        """
+        key = self.flow.key
+        return text_address(key.local_addr, key.local_port)
+
+    @property
+    def remote_address(self) -> tuple[str, int]:
+        """
+        The peer's (host, port) in text, made on each use (see
+        L{local_address}).
+        """
+        key = self.flow.key
+        return text_address(key.remote_addr, key.remote_port)
 
     # -- called by the demultiplexer -------------------------------------
 
@@ -122,7 +142,7 @@ class FlowConnection:
                 if self.ended:
                     return
                 self._deliver(payload)
-        early, self.early = self.early, []
+        early, self.early = self.early, ()
         now = self.loop.seconds()
         for segment in early:
             if self.ended:
@@ -143,10 +163,13 @@ class FlowConnection:
             if auth is not None and auth.receive(payload, now):
                 self._authProgress(now)
             elif self.reading_paused:
-                if len(self._paused_queue) < self.pausedQueueLimit:
-                    self._paused_queue.append(payload)
-                else:
+                queue = self._paused_queue
+                if len(queue) >= self.pausedQueueLimit:
                     self.demux.count_drop("paused-overflow")
+                else:
+                    if not queue:
+                        queue = self._paused_queue = deque()
+                    queue.append(payload)
             else:
                 self._deliver(payload)
         # Only a change of state means anything: a refused RST or a copy of
@@ -264,7 +287,7 @@ class FlowConnection:
         flow = self.flow
         if flow.state is not FlowState.CLOSED:
             flow._end(EndReason.LOCAL_FIN)
-        self._paused_queue.clear()
+        self._paused_queue = ()
         self.demux.detach(self)
         if self._auth_done is not None:
             # Still authenticating: the face never saw this connection;
@@ -287,6 +310,10 @@ class FlowConnection:
         queue = self._paused_queue
         while queue and not self.reading_paused and not self.ended:
             self._deliver(queue.popleft())
+        # (The attribute, not the local: a delivery may have paused and
+        # resumed again, or ended the connection.)
+        if not self._paused_queue:
+            self._paused_queue = ()
 
     def refuse(self) -> None:
         """
@@ -383,7 +410,7 @@ class FlowConnection:
         if not self.ended:
             self.send_rst()
             self.ended = True
-            self._paused_queue.clear()
+            self._paused_queue = ()
             self.demux.detach(self)
         self._authOver(refusal)
 
@@ -402,7 +429,7 @@ class FlowConnection:
         if refusal is not None:
             if auth is not None:
                 auth.refuse(refusal)
-            self.early = []
+            self.early = ()
             self.demux.count_drop(refusal.value)
         if auth is not None and auth.held_dropped:
             self.demux.drops["auth-held-overflow"] += auth.held_dropped
