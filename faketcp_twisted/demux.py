@@ -17,6 +17,10 @@ in which packets were sent outside a read batch in a burst (a lone packet
 goes at once), or whenever L{Demultiplexer.flushThreshold} packets are
 waiting.  A packet thus leaves within the turn that made it: batching costs
 no latency beyond the rest of that turn's work, and a lone packet none.
+Code that makes a batch of packets itself (the relay, for a batch of
+datagrams read from UDP) says so with L{coalesced_sends}: what is sent
+within it goes out at its end, one C{sendmmsg} per capture, with no call
+scheduled on the loop.
 """
 
 from __future__ import annotations
@@ -65,6 +69,40 @@ class FlowOptions:
     default_keepalive: float = 10.0
     mark: int = DEFAULT_MARK
     limits: TableLimits = field(default_factory=TableLimits)
+
+
+class _CoalescedSends:
+    """
+    The scope of L{coalesced_sends}: a depth (scopes nest) and the
+    demultiplexers holding packets for the end of the outermost one.
+    """
+
+    __slots__ = ("depth", "holding")
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.holding: list[Demultiplexer] = []
+
+    def __enter__(self) -> None:
+        self.depth += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.depth -= 1
+        if self.depth:
+            return
+        holding = self.holding
+        while holding:
+            demux = holding.pop()
+            demux._coalesced = False
+            demux.flush()
+
+
+#: Within C{with coalesced_sends:}, packets sent outside a capture's read
+#: batch are held and sent when the block ends (or whenever
+#: L{Demultiplexer.flushThreshold} are waiting), not one by one.  Used
+#: around a batch of work that sends, such as a batch of datagrams read
+#: from a UDP socket.  Not thread-safe, as nothing of an event loop is.
+coalesced_sends = _CoalescedSends()
 
 
 class Demultiplexer:
@@ -123,6 +161,8 @@ class Demultiplexer:
         self._writing = False
         self._flushCall: Timer | None = None
         self._lastSent = 0.0
+        #: Whether packets wait for the end of L{coalesced_sends}.
+        self._coalesced = False
         self.congested = False
         self._closing_sockets: deque[tuple[float, socket.socket, Callable[[], None] | None]] = deque()
         #: Called when a flow left, so the owner can close an unused capture.
@@ -236,7 +276,13 @@ class Demultiplexer:
                 self._setCongested(True)
         elif waiting >= self.flushThreshold:
             self.flush()
-        elif not self.reading and self._flushCall is None:
+        elif self.reading:
+            pass  # sent at the end of the read batch
+        elif coalesced_sends.depth:
+            if not self._coalesced:
+                self._coalesced = True
+                coalesced_sends.holding.append(self)
+        elif self._flushCall is None:
             # Outside a read batch, and no burst under way: the packet goes
             # at once, as a lone packet (a reply, a FIN) should.  Packets
             # coming faster than burstInterval apart are a burst (a loop

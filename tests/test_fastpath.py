@@ -464,6 +464,25 @@ class BatchingTests(LabTestCase):
         await wait_until(lambda: len(client.received) == 301)
         self.assertEqual(client.received[1:], messages)
 
+    async def test_coalescedSendsLeaveTogether(self) -> None:
+        """
+        Within C{coalesced_sends}, writes wait and reach the kernel in one
+        batch when it ends, with no call scheduled on the loop; they
+        arrive whole and in order.
+        """
+        from faketcp_twisted.demux import coalesced_sends
+
+        client, demux, batches = await self._connected()
+        messages = [b"together %d" % i for i in range(10)]
+        with coalesced_sends:
+            for message in messages:
+                client.transport.write(message)
+            self.assertEqual(batches, [])
+        self.assertEqual(batches, [10])
+        self.assertIsNone(demux._flushCall)
+        await wait_until(lambda: len(client.received) == 11)
+        self.assertEqual(client.received[1:], messages)
+
     async def test_kernelSocketMuted(self) -> None:
         """
         The kernel answers none of an adopted flow's segments (no
