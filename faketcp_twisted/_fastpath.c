@@ -1,7 +1,8 @@
 /*
  * The per-packet hot path of faketcp_twisted in C: the TCP checksum, a data
- * segment built from a per-flow header template, the segment parser, and
- * batch receive (recvmmsg) and send (sendmmsg) on the capture's sockets.
+ * segment built from a per-flow header template, the segment parser, batch
+ * receive (recvmmsg) and send (sendmmsg) on the capture's sockets, and batch
+ * receive on the relay's UDP sockets.
  *
  * Every function has a pure-Python twin in faketcp_twisted/fastpath.py with
  * the same semantics (same results, same errors); the tests compare the two
@@ -23,6 +24,7 @@
 #include <sys/socket.h>
 #include <sys/mman.h>
 #include <netinet/in.h>
+#include <arpa/inet.h>
 #include <linux/if_packet.h>
 
 #define IPPROTO_TCP_NUM 6
@@ -801,6 +803,147 @@ fp_send_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 }
 
 /* ------------------------------------------------------------------------
+ * Batch receive of UDP datagrams
+ * ------------------------------------------------------------------------ */
+
+/* The last source address read and its Python form, reused while datagrams
+ * keep coming from it (the usual case: one application per relay socket),
+ * so a datagram costs no address formatting and the flow lookup hashes a
+ * tuple whose strings cache their hash. */
+static struct sockaddr_in6 last_source;
+static socklen_t last_source_size = 0;
+static PyObject *last_source_object = NULL;
+
+/* The (host, port) or (host, port, flowinfo, scope_id) tuple that
+ * socket.recvfrom gives for the address; NULL with an error set. */
+static PyObject *
+source_address(const struct sockaddr_storage *storage, socklen_t size)
+{
+    if (size == last_source_size && last_source_object != NULL && memcmp(&last_source, storage, size) == 0)
+        return Py_NewRef(last_source_object);
+    char text[INET6_ADDRSTRLEN];
+    PyObject *made;
+    if (storage->ss_family == AF_INET && size >= sizeof(struct sockaddr_in)) {
+        const struct sockaddr_in *v4 = (const struct sockaddr_in *)storage;
+        if (inet_ntop(AF_INET, &v4->sin_addr, text, sizeof(text)) == NULL)
+            return PyErr_SetFromErrno(PyExc_OSError);
+        made = Py_BuildValue("(si)", text, ntohs(v4->sin_port));
+    }
+    else if (storage->ss_family == AF_INET6 && size >= sizeof(struct sockaddr_in6)) {
+        const struct sockaddr_in6 *v6 = (const struct sockaddr_in6 *)storage;
+        if (inet_ntop(AF_INET6, &v6->sin6_addr, text, sizeof(text)) == NULL)
+            return PyErr_SetFromErrno(PyExc_OSError);
+        made = Py_BuildValue("(siII)", text, ntohs(v6->sin6_port), ntohl(v6->sin6_flowinfo), v6->sin6_scope_id);
+    }
+    else {
+        PyErr_SetString(PyExc_OSError, "a datagram from an address that is neither IPv4 nor IPv6");
+        return NULL;
+    }
+    if (made == NULL)
+        return NULL;
+    if (size <= sizeof(last_source)) {
+        memcpy(&last_source, storage, size);
+        last_source_size = size;
+        Py_XSETREF(last_source_object, Py_NewRef(made));
+    }
+    return made;
+}
+
+PyDoc_STRVAR(receive_datagrams_doc,
+"receive_datagrams(fd, budget, with_sources) -> (datagrams, sources)\n\n"
+"Read up to budget datagrams from a non-blocking UDP socket with recvmmsg:\n"
+"their payloads as bytes and, when with_sources is true, the source address\n"
+"of each in the form socket.recvfrom gives (sources is None otherwise).\n"
+"Stops early when the socket is empty; raises OSError only when the first\n"
+"read fails with something other than EAGAIN or EINTR (ECONNREFUSED, say,\n"
+"for an ICMP error on a connected socket).");
+
+static PyObject *
+fp_receive_datagrams(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "receive_datagrams takes 3 arguments");
+        return NULL;
+    }
+    int fd = PyObject_AsFileDescriptor(args[0]);
+    if (fd < 0)
+        return NULL;
+    Py_ssize_t budget = PyLong_AsSsize_t(args[1]);
+    if (budget == -1 && PyErr_Occurred())
+        return NULL;
+    int with_sources = PyObject_IsTrue(args[2]);
+    if (with_sources < 0)
+        return NULL;
+    int own;
+    unsigned char *buffers = take_buffers(&own);
+    if (buffers == NULL)
+        return NULL;
+    PyObject *datagrams = PyList_New(0);
+    PyObject *sources = with_sources ? PyList_New(0) : Py_NewRef(Py_None);
+    if (datagrams == NULL || sources == NULL)
+        goto error;
+
+    struct mmsghdr messages[BATCH];
+    struct iovec vectors[BATCH];
+    struct sockaddr_storage names[BATCH];
+    Py_ssize_t received = 0;
+    while (received < budget) {
+        unsigned int want = (unsigned int)(budget - received < BATCH ? budget - received : BATCH);
+        for (unsigned int i = 0; i < want; i++) {
+            vectors[i].iov_base = buffers + (size_t)i * MAX_PACKET;
+            vectors[i].iov_len = MAX_PACKET;
+            memset(&messages[i].msg_hdr, 0, sizeof(struct msghdr));
+            messages[i].msg_hdr.msg_iov = &vectors[i];
+            messages[i].msg_hdr.msg_iovlen = 1;
+            if (with_sources) {
+                messages[i].msg_hdr.msg_name = &names[i];
+                messages[i].msg_hdr.msg_namelen = sizeof(names[i]);
+            }
+        }
+        int got = recvmmsg(fd, messages, want, MSG_DONTWAIT, NULL);
+        if (got < 0) {
+            if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)
+                break;
+            if (received == 0) {
+                PyErr_SetFromErrno(PyExc_OSError);
+                goto error;
+            }
+            break; /* hand over what was read; the next call meets the error */
+        }
+        for (int i = 0; i < got; i++) {
+            /* A UDP payload fits MAX_PACKET bytes, so nothing is truncated. */
+            PyObject *datagram = PyBytes_FromStringAndSize(vectors[i].iov_base, messages[i].msg_len);
+            if (datagram == NULL)
+                goto error;
+            int failed = PyList_Append(datagrams, datagram) < 0;
+            Py_DECREF(datagram);
+            if (failed)
+                goto error;
+            if (with_sources) {
+                PyObject *source = source_address(&names[i], messages[i].msg_hdr.msg_namelen);
+                if (source == NULL)
+                    goto error;
+                failed = PyList_Append(sources, source) < 0;
+                Py_DECREF(source);
+                if (failed)
+                    goto error;
+            }
+        }
+        received += got;
+        if ((unsigned int)got < want)
+            break; /* the queue is empty: spare the call that says so */
+    }
+    give_back_buffers(buffers, own);
+    return Py_BuildValue("(NN)", datagrams, sources);
+
+error:
+    give_back_buffers(buffers, own);
+    Py_XDECREF(datagrams);
+    Py_XDECREF(sources);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------
  * Module
  * ------------------------------------------------------------------------ */
 
@@ -831,6 +974,7 @@ static PyMethodDef methods[] = {
     {"parse_packet", (PyCFunction)(void (*)(void))fp_parse_packet, METH_VARARGS | METH_KEYWORDS, parse_packet_doc},
     {"receive_segments", (PyCFunction)(void (*)(void))fp_receive_segments, METH_FASTCALL, receive_segments_doc},
     {"send_batch", (PyCFunction)(void (*)(void))fp_send_batch, METH_FASTCALL, send_batch_doc},
+    {"receive_datagrams", (PyCFunction)(void (*)(void))fp_receive_datagrams, METH_FASTCALL, receive_datagrams_doc},
     {"configure", fp_configure, METH_VARARGS, configure_doc},
     {NULL, NULL, 0, NULL},
 };

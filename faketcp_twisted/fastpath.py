@@ -4,7 +4,7 @@ The per-packet hot path, in C when the optional extension
 C{faketcp_twisted._fastpath} was built, else in pure Python with the same
 semantics.
 
-Five operations carry every packet, and each has two implementations that
+Six operations carry every packet, and each has two implementations that
 give the same results and raise the same errors (the tests compare them on
 many random packets):
 
@@ -19,6 +19,9 @@ many random packets):
     into one reused buffer, so only the payload is copied).
   - L{send_batch}: a batch of packets out of the raw socket (C: one
     C{sendmmsg} per 64 packets; Python: C{sendto} each).
+  - L{receive_datagrams}: a batch of datagrams from one of the relay's UDP
+    sockets, with their sources (C: one C{recvmmsg} per 64 datagrams, and
+    the last source's address tuple reused; Python: C{recvfrom} each).
 
 The C implementation is used when it imports, unless the environment sets
 C{FAKETCP_PURE_PYTHON=1}; L{use} switches at run time (for tests).  Callers
@@ -50,6 +53,10 @@ Received = tuple[list[Segment], list[FlowKey], list[str]]
 #: (and refuses, with EINVAL, a packet too short to have one); the Python
 #: one sends to the address given.
 Outgoing = tuple[bytes, tuple[Any, ...]]
+
+#: A batch of datagrams read from a UDP socket, and the source address of
+#: each (as C{socket.recvfrom} gives it) or L{None} when not asked for.
+Datagrams = tuple[list[bytes], list[tuple[Any, ...]] | None]
 
 _TCP_HEADER = struct.Struct("!HHIIBBHHH")
 _SEQ_ACK = struct.Struct("!II")
@@ -191,6 +198,28 @@ def _py_send_batch(sock: socket.socket, items: list[Outgoing], start: int) -> tu
     return index, errors
 
 
+def _py_receive_datagrams(sock: socket.socket, budget: int, with_sources: bool) -> Datagrams:
+    """
+    L{receive_datagrams} in Python.
+    """
+    datagrams: list[bytes] = []
+    sources: list[tuple[Any, ...]] | None = [] if with_sources else None
+    receive = sock.recvfrom
+    for _ in range(budget):
+        try:
+            datagram, source = receive(MAX_PACKET)
+        except (BlockingIOError, InterruptedError):
+            break
+        except OSError:
+            if datagrams:
+                break
+            raise
+        datagrams.append(datagram)
+        if sources is not None:
+            sources.append(source)
+    return datagrams, sources
+
+
 # -- the two implementations --------------------------------------------------
 
 
@@ -208,6 +237,7 @@ class Implementation:
     parse_packet: Callable[..., Segment]
     receive_segments: Callable[[socket.socket, int], Received]
     send_batch: Callable[[socket.socket, list[Outgoing], int], tuple[int, list[int]]]
+    receive_datagrams: Callable[[socket.socket, int, bool], Datagrams]
 
 
 PYTHON = Implementation(
@@ -217,6 +247,7 @@ PYTHON = Implementation(
     parse_packet=_segment.parse_packet,
     receive_segments=_py_receive_segments,
     send_batch=_py_send_batch,
+    receive_datagrams=_py_receive_datagrams,
 )
 
 
@@ -233,6 +264,7 @@ def _load_c() -> Implementation | None:
         parse_packet=_fastpath.parse_packet,
         receive_segments=_fastpath.receive_segments,
         send_batch=_fastpath.send_batch,
+        receive_datagrams=_fastpath.receive_datagrams,
     )
 
 
@@ -255,6 +287,7 @@ build_segment: Callable[[bytes, int, int, int, BytesLike], bytes] = PYTHON.build
 parse_packet: Callable[..., Segment] = PYTHON.parse_packet
 receive_segments: Callable[[socket.socket, int], Received] = PYTHON.receive_segments
 send_batch: Callable[[socket.socket, list[Outgoing], int], tuple[int, list[int]]] = PYTHON.send_batch
+receive_datagrams: Callable[[socket.socket, int, bool], Datagrams] = PYTHON.receive_datagrams
 
 
 def use(implementation: Implementation | str) -> Implementation:
@@ -264,7 +297,7 @@ def use(implementation: Implementation | str) -> Implementation:
     @return: the implementation that was active before, to restore later.
     @raise LookupError: for the name of an implementation not available.
     """
-    global active, internet_checksum_sum, build_segment, parse_packet, receive_segments, send_batch
+    global active, internet_checksum_sum, build_segment, parse_packet, receive_segments, send_batch, receive_datagrams
     if isinstance(implementation, str):
         found = [each for each in available() if each.name == implementation]
         if not found:
@@ -277,6 +310,7 @@ def use(implementation: Implementation | str) -> Implementation:
     parse_packet = implementation.parse_packet
     receive_segments = implementation.receive_segments
     send_batch = implementation.send_batch
+    receive_datagrams = implementation.receive_datagrams
     return previous
 
 

@@ -1,0 +1,277 @@
+"""
+Tests for L{faketcp_twisted.udp} and the fast path's batch UDP read
+(L{fastpath.receive_datagrams}), on real loopback sockets: no root needed.
+
+Every test runs once per fast-path implementation available, so the pure
+Python fallback is exercised wherever the C one is.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import time
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from faketcp_twisted import fastpath
+from faketcp_twisted.loop import loop_for
+from faketcp_twisted.udp import DatagramSocket, format_address
+from tests.support import wait_until
+
+
+def _pair(family: int = socket.AF_INET) -> tuple[socket.socket, socket.socket]:
+    """
+    A non-blocking receiver and a sender, both bound on loopback.
+    """
+    host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+    receiver = socket.socket(family, socket.SOCK_DGRAM)
+    receiver.bind((host, 0))
+    receiver.setblocking(False)
+    sender = socket.socket(family, socket.SOCK_DGRAM)
+    sender.bind((host, 0))
+    return receiver, sender
+
+
+def _receive_all(implementation: fastpath.Implementation, sock: socket.socket, budget: int, expected: int) -> tuple[list[bytes], list[Any]]:
+    datagrams: list[bytes] = []
+    sources: list[Any] = []
+    for _ in range(200):
+        got, came_from = implementation.receive_datagrams(sock, budget, True)
+        datagrams.extend(got)
+        sources.extend(came_from or [])
+        if len(datagrams) >= expected:
+            break
+        time.sleep(0.005)
+    return datagrams, sources
+
+
+class _ReceiveDatagramsTests:
+    """
+    L{fastpath.receive_datagrams} reads what C{recvfrom} would, in batches.
+    """
+
+    implementation: fastpath.Implementation
+    assertEqual: Any
+    assertIs: Any
+    assertRaises: Any
+    addCleanup: Any
+
+    def _pair(self, family: int = socket.AF_INET) -> tuple[socket.socket, socket.socket]:
+        receiver, sender = _pair(family)
+        self.addCleanup(receiver.close)
+        self.addCleanup(sender.close)
+        return receiver, sender
+
+    def test_batchWithSources(self) -> None:
+        """
+        200 datagrams (more than one kernel batch) come back whole, in
+        order, each with the source address recvfrom would give.
+        """
+        receiver, sender = self._pair()
+        sent = [b"d%d" % i * (i % 7 + 1) for i in range(200)]
+        for datagram in sent:
+            sender.sendto(datagram, receiver.getsockname())
+        datagrams, sources = _receive_all(self.implementation, receiver, 1000, len(sent))
+        self.assertEqual(datagrams, sent)
+        self.assertEqual(sources, [sender.getsockname()] * len(sent))
+
+    def test_ipv6Source(self) -> None:
+        """
+        An IPv6 source comes as recvfrom's four-tuple.
+        """
+        receiver, sender = self._pair(socket.AF_INET6)
+        sender.sendto(b"six", receiver.getsockname())
+        datagrams, sources = _receive_all(self.implementation, receiver, 10, 1)
+        self.assertEqual((datagrams, sources), ([b"six"], [sender.getsockname()]))
+
+    def test_budget(self) -> None:
+        """
+        No more than C{budget} datagrams are taken; the rest wait.
+        """
+        receiver, sender = self._pair()
+        for i in range(10):
+            sender.sendto(b"%d" % i, receiver.getsockname())
+        time.sleep(0.05)
+        first, _ = self.implementation.receive_datagrams(receiver, 3, False)
+        rest, no_sources = self.implementation.receive_datagrams(receiver, 100, False)
+        self.assertEqual(first, [b"0", b"1", b"2"])
+        self.assertEqual(rest, [b"%d" % i for i in range(3, 10)])
+        self.assertIs(no_sources, None)
+
+    def test_emptyAndLargest(self) -> None:
+        """
+        An empty socket gives an empty batch; an empty datagram and one of
+        the IPv4 maximum arrive as they were sent.
+        """
+        receiver, sender = self._pair()
+        self.assertEqual(self.implementation.receive_datagrams(receiver, 64, True), ([], []))
+        largest = bytes(range(256)) * 255 + b"\x01" * (65507 - 256 * 255)
+        sender.sendto(b"", receiver.getsockname())
+        sender.sendto(largest, receiver.getsockname())
+        datagrams, _ = _receive_all(self.implementation, receiver, 64, 2)
+        self.assertEqual(datagrams, [b"", largest])
+
+    def test_refusedOnConnectedSocket(self) -> None:
+        """
+        The ICMP port-unreachable of an earlier datagram on a connected
+        socket is raised as ECONNREFUSED; the next read goes on.
+        """
+        closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        closed.bind(("127.0.0.1", 0))
+        address = closed.getsockname()
+        closed.close()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(sock.close)
+        sock.setblocking(False)
+        sock.connect(address)
+        sock.send(b"anyone?")
+        time.sleep(0.05)
+        raised = self.assertRaises(OSError, self.implementation.receive_datagrams, sock, 64, False)
+        self.assertEqual(raised.errno, errno.ECONNREFUSED)
+        self.assertEqual(self.implementation.receive_datagrams(sock, 64, False), ([], None))
+
+
+class PythonReceiveDatagramsTests(_ReceiveDatagramsTests, SynchronousTestCase):
+    implementation = fastpath.PYTHON
+
+
+class CReceiveDatagramsTests(_ReceiveDatagramsTests, SynchronousTestCase):
+    implementation = fastpath.C or fastpath.PYTHON
+    if fastpath.C is None:
+        skip = "the C fast path is not built (python setup.py build_ext --inplace)"
+
+
+class _DatagramSocketTests:
+    """
+    L{DatagramSocket} on the reactor: batches, errors, a failing owner,
+    closing.
+    """
+
+    implementation: fastpath.Implementation
+    assertEqual: Any
+    assertIn: Any
+    assertLess: Any
+    assertFalse: Any
+    assertRaises: Any
+    addCleanup: Any
+    assertLogs: Any
+
+    def setUp(self) -> None:
+        previous = fastpath.use(self.implementation)
+        self.addCleanup(fastpath.use, previous)
+        self.batches: list[tuple[list[bytes], Any]] = []
+        self.errors: list[int] = []
+
+    def _bind(self, **kwargs: Any) -> DatagramSocket:
+        udp = DatagramSocket.bind(
+            loop_for(reactor), ("127.0.0.1", 0), lambda d, s: self.batches.append((d, s)), self.errors.append, 65536, **kwargs
+        )
+        self.addCleanup(udp.close)
+        udp.start()
+        return udp
+
+    def _sender(self) -> socket.socket:
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sender.bind(("127.0.0.1", 0))
+        self.addCleanup(sender.close)
+        return sender
+
+    async def test_batches(self) -> None:
+        """
+        Datagrams that wait together are handed over together, with their
+        source; the owner can answer through C{sendto}.
+        """
+        udp = self._bind()
+        sender = self._sender()
+        for i in range(50):
+            sender.sendto(b"%d" % i, udp.socket.getsockname())
+        await wait_until(lambda: sum(len(d) for d, _ in self.batches) == 50)
+        self.assertEqual([d for batch, _ in self.batches for d in batch], [b"%d" % i for i in range(50)])
+        self.assertEqual({s for _, sources in self.batches for s in sources}, {sender.getsockname()})
+        self.assertLess(len(self.batches), 50)
+        udp.sendto(b"back", sender.getsockname())
+        self.assertEqual(sender.recvfrom(100), (b"back", udp.socket.getsockname()))
+
+    async def test_connectedRefusal(self) -> None:
+        """
+        A connected socket whose target is not listening reports
+        ECONNREFUSED to the error callback and keeps reading.
+        """
+        closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        closed.bind(("127.0.0.1", 0))
+        target = closed.getsockname()
+        closed.close()
+        udp = self._bind(connect_to=target)
+        udp.send(b"anyone?")
+        await wait_until(lambda: self.errors == [errno.ECONNREFUSED])
+        self.assertEqual(udp.address(), format_address(udp.socket.getsockname()))
+        # The reactor took the error for a lost connection; the socket is
+        # still read once the target answers.
+        answering = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        answering.bind(target)
+        self.addCleanup(answering.close)
+        udp.send(b"now?")
+        datagram, source = answering.recvfrom(100)
+        answering.sendto(b"here: " + datagram, source)
+        await wait_until(lambda: bool(self.batches))
+        self.assertEqual(self.batches, [([b"here: now?"], None)])
+
+    async def test_failingOwner(self) -> None:
+        """
+        An owner that raises is logged; the socket is still read.
+        """
+        failures = []
+
+        def owner(datagrams: list[bytes], sources: Any) -> None:
+            if not failures:
+                failures.append(datagrams)
+                raise RuntimeError("owner bug")
+            self.batches.append((datagrams, sources))
+
+        udp = DatagramSocket.bind(loop_for(reactor), ("127.0.0.1", 0), owner, self.errors.append, 65536)
+        self.addCleanup(udp.close)
+        udp.start()
+        sender = self._sender()
+        with self.assertLogs("faketcp_twisted.udp", logging.ERROR) as logged:
+            sender.sendto(b"first", udp.socket.getsockname())
+            await wait_until(lambda: bool(failures))
+        self.assertIn("owner bug", "\n".join(logged.output))
+        sender.sendto(b"second", udp.socket.getsockname())
+        await wait_until(lambda: bool(self.batches))
+        self.assertEqual(self.batches[0][0], [b"second"])
+
+    async def test_close(self) -> None:
+        """
+        A closed socket is no longer read, and its port is free again.
+        """
+        udp = self._bind()
+        address = udp.socket.getsockname()
+        udp.close()
+        self.assertFalse(udp.reading)
+        self.assertEqual(udp.receive_drops(), 0)
+        again = DatagramSocket.bind(loop_for(reactor), address, lambda d, s: None, self.errors.append, 65536)
+        again.close()
+
+    def test_addressInUse(self) -> None:
+        """
+        Binding a port in use raises EADDRINUSE and leaves no socket open.
+        """
+        udp = self._bind()
+        raised = self.assertRaises(
+            OSError, DatagramSocket.bind, loop_for(reactor), udp.socket.getsockname(), lambda d, s: None, self.errors.append, 65536
+        )
+        self.assertEqual(raised.errno, errno.EADDRINUSE)
+
+
+class PythonDatagramSocketTests(_DatagramSocketTests, TestCase):
+    implementation = fastpath.PYTHON
+
+
+class CDatagramSocketTests(_DatagramSocketTests, TestCase):
+    implementation = fastpath.C or fastpath.PYTHON
+    if fastpath.C is None:
+        skip = "the C fast path is not built (python setup.py build_ext --inplace)"
