@@ -159,3 +159,41 @@ def connect_error_name(code: int) -> str:
     The short name of a connect errno, for error messages.
     """
     return errno.errorcode.get(code, str(code))
+
+
+def ensure_open_files(wanted: int) -> int:
+    """
+    Raise this process's descriptor limit (RLIMIT_NOFILE) to C{wanted} if
+    it is lower: the soft limit up to the hard one, and with privileges
+    (CAP_SYS_RESOURCE) the hard one too, up to the kernel's C{fs.nr_open}.
+
+    Every flow holds its kernel socket open, and a relay server flow a UDP
+    socket besides, so the usual soft limit of 1024 (or a hard limit of a
+    few thousand) would refuse flows long before memory runs short.
+
+    @return: the soft limit now in force, which may still be lower than
+        C{wanted} (the caller says so).
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if wanted <= soft:
+        return soft
+    infinity = resource.RLIM_INFINITY
+    if hard != infinity and wanted > hard:
+        try:
+            with open("/proc/sys/fs/nr_open") as f:
+                ceiling = int(f.read())
+        except (OSError, ValueError):
+            ceiling = wanted
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, ceiling), min(wanted, ceiling)))
+            return min(wanted, ceiling)
+        except (OSError, ValueError):
+            pass  # unprivileged: the hard limit stands
+    target = wanted if hard == infinity else min(wanted, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (OSError, ValueError):
+        return soft
+    return target

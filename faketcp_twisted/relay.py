@@ -3,7 +3,8 @@
 The UDP <-> fake-TCP relay, as two Twisted services.
 
 L{ServerRelay} listens for fake-TCP connections and gives each one its own
-connected UDP socket toward the target, so the target's replies come back
+connected UDP socket toward the target (a L{DatagramSocket}, read in
+batches), so the target's replies come back
 on the socket of the connection they belong to.  L{ClientRelay} listens on
 one UDP socket and makes one fake-TCP connection per UDP source address,
 queueing that source's first datagrams (a bounded number) while the
@@ -18,8 +19,6 @@ split, since the far side would deliver the pieces as separate datagrams.
 from __future__ import annotations
 
 import errno
-import socket
-import struct
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -27,20 +26,18 @@ from typing import Any, NoReturn
 
 from twisted.application import service
 from twisted.internet import defer, error, task
-from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .endpoints import redact
 from .firewall import FirewallUnavailable, sweep
-from .kernel import has_privileges
+from .kernel import ensure_open_files, has_privileges
+from .loop import EventLoop, loop_for
 from .relayspec import SpecError, UDPAddress, resolve
 from .relaystats import FlowRecord, RelayStats, path_mtu
+from .udp import DatagramSocket, format_address
 
-#: Largest UDP datagram read: anything up to the IP limit is read whole, so
-#: an oversize datagram is seen (and dropped) at its true size rather than
-#: truncated by the read.
-MAX_DATAGRAM = 65535
 #: Socket buffers of the client relay's UDP socket: a burst from a fast
 #: sender (WireGuard, KCP) must not overflow the kernel's default buffer
 #: while the reactor is busy with the other side; not much more, or an
@@ -49,6 +46,9 @@ UDP_BUFFER = 1024 * 1024
 #: Socket buffers of each server flow's UDP socket (one per connection, so
 #: smaller: the memory is committed as they fill).
 FLOW_UDP_BUFFER = 512 * 1024
+#: Descriptors a relay holds besides its flows' (captures, raw sockets, its
+#: UDP socket, log files, the metrics port): a margin, generously.
+BASE_DESCRIPTORS = 64
 #: Seconds the shutdown waits for connections to close before aborting them.
 STOP_GRACE = 5.0
 #: Seconds between two log lines about one flow's failing connection attempts.
@@ -78,48 +78,16 @@ class RelaySettings:
     reconnect_delay: float = 1.0
 
 
-#: Linux's SO_RCVBUFFORCE and SO_SNDBUFFORCE (not in the socket module):
-#: a privileged process may pass net.core.rmem_max / wmem_max.
-_FORCED = {socket.SO_RCVBUF: 33, socket.SO_SNDBUF: 32}
-
-
-def enlarge_buffers(handle: socket.socket, size: int = UDP_BUFFER) -> None:
+def _udp_error(code: int) -> str:
     """
-    Give a UDP socket C{size}-byte receive and send buffers, past the
-    system's limits when privileged, else as far as they allow.
+    The drop reason for a UDP send or read that failed with errno C{code}.
     """
-    for option, forced in _FORCED.items():
-        try:
-            handle.setsockopt(socket.SOL_SOCKET, forced, size)
-        except OSError:
-            try:
-                handle.setsockopt(socket.SOL_SOCKET, option, size)
-            except OSError:
-                pass
-
-
-#: SO_MEMINFO (linux/socket.h) and the index of SK_MEMINFO_DROPS in it.
-_SO_MEMINFO = 55
-_MEMINFO = struct.Struct("9I")
-_MEMINFO_DROPS = 8
-
-
-def receive_drops(handle: socket.socket) -> int:
-    """
-    Datagrams the kernel dropped because the socket's receive buffer was
-    full: they never reached the relay, but an operator needs to see them.
-    0 where the kernel cannot tell.
-    """
-    try:
-        return _MEMINFO.unpack(handle.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, _MEMINFO.size))[_MEMINFO_DROPS]
-    except (OSError, struct.error):
-        return 0
-
-
-def _udp_error(failure: BaseException) -> str:
-    if isinstance(failure, error.MessageLengthError):
+    if code == errno.EMSGSIZE:
         return "udp-too-long"
-    code = getattr(failure, "errno", None) or 0
+    if code == errno.ECONNREFUSED:
+        # The ICMP port-unreachable of an earlier datagram: the target is
+        # not listening (yet).
+        return "udp-refused"
     return "udp-" + errno.errorcode.get(code, "send-error").lower()
 
 
@@ -173,7 +141,7 @@ def _oversize(log: Logger, stats: RelayStats, record: FlowRecord, transport: Any
     )
 
 
-def cannot_start(log: Logger, failure: BaseException) -> NoReturn:
+def cannot_start(log: Logger, failure: BaseException | str) -> NoReturn:
     """
     Log why the relay cannot start, in one line, and exit with status 1.
 
@@ -200,6 +168,13 @@ class _RelayBase(service.Service):
         self._expiry: task.LoopingCall | None = None
         self.stopped: defer.Deferred[None] | None = None
 
+    @property
+    def loop(self) -> EventLoop:
+        """
+        The event loop adapter of the reactor, which reads the UDP sockets.
+        """
+        return loop_for(self.reactor)
+
     def _startExpiry(self) -> None:
         idle = self.settings.udp_idle_timeout
         if idle > 0:
@@ -222,6 +197,22 @@ class _RelayBase(service.Service):
 
     def _flows(self) -> list[Any]:
         raise NotImplementedError
+
+    def _ensureDescriptors(self, per_flow: int) -> None:
+        """
+        Make room in the descriptor limit for C{max_flows} flows of
+        C{per_flow} descriptors each, or say how many fit.
+        """
+        wanted = BASE_DESCRIPTORS + per_flow * self.settings.max_flows
+        limit = ensure_open_files(wanted)
+        if limit < wanted:
+            self.log.warn(
+                "the descriptor limit of {limit} leaves room for about {fit} flows, fewer than the {flows} "
+                "of --max-flows (raise it with ulimit -n, or run with CAP_SYS_RESOURCE)",
+                limit=limit,
+                fit=max(limit - BASE_DESCRIPTORS, 0) // per_flow,
+                flows=self.settings.max_flows,
+            )
 
     def _sweep(self) -> None:
         # Rules of a relay that was killed (SIGKILL, a crash) go now, not
@@ -275,24 +266,6 @@ class _RelayBase(service.Service):
 # -- server: fake-TCP in, UDP out -------------------------------------------
 
 
-class _TargetSide(DatagramProtocol):
-    """
-    The connected UDP socket of one server flow toward the target.
-    """
-
-    noisy = False
-
-    def __init__(self, flow: _ServerFlow) -> None:
-        self.flow = flow
-
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        self.flow.fromTarget(datagram)
-
-    def connectionRefused(self) -> None:
-        # The target's ICMP port unreachable for an earlier datagram.
-        self.flow.relay.stats.drop("udp-refused")
-
-
 class _ServerFlow(Protocol):
     """
     One fake-TCP connection of the server relay and its UDP socket.
@@ -305,7 +278,7 @@ class _ServerFlow(Protocol):
     def __init__(self, relay: ServerRelay) -> None:
         self.relay = relay
         self.record = FlowRecord("-")
-        self.udp: Any = None
+        self.udp: DatagramSocket | None = None
         self.lost: defer.Deferred[None] = defer.Deferred()
 
     def connectionMade(self) -> None:
@@ -318,57 +291,68 @@ class _ServerFlow(Protocol):
         _watch_capture(relay.stats, self.transport)
         self.log.info("flow from fake-TCP {peer} opened (MSS {mss})", peer=record.peer, mss=self.transport.flow.mss)
 
-    def _openUDP(self) -> Any:
+    def _openUDP(self) -> DatagramSocket:
         # Opened on the first datagram: a connection that never carries one
         # (a port scanner, a plain TCP client whose data is dropped) costs
         # no UDP socket.
         relay = self.relay
         target = relay.target_address
-        interface = "::" if ":" in target[0] else ""
-        port = relay.reactor.listenUDP(0, _TargetSide(self), interface=interface, maxPacketSize=MAX_DATAGRAM)
-        enlarge_buffers(port.getHandle(), FLOW_UDP_BUFFER)
-        port.connect(*target)
-        host = port.getHost()
-        self.record.udp = f"[{host.host}]:{host.port}" if ":" in host.host else f"{host.host}:{host.port}"
-        return port
+        udp = DatagramSocket.bind(
+            relay.loop,
+            ("::" if ":" in target[0] else "", 0),
+            self.fromTarget,
+            self._udpError,
+            FLOW_UDP_BUFFER,
+            connect_to=target,
+        )
+        udp.start()
+        self.record.udp = udp.address()
+        return udp
 
     def dataReceived(self, data: bytes) -> None:
         record = self.record
         record.last_activity = time.monotonic()
-        if self.udp is None:
+        udp = self.udp
+        if udp is None:
             try:
-                self.udp = self._openUDP()
-            except Exception as failure:
+                udp = self.udp = self._openUDP()
+            except OSError as failure:
                 self.relay.stats.drop("udp-socket")
                 self.log.warn("cannot open a UDP socket toward the target: {error}", error=failure)
                 return
         try:
-            self.udp.write(data)
-        except Exception as failure:
-            self.relay.stats.drop(_udp_error(failure))
+            udp.send(data)
+        except OSError as failure:
+            self.relay.stats.drop(_udp_error(failure.errno or 0))
             return
         counts = record.counts
         counts.down_datagrams += 1
         counts.down_bytes += len(data)
 
-    def fromTarget(self, datagram: bytes) -> None:
+    def fromTarget(self, datagrams: list[bytes], sources: object) -> None:
         """
-        A datagram from the target: one segment to the peer, if it fits.
+        A batch of datagrams from the target: one segment each to the
+        peer, those that fit.
         """
         transport = self.transport
         record = self.record
+        stats = self.relay.stats
         record.last_activity = time.monotonic()
-        if not transport.connected or transport.disconnecting:
-            self.relay.stats.drop("closed")
-            return
-        _to_peer(self, self.relay.stats, record, transport, datagram, "the UDP target ({udp})")
+        for datagram in datagrams:
+            if not transport.connected or transport.disconnecting:
+                stats.drop("closed")
+                continue
+            _to_peer(self, stats, record, transport, datagram, "the UDP target ({udp})")
+
+    def _udpError(self, code: int) -> None:
+        self.relay.stats.drop(_udp_error(code))
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
         relay = self.relay
         udp, self.udp = self.udp, None
         if udp is not None:
-            relay.closed_socket_drops += receive_drops(udp.getHandle())
-            udp.stopListening()
+            relay.closed_socket_drops += udp.receive_drops()
+            udp.close()
         relay.flows.discard(self)
         relay.stats.close(self.record)
         self.log.info(
@@ -436,7 +420,7 @@ class ServerRelay(_RelayBase):
         self.stats.add_drop_source("udp-rcvbuf", self._socketDrops)
 
     def _socketDrops(self) -> int:
-        live = sum(receive_drops(flow.udp.getHandle()) for flow in self.flows if flow.udp is not None)
+        live = sum(flow.udp.receive_drops() for flow in self.flows if flow.udp is not None)
         return self.closed_socket_drops + live
 
     def _flows(self) -> list[Any]:
@@ -454,6 +438,8 @@ class ServerRelay(_RelayBase):
             self.target_address = (resolve(self.target.host)[1], self.target.port)
         except SpecError as failure:
             cannot_start(self.log, failure)
+        # A kernel socket and a UDP socket per flow.
+        self._ensureDescriptors(2)
         self._sweep()
         listening = serverFromString(self.reactor, self.faketcp).listen(_ServerFactory(self))
         outcome: list[Any] = []
@@ -646,10 +632,14 @@ class _ClientFlow:
         """
         record = self.record
         record.last_activity = time.monotonic()
+        udp = self.relay.udp
+        if udp is None:
+            self.relay.stats.drop("closed")
+            return
         try:
-            self.relay.udp.write(data, self.source)
-        except Exception as failure:
-            self.relay.stats.drop(_udp_error(failure))
+            udp.sendto(data, self.source)
+        except OSError as failure:
+            self.relay.stats.drop(_udp_error(failure.errno or 0))
             return
         counts = record.counts
         counts.down_datagrams += 1
@@ -696,20 +686,6 @@ class _ClientFlow:
             self.connection.transport.abortConnection()
 
 
-class _SourceSide(DatagramProtocol):
-    """
-    The client relay's UDP socket.
-    """
-
-    noisy = False
-
-    def __init__(self, relay: ClientRelay) -> None:
-        self.relay = relay
-
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        self.relay.fromUDP(datagram, addr)
-
-
 class ClientRelay(_RelayBase):
     """
     UDP in, fake-TCP out: one fake-TCP connection per UDP source address.
@@ -735,7 +711,7 @@ class ClientRelay(_RelayBase):
         self.listen = listen
         self.faketcp = faketcp
         self.flows: dict[Any, _ClientFlow] = {}
-        self.udp: Any = None
+        self.udp: DatagramSocket | None = None
         self.endpoint: Any = None
         #: Receive-buffer drops of the UDP socket, as of its closing.
         self.closed_socket_drops = 0
@@ -743,9 +719,9 @@ class ClientRelay(_RelayBase):
 
     def _socketDrops(self) -> int:
         udp = self.udp
-        if udp is None or not udp.connected:
+        if udp is None:
             return self.closed_socket_drops
-        return receive_drops(udp.getHandle())
+        return udp.receive_drops()
 
     def _flows(self) -> list[Any]:
         return list(self.flows.values())
@@ -761,38 +737,43 @@ class ClientRelay(_RelayBase):
             self.endpoint = clientFromString(self.reactor, self.faketcp)
         except ValueError as failure:
             cannot_start(self.log, failure)
+        # A kernel socket per flow.
+        self._ensureDescriptors(1)
         self._sweep()
+        listen = (self.listen.host, self.listen.port)
         try:
-            self.udp = self.reactor.listenUDP(
-                self.listen.port, _SourceSide(self), interface=self.listen.host, maxPacketSize=MAX_DATAGRAM
-            )
-        except error.CannotListenError as failure:
-            cannot_start(self.log, failure)
-        enlarge_buffers(self.udp.getHandle())
+            self.udp = DatagramSocket.bind(self.loop, listen, self.fromUDP, self._udpError, UDP_BUFFER)
+        except OSError as failure:
+            cannot_start(self.log, f"cannot listen on UDP {format_address(listen)}: {failure.strerror or failure}")
+        self.udp.start()
         super().startService()
         self._startExpiry()
-        host = self.udp.getHost()
         self.log.info(
-            "faketcp-relay client ready: UDP {host}:{port} -> {forward}",
-            host=host.host,
-            port=host.port,
+            "faketcp-relay client ready: UDP {address} -> {forward}",
+            address=self.udp.address(),
             forward=redact(self.faketcp),
         )
 
-    def fromUDP(self, datagram: bytes, source: Any) -> None:
+    def fromUDP(self, datagrams: list[bytes], sources: list[Any] | None) -> None:
         """
-        A datagram from a UDP source: to that source's flow.
+        A batch of datagrams from UDP sources: each to its source's flow.
         """
-        flow = self.flows.get(source)
-        if flow is None:
-            if not self.running:
-                return
-            if len(self.flows) >= self.settings.max_flows:
-                self.stats.drop("flow-limit")
-                return
-            flow = self.flows[source] = _ClientFlow(self, source)
-            self.stats.open(flow.record)
-        flow.send(datagram)
+        assert sources is not None
+        flows = self.flows
+        for datagram, source in zip(datagrams, sources):
+            flow = flows.get(source)
+            if flow is None:
+                if not self.running:
+                    return
+                if len(flows) >= self.settings.max_flows:
+                    self.stats.drop("flow-limit")
+                    continue
+                flow = flows[source] = _ClientFlow(self, source)
+                self.stats.open(flow.record)
+            flow.send(datagram)
+
+    def _udpError(self, code: int) -> None:
+        self.stats.drop(_udp_error(code))
 
     def forget(self, flow: _ClientFlow) -> None:
         """
@@ -810,11 +791,10 @@ class ClientRelay(_RelayBase):
         super().stopService()
         self._stopExpiry()
         waits: list[defer.Deferred[Any]] = []
-        if self.udp is not None:
-            self.closed_socket_drops = self._socketDrops()
-            stopping = self.udp.stopListening()
-            if stopping is not None:
-                waits.append(stopping)
+        udp, self.udp = self.udp, None
+        if udp is not None:
+            self.closed_socket_drops = udp.receive_drops()
+            udp.close()
         for flow in list(self.flows.values()):
             waits.append(flow.close())
         return self._finishStop(waits)

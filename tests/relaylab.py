@@ -18,7 +18,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.trial.unittest import TestCase
 
 from faketcp_twisted import netlab
-from faketcp_twisted.relay import enlarge_buffers
+from faketcp_twisted.udp import enlarge_buffers
 from tests.support import sleep
 
 #: The twistd of the running interpreter's environment.

@@ -367,6 +367,76 @@ class LifecycleTests(RelayTestCase):
         self.assertEqual(drops_in(totals, "reconnect-wait"), 1)
 
 
+class UDPSideTests(RelayTestCase):
+    """
+    The relays' own UDP sockets: a target that is not listening, a port in
+    use, room for the flows asked for.
+    """
+
+    async def test_target_not_listening_counted(self) -> None:
+        """
+        Datagrams to a target port nobody listens on come back as ICMP
+        port-unreachable errors on the flow's socket: counted as
+        udp-refused, and the flow keeps working once the target is up.
+        """
+        closed = ECHO_PORT + 1
+        server = self.relay(
+            self.lab.S, "server",
+            "--listen", f"faketcp:{FAKETCP_PORT}:interface=0.0.0.0",
+            "--forward", f"udp:host=127.0.0.1:port={closed}",
+            "--stats-interval", "1",
+        ).start()  # fmt: skip
+        client = self.client().start()
+        await server.ready()
+        await client.ready()
+        source = self.udp_client()
+        for i in range(5):
+            source.send(b"nobody %d" % i)
+            await sleep(0.05)
+        await server.wait_log(r"udp-refused=\d+")
+        listen_udp(self, self.lab.S, UDPEcho(), closed)
+        await self.ping(source, b"now")
+
+    async def test_client_port_in_use(self) -> None:
+        """
+        A client relay whose UDP port is taken says so in one line and
+        exits 1.
+        """
+        with netlab.in_namespace(self.lab.C):
+            taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            taken.bind(("127.0.0.1", CLIENT_PORT))
+        self.addCleanup(taken.close)
+        client = self.client().start()
+        assert client.process is not None
+        await wait_until(lambda: client.process.poll() is not None, timeout=15)
+        self.assertEqual(client.process.returncode, 1)
+        self.assertIn(f"cannot listen on UDP 127.0.0.1:{CLIENT_PORT}: Address already in use", client.log())
+        self.assertNotIn("Traceback", client.log())
+
+    async def test_descriptor_limit_fits_max_flows(self) -> None:
+        """
+        A server relay raises its descriptor limit to fit --max-flows
+        flows of two descriptors each (kernel socket, UDP socket), or, where
+        the hard limit cannot be raised (no CAP_SYS_RESOURCE, as in some
+        containers), raises it to the hard limit and says how many flows
+        fit.
+        """
+        import resource
+
+        server = await self.server("--max-flows", "30000").start().ready()
+        assert server.process is not None
+        with open(f"/proc/{server.process.pid}/limits") as limits:
+            soft, hard = next(line for line in limits if line.startswith("Max open files")).split()[3:5]
+        wanted = 64 + 2 * 30000
+        if int(soft) >= wanted:
+            return
+        ours = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        self.assertEqual((int(soft), int(hard)), (ours, ours))
+        await server.wait_log(
+            rf"descriptor limit of {ours} leaves room for about {(ours - 64) // 2} flows, fewer than the 30000"
+        )
+
+
 class PlainTCPTests(RelayTestCase):
     """
     A kernel TCP client knocking at the relay's port.
