@@ -99,24 +99,31 @@ def _watch_capture(stats: RelayStats, transport: Any) -> None:
         stats.watch_capture(drops)
 
 
-def _to_peer(owner: Any, stats: RelayStats, record: FlowRecord, transport: Any, datagram: bytes, source: str) -> None:
+def _to_peer(owner: Any, stats: RelayStats, record: FlowRecord, transport: Any, datagrams: list[bytes], source: str) -> None:
     """
-    Send one datagram as one segment to the fake-TCP peer, or drop it
-    whole: never split, never truncated.
+    Send each datagram as one segment to the fake-TCP peer, or drop it
+    whole: never split, never truncated.  The transport is open (the
+    caller checked).
 
     @param owner: what logs an oversize drop (its C{log} is looked up only
         then: a Twisted Logger attribute builds a new Logger per access).
-    @param source: where the datagram came from, for that log line, with
+    @param source: where the datagrams came from, for that log line, with
         C{{udp}} standing for the flow's UDP address (formatted only then,
         not per datagram).
     """
-    if len(datagram) > transport.flow.mss:
-        _oversize(owner.log, stats, record, transport, len(datagram), source.format(udp=record.udp))
-        return
-    transport.write(datagram)
+    mss = transport.flow.mss
+    sizes = [len(datagram) for datagram in datagrams]
+    if max(sizes) > mss:
+        for size in sizes:
+            if size > mss:
+                _oversize(owner.log, stats, record, transport, size, source.format(udp=record.udp))
+        datagrams = [datagram for datagram in datagrams if len(datagram) <= mss]
+        sizes = [size for size in sizes if size <= mss]
+    # One call for the batch: the connection checks its state once.
+    transport.send_datagrams(datagrams)
     counts = record.counts
-    counts.up_datagrams += 1
-    counts.up_bytes += len(datagram)
+    counts.up_datagrams += len(sizes)
+    counts.up_bytes += sum(sizes)
 
 
 def _oversize(log: Logger, stats: RelayStats, record: FlowRecord, transport: Any, size: int, source: str) -> None:
@@ -338,11 +345,10 @@ class _ServerFlow(Protocol):
         record = self.record
         stats = self.relay.stats
         record.last_activity = time.monotonic()
-        for datagram in datagrams:
-            if not transport.connected or transport.disconnecting:
-                stats.drop("closed")
-                continue
-            _to_peer(self, stats, record, transport, datagram, "the UDP target ({udp})")
+        if not transport.connected or transport.disconnecting:
+            stats.drop("closed", len(datagrams))
+            return
+        _to_peer(self, stats, record, transport, datagrams, "the UDP target ({udp})")
 
     def _udpError(self, code: int) -> None:
         self.relay.stats.drop(_udp_error(code))
@@ -534,39 +540,42 @@ class _ClientFlow:
         self.failures = 0
         self.failure_logged = float("-inf")
 
-    def send(self, datagram: bytes) -> None:
+    def send(self, datagrams: list[bytes]) -> None:
         """
-        A datagram from the UDP source: send it, queue it while connecting,
-        or start connecting.
+        Datagrams from the UDP source, in order: send them, queue them while
+        connecting, or start connecting.
         """
         now = time.monotonic()
         self.record.last_activity = now
-        stats = self.relay.stats
         connection = self.connection
         if connection is not None:
-            self._write(connection, datagram)
+            self._write(connection, datagrams)
             return
-        if self.connecting is None:
-            if now < self.retry_at:
-                stats.drop("reconnect-wait")
-                return
-            # Queued first: a connection attempt may fail at once.
-            self.queue.append(datagram)
-            self._connect()
-        elif len(self.queue) < self.relay.settings.queue_limit:
-            self.queue.append(datagram)
-        else:
-            stats.drop("queue-full")
+        stats = self.relay.stats
+        queue = self.queue
+        for datagram in datagrams:
+            if self.connection is not None:
+                self._write(self.connection, [datagram])
+            elif self.connecting is None:
+                if now < self.retry_at:
+                    stats.drop("reconnect-wait")
+                    continue
+                # Queued first: a connection attempt may fail at once.
+                queue.append(datagram)
+                self._connect()
+            elif len(queue) < self.relay.settings.queue_limit:
+                queue.append(datagram)
+            else:
+                stats.drop("queue-full")
 
-    def _write(self, connection: _Connection, datagram: bytes) -> None:
+    def _write(self, connection: _Connection, datagrams: list[bytes]) -> None:
         transport = connection.transport
-        record = self.record
-        if transport.disconnecting:
+        if transport.disconnecting or not transport.connected:
             # Closing (the peer sent FIN): the next datagram after it is
             # gone makes a new connection.
-            self.relay.stats.drop("closed")
+            self.relay.stats.drop("closed", len(datagrams))
             return
-        _to_peer(self, self.relay.stats, record, transport, datagram, "UDP {udp}")
+        _to_peer(self, self.relay.stats, self.record, transport, datagrams, "UDP {udp}")
 
     def _connect(self) -> None:
         self.record.state = "connecting"
@@ -595,9 +604,9 @@ class _ClientFlow:
     def _connected(self, connection: _Connection) -> None:
         self.connecting = None
         queue, self.queue = self.queue, deque()
-        while queue and self.connection is connection:
-            self._write(connection, queue.popleft())
-        if queue:
+        if queue and self.connection is connection:
+            self._write(connection, list(queue))
+        elif queue:
             self.relay.stats.drop("closed", len(queue))
 
     def _failed(self, failure: Failure) -> None:
@@ -759,18 +768,27 @@ class ClientRelay(_RelayBase):
         A batch of datagrams from UDP sources: each to its source's flow.
         """
         assert sources is not None
+        # Each source's datagrams in order, for one call per flow (a batch
+        # mostly comes from one source).
+        first = sources[0]
+        if sources.count(first) == len(sources):
+            by_source = {first: datagrams}
+        else:
+            by_source = {}
+            for datagram, source in zip(datagrams, sources):
+                by_source.setdefault(source, []).append(datagram)
         flows = self.flows
-        for datagram, source in zip(datagrams, sources):
+        for source, batch in by_source.items():
             flow = flows.get(source)
             if flow is None:
                 if not self.running:
                     return
                 if len(flows) >= self.settings.max_flows:
-                    self.stats.drop("flow-limit")
+                    self.stats.drop("flow-limit", len(batch))
                     continue
                 flow = flows[source] = _ClientFlow(self, source)
                 self.stats.open(flow.record)
-            flow.send(datagram)
+            flow.send(batch)
 
     def _udpError(self, code: int) -> None:
         self.stats.drop(_udp_error(code))
