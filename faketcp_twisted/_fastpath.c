@@ -1,8 +1,8 @@
 /*
  * The per-packet hot path of faketcp_twisted in C: the TCP checksum, a data
  * segment built from a per-flow header template, the segment parser, batch
- * receive (recvmmsg) and send (sendmmsg) on the capture's sockets, and batch
- * receive on the relay's UDP sockets.
+ * receive (recvmmsg) and send (sendmmsg) on the capture's sockets, and the
+ * same on the relay's UDP sockets.
  *
  * Every function has a pure-Python twin in faketcp_twisted/fastpath.py with
  * the same semantics (same results, same errors); the tests compare the two
@@ -944,6 +944,169 @@ error:
 }
 
 /* ------------------------------------------------------------------------
+ * Batch send of UDP datagrams
+ * ------------------------------------------------------------------------ */
+
+/* The last destination converted and its socket address: a relay sends a
+ * flow's datagrams to the same address object every time, so comparing
+ * the object spares converting the text address per datagram. */
+static PyObject *last_destination = NULL;
+static struct sockaddr_in6 last_destination_address;
+static socklen_t last_destination_size = 0;
+
+/* Fill *address from a (host, port) or (host, port, flowinfo, scope_id)
+ * tuple with a numeric host, as sendto takes it; -1 with an error set. */
+static int
+destination_address(PyObject *destination, struct sockaddr_in6 *address, socklen_t *size)
+{
+    if (destination == last_destination && last_destination != NULL) {
+        memcpy(address, &last_destination_address, last_destination_size);
+        *size = last_destination_size;
+        return 0;
+    }
+    if (!PyTuple_Check(destination) || PyTuple_GET_SIZE(destination) < 2 || PyTuple_GET_SIZE(destination) > 4) {
+        PyErr_SetString(PyExc_TypeError, "a destination is a (host, port) tuple");
+        return -1;
+    }
+    const char *host = PyUnicode_Check(PyTuple_GET_ITEM(destination, 0)) ? PyUnicode_AsUTF8(PyTuple_GET_ITEM(destination, 0)) : NULL;
+    if (host == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "a destination's host is a str");
+        return -1;
+    }
+    long port = PyLong_AsLong(PyTuple_GET_ITEM(destination, 1));
+    if (port == -1 && PyErr_Occurred())
+        return -1;
+    if (port < 0 || port > 0xFFFF) {
+        PyErr_SetString(PyExc_OverflowError, "port must be 0-65535.");
+        return -1;
+    }
+    memset(address, 0, sizeof(*address));
+    if (strchr(host, ':') == NULL) {
+        struct sockaddr_in *v4 = (struct sockaddr_in *)address;
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET, host, &v4->sin_addr) != 1) {
+            PyErr_Format(PyExc_OSError, "not a numeric IPv4 address: %s", host);
+            return -1;
+        }
+        *size = sizeof(struct sockaddr_in);
+    }
+    else {
+        address->sin6_family = AF_INET6;
+        address->sin6_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET6, host, &address->sin6_addr) != 1) {
+            PyErr_Format(PyExc_OSError, "not a numeric IPv6 address: %s", host);
+            return -1;
+        }
+        if (PyTuple_GET_SIZE(destination) >= 3) {
+            unsigned long flowinfo = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(destination, 2));
+            if (flowinfo == (unsigned long)-1 && PyErr_Occurred())
+                return -1;
+            address->sin6_flowinfo = htonl((uint32_t)flowinfo);
+        }
+        if (PyTuple_GET_SIZE(destination) == 4) {
+            unsigned long scope = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(destination, 3));
+            if (scope == (unsigned long)-1 && PyErr_Occurred())
+                return -1;
+            address->sin6_scope_id = (uint32_t)scope;
+        }
+        *size = sizeof(struct sockaddr_in6);
+    }
+    Py_XSETREF(last_destination, Py_NewRef(destination));
+    memcpy(&last_destination_address, address, *size);
+    last_destination_size = *size;
+    return 0;
+}
+
+PyDoc_STRVAR(send_datagrams_doc,
+"send_datagrams(fd, datagrams, destinations) -> (next, errors)\n\n"
+"Send the datagrams (bytes) on a UDP socket with sendmmsg: on a connected\n"
+"socket when destinations is None, else each to the (host, port) address\n"
+"at the same index of destinations (numeric hosts, as recvfrom gives them).\n"
+"Stops when the send buffer is full (EAGAIN).  Returns the index of the\n"
+"first datagram not taken and the errno of every datagram the kernel\n"
+"refused (those are skipped).");
+
+static PyObject *
+fp_send_datagrams(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "send_datagrams takes 3 arguments");
+        return NULL;
+    }
+    int fd = PyObject_AsFileDescriptor(args[0]);
+    if (fd < 0)
+        return NULL;
+    PyObject *datagrams = args[1];
+    PyObject *destinations = args[2] == Py_None ? NULL : args[2];
+    if (!PyList_Check(datagrams) || (destinations != NULL && !PyList_Check(destinations))) {
+        PyErr_SetString(PyExc_TypeError, "datagrams and destinations must be lists");
+        return NULL;
+    }
+    if (destinations != NULL && PyList_GET_SIZE(destinations) != PyList_GET_SIZE(datagrams)) {
+        PyErr_SetString(PyExc_ValueError, "one destination per datagram");
+        return NULL;
+    }
+    PyObject *errors = PyList_New(0);
+    if (errors == NULL)
+        return NULL;
+
+    struct mmsghdr messages[BATCH];
+    struct iovec vectors[BATCH];
+    struct sockaddr_in6 addresses[BATCH];
+    Py_ssize_t index = 0;
+    while (index < PyList_GET_SIZE(datagrams)) {
+        Py_ssize_t count = PyList_GET_SIZE(datagrams) - index;
+        if (count > BATCH)
+            count = BATCH;
+        for (Py_ssize_t i = 0; i < count; i++) {
+            PyObject *datagram = PyList_GET_ITEM(datagrams, index + i);
+            if (!PyBytes_Check(datagram)) {
+                PyErr_SetString(PyExc_TypeError, "datagrams must be bytes");
+                goto error;
+            }
+            struct msghdr *header = &messages[i].msg_hdr;
+            memset(header, 0, sizeof(*header));
+            vectors[i].iov_base = PyBytes_AS_STRING(datagram);
+            vectors[i].iov_len = (size_t)PyBytes_GET_SIZE(datagram);
+            header->msg_iov = &vectors[i];
+            header->msg_iovlen = 1;
+            if (destinations != NULL) {
+                socklen_t size;
+                if (destination_address(PyList_GET_ITEM(destinations, index + i), &addresses[i], &size) < 0)
+                    goto error;
+                header->msg_name = &addresses[i];
+                header->msg_namelen = size;
+            }
+        }
+        int sent = sendmmsg(fd, messages, (unsigned int)count, MSG_DONTWAIT);
+        if (sent < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                break; /* the send buffer is full */
+            /* The first datagram failed for itself (too big, refused by an
+             * earlier ICMP error): count it and go on with the next. */
+            PyObject *code = PyLong_FromLong(errno);
+            if (code == NULL || PyList_Append(errors, code) < 0) {
+                Py_XDECREF(code);
+                goto error;
+            }
+            Py_DECREF(code);
+            index++;
+            continue;
+        }
+        index += sent;
+    }
+    return Py_BuildValue("(nN)", index, errors);
+
+error:
+    Py_DECREF(errors);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------
  * Module
  * ------------------------------------------------------------------------ */
 
@@ -975,6 +1138,7 @@ static PyMethodDef methods[] = {
     {"receive_segments", (PyCFunction)(void (*)(void))fp_receive_segments, METH_FASTCALL, receive_segments_doc},
     {"send_batch", (PyCFunction)(void (*)(void))fp_send_batch, METH_FASTCALL, send_batch_doc},
     {"receive_datagrams", (PyCFunction)(void (*)(void))fp_receive_datagrams, METH_FASTCALL, receive_datagrams_doc},
+    {"send_datagrams", (PyCFunction)(void (*)(void))fp_send_datagrams, METH_FASTCALL, send_datagrams_doc},
     {"configure", fp_configure, METH_VARARGS, configure_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -32,7 +32,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from . import fastpath, kernel, shutdown
 from .bpf import BPF_K, BPF_RET, attach_filter, stmt
@@ -71,17 +71,31 @@ class FlowOptions:
     limits: TableLimits = field(default_factory=TableLimits)
 
 
+class Holder(Protocol):
+    """
+    What holds packets for the end of L{coalesced_sends}: a
+    L{Demultiplexer}, or one of the relay's UDP sockets.
+    """
+
+    _coalesced: bool
+
+    def flush(self) -> None:
+        """
+        Send what is held.
+        """
+
+
 class _CoalescedSends:
     """
     The scope of L{coalesced_sends}: a depth (scopes nest) and the
-    demultiplexers holding packets for the end of the outermost one.
+    holders of packets for the end of the outermost one.
     """
 
     __slots__ = ("depth", "holding")
 
     def __init__(self) -> None:
         self.depth = 0
-        self.holding: list[Demultiplexer] = []
+        self.holding: list[Holder] = []
 
     def __enter__(self) -> None:
         self.depth += 1
@@ -99,9 +113,10 @@ class _CoalescedSends:
 
 #: Within C{with coalesced_sends:}, packets sent outside a capture's read
 #: batch are held and sent when the block ends (or whenever
-#: L{Demultiplexer.flushThreshold} are waiting), not one by one.  Used
-#: around a batch of work that sends, such as a batch of datagrams read
-#: from a UDP socket.  Not thread-safe, as nothing of an event loop is.
+#: L{Demultiplexer.flushThreshold} are waiting), not one by one; so are
+#: the datagrams a L{udp.DatagramSocket} writes.  Used around a batch of
+#: work that sends: a batch of captured segments, a batch of datagrams
+#: read from a UDP socket.  Not thread-safe, as nothing of an event loop is.
 coalesced_sends = _CoalescedSends()
 
 
@@ -197,7 +212,10 @@ class Demultiplexer:
             return
         self.reading = True
         try:
-            self._readBatch()
+            # What the batch makes others send (a relay's datagrams toward
+            # UDP, another capture's segments) leaves at its end too.
+            with coalesced_sends:
+                self._readBatch()
         finally:
             self.reading = False
             self.flush()

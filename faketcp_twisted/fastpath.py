@@ -4,7 +4,7 @@ The per-packet hot path, in C when the optional extension
 C{faketcp_twisted._fastpath} was built, else in pure Python with the same
 semantics.
 
-Six operations carry every packet, and each has two implementations that
+Seven operations carry every packet, and each has two implementations that
 give the same results and raise the same errors (the tests compare them on
 many random packets):
 
@@ -22,6 +22,9 @@ many random packets):
   - L{receive_datagrams}: a batch of datagrams from one of the relay's UDP
     sockets, with their sources (C: one C{recvmmsg} per 64 datagrams, and
     the last source's address tuple reused; Python: C{recvfrom} each).
+  - L{send_datagrams}: a batch of datagrams out of one of those sockets
+    (C: one C{sendmmsg} per 64 datagrams; Python: C{send} or C{sendto}
+    each).
 
 The C implementation is used when it imports, unless the environment sets
 C{FAKETCP_PURE_PYTHON=1}; L{use} switches at run time (for tests).  Callers
@@ -220,6 +223,33 @@ def _py_receive_datagrams(sock: socket.socket, budget: int, with_sources: bool) 
     return datagrams, sources
 
 
+def _py_send_datagrams(
+    sock: socket.socket, datagrams: list[bytes], destinations: list[tuple[Any, ...]] | None
+) -> tuple[int, list[int]]:
+    """
+    L{send_datagrams} in Python.
+    """
+    if destinations is not None and len(destinations) != len(datagrams):
+        raise ValueError("one destination per datagram")
+    errors: list[int] = []
+    index = 0
+    end = len(datagrams)
+    while index < end:
+        try:
+            if destinations is None:
+                sock.send(datagrams[index])
+            else:
+                sock.sendto(datagrams[index], destinations[index])
+        except BlockingIOError:
+            break
+        except InterruptedError:
+            continue
+        except OSError as failure:
+            errors.append(failure.errno or 0)
+        index += 1
+    return index, errors
+
+
 # -- the two implementations --------------------------------------------------
 
 
@@ -238,6 +268,7 @@ class Implementation:
     receive_segments: Callable[[socket.socket, int], Received]
     send_batch: Callable[[socket.socket, list[Outgoing], int], tuple[int, list[int]]]
     receive_datagrams: Callable[[socket.socket, int, bool], Datagrams]
+    send_datagrams: Callable[[socket.socket, list[bytes], list[tuple[Any, ...]] | None], tuple[int, list[int]]]
 
 
 PYTHON = Implementation(
@@ -248,6 +279,7 @@ PYTHON = Implementation(
     receive_segments=_py_receive_segments,
     send_batch=_py_send_batch,
     receive_datagrams=_py_receive_datagrams,
+    send_datagrams=_py_send_datagrams,
 )
 
 
@@ -265,6 +297,7 @@ def _load_c() -> Implementation | None:
         receive_segments=_fastpath.receive_segments,
         send_batch=_fastpath.send_batch,
         receive_datagrams=_fastpath.receive_datagrams,
+        send_datagrams=_fastpath.send_datagrams,
     )
 
 
@@ -288,6 +321,9 @@ parse_packet: Callable[..., Segment] = PYTHON.parse_packet
 receive_segments: Callable[[socket.socket, int], Received] = PYTHON.receive_segments
 send_batch: Callable[[socket.socket, list[Outgoing], int], tuple[int, list[int]]] = PYTHON.send_batch
 receive_datagrams: Callable[[socket.socket, int, bool], Datagrams] = PYTHON.receive_datagrams
+send_datagrams: Callable[[socket.socket, list[bytes], list[tuple[Any, ...]] | None], tuple[int, list[int]]] = (
+    PYTHON.send_datagrams
+)
 
 
 def use(implementation: Implementation | str) -> Implementation:
@@ -297,7 +333,8 @@ def use(implementation: Implementation | str) -> Implementation:
     @return: the implementation that was active before, to restore later.
     @raise LookupError: for the name of an implementation not available.
     """
-    global active, internet_checksum_sum, build_segment, parse_packet, receive_segments, send_batch, receive_datagrams
+    global active, internet_checksum_sum, build_segment, parse_packet, receive_segments, send_batch
+    global receive_datagrams, send_datagrams
     if isinstance(implementation, str):
         found = [each for each in available() if each.name == implementation]
         if not found:
@@ -311,6 +348,7 @@ def use(implementation: Implementation | str) -> Implementation:
     receive_segments = implementation.receive_segments
     send_batch = implementation.send_batch
     receive_datagrams = implementation.receive_datagrams
+    send_datagrams = implementation.send_datagrams
     return previous
 
 

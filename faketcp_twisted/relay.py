@@ -327,11 +327,9 @@ class _ServerFlow(Protocol):
                 self.relay.stats.drop("udp-socket")
                 self.log.warn("cannot open a UDP socket toward the target: {error}", error=failure)
                 return
-        try:
-            udp.send(data)
-        except OSError as failure:
-            self.relay.stats.drop(_udp_error(failure.errno or 0))
-            return
+        # Sent at the end of the capture's batch, with the batch's other
+        # datagrams; a refusal is counted as a drop then.
+        udp.write(data)
         counts = record.counts
         counts.down_datagrams += 1
         counts.down_bytes += len(data)
@@ -350,8 +348,8 @@ class _ServerFlow(Protocol):
             return
         _to_peer(self, stats, record, transport, datagrams, "the UDP target ({udp})")
 
-    def _udpError(self, code: int) -> None:
-        self.relay.stats.drop(_udp_error(code))
+    def _udpError(self, code: int, count: int) -> None:
+        self.relay.stats.drop(_udp_error(code), count)
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
         relay = self.relay
@@ -645,11 +643,7 @@ class _ClientFlow:
         if udp is None:
             self.relay.stats.drop("closed")
             return
-        try:
-            udp.sendto(data, self.source)
-        except OSError as failure:
-            self.relay.stats.drop(_udp_error(failure.errno or 0))
-            return
+        udp.write(data, self.source)
         counts = record.counts
         counts.down_datagrams += 1
         counts.down_bytes += len(data)
@@ -790,8 +784,8 @@ class ClientRelay(_RelayBase):
                 self.stats.open(flow.record)
             flow.send(batch)
 
-    def _udpError(self, code: int) -> None:
-        self.stats.drop(_udp_error(code))
+    def _udpError(self, code: int, count: int) -> None:
+        self.stats.drop(_udp_error(code), count)
 
     def forget(self, flow: _ClientFlow) -> None:
         """

@@ -9,9 +9,11 @@ socket is empty; a relay carrying tens of thousands of datagrams a second
 pays that on every one.  A L{DatagramSocket} takes up to 64 datagrams per
 C{recvmmsg} (with the C fast path, L{fastpath.receive_datagrams}) and hands
 the whole batch to its owner in one call, within L{coalesced_sends} so that
-the fake-TCP segments it makes leave in one C{sendmmsg}, and costs a server flow a few
-hundred bytes instead of a Twisted port's few kilobytes.  Sends are single
-syscalls either way: the datagram leaves at once, as a relay's should.
+the fake-TCP segments it makes leave in one C{sendmmsg}, and costs a server
+flow a few hundred bytes instead of a Twisted port's few kilobytes.  Writes
+likewise: within L{coalesced_sends} (a batch of captured segments, say) the
+datagrams wait for the end of the batch and leave in one C{sendmmsg}
+(L{fastpath.send_datagrams}); outside it each leaves at once.
 """
 
 from __future__ import annotations
@@ -83,13 +85,21 @@ class DatagramSocket:
     A non-blocking UDP socket whose datagrams the event loop reads in
     batches.
 
-    @ivar socket: the socket; its C{send} and C{sendto} raise L{OSError}
-        for a datagram the kernel refused (the caller counts it).
-    @ivar send: the socket's C{send}, bound once (a connected socket).
-    @ivar sendto: the socket's C{sendto}, bound once.
+    @ivar socket: the socket.
     """
 
-    __slots__ = ("socket", "send", "sendto", "_loop", "_fd", "_receiver", "_errors", "_with_sources", "_reading")
+    __slots__ = (
+        "socket",
+        "_loop",
+        "_fd",
+        "_receiver",
+        "_errors",
+        "_with_sources",
+        "_reading",
+        "_outgoing",
+        "_destinations",
+        "_coalesced",
+    )
 
     #: Most datagrams read per wake-up, so one busy socket cannot starve
     #: the rest of the loop (Twisted's udp.Port stops at 256 KB).
@@ -100,29 +110,32 @@ class DatagramSocket:
         loop: EventLoop,
         sock: socket.socket,
         receiver: BatchReceiver,
-        errors: Callable[[int], object],
+        errors: Callable[[int, int], object],
         with_sources: bool,
     ) -> None:
         """
         @param sock: a UDP socket, bound (and connected, for a socket that
             talks to one address).
         @param receiver: called with each batch read.
-        @param errors: called with the errno of a failed read: an ICMP
-            error for an earlier datagram (C{ECONNREFUSED} from a closed
-            port) on a connected socket, most often.  Reading goes on.
+        @param errors: called with an errno and a count of datagrams: for
+            a failed read (an ICMP error for an earlier datagram,
+            C{ECONNREFUSED} from a closed port on a connected socket, most
+            often; reading goes on), and for datagrams not sent (the count
+            with C{EAGAIN} when the send buffer was full).
         @param with_sources: whether the receiver needs each datagram's
             source address (an unconnected socket does).
         """
         sock.setblocking(False)
         self.socket = sock
-        self.send = sock.send
-        self.sendto = sock.sendto
         self._loop = loop
         self._fd = sock.fileno()
         self._receiver = receiver
         self._errors = errors
         self._with_sources = with_sources
         self._reading = False
+        self._outgoing: list[bytes] = []
+        self._destinations: list[tuple[Any, ...]] = []
+        self._coalesced = False
 
     @classmethod
     def bind(
@@ -130,7 +143,7 @@ class DatagramSocket:
         loop: EventLoop,
         address: tuple[str, int],
         receiver: BatchReceiver,
-        errors: Callable[[int], object],
+        errors: Callable[[int, int], object],
         buffer_size: int,
         connect_to: tuple[str, int] | None = None,
     ) -> DatagramSocket:
@@ -186,7 +199,7 @@ class DatagramSocket:
         try:
             datagrams, sources = fastpath.receive_datagrams(self.socket, self.maxDatagramsPerRead, self._with_sources)
         except OSError as failure:
-            self._errors(failure.errno or 0)
+            self._errors(failure.errno or 0, 1)
             self._rearm()
             return
         if not datagrams:
@@ -199,6 +212,49 @@ class DatagramSocket:
             # As Twisted does for a protocol's datagramReceived: a bug in
             # the owner must not stop the socket from being read.
             log.exception("error handling datagrams from UDP %s", self.address())
+
+    def write(self, datagram: bytes, destination: tuple[Any, ...] | None = None) -> None:
+        """
+        Send C{datagram} (to C{destination}, on a socket that is not
+        connected): at once, or at the end of the current
+        L{coalesced_sends}.  A datagram the kernel refuses is reported to
+        the error callback, never raised.
+        """
+        if coalesced_sends.depth:
+            self._outgoing.append(datagram)
+            if destination is not None:
+                self._destinations.append(destination)
+            if not self._coalesced:
+                self._coalesced = True
+                coalesced_sends.holding.append(self)
+            return
+        if self._fd < 0:
+            return
+        try:
+            if destination is None:
+                self.socket.send(datagram)
+            else:
+                self.socket.sendto(datagram, destination)
+        except OSError as failure:
+            self._errors(failure.errno or 0, 1)
+
+    def flush(self) -> None:
+        """
+        Send the datagrams held for the end of L{coalesced_sends}; those
+        the send buffer has no room for are dropped (and reported), as a
+        single send would drop them.
+        """
+        outgoing, destinations = self._outgoing, self._destinations
+        if not outgoing:
+            return
+        self._outgoing, self._destinations = [], []
+        if self._fd < 0:
+            return
+        sent, errors = fastpath.send_datagrams(self.socket, outgoing, destinations or None)
+        for code in errors:
+            self._errors(code, 1)
+        if sent < len(outgoing):
+            self._errors(errno.EAGAIN, len(outgoing) - sent)
 
     def _rearm(self) -> None:
         # An ICMP error alone makes epoll report EPOLLERR without EPOLLIN,
@@ -226,16 +282,9 @@ class DatagramSocket:
 
     def close(self) -> None:
         """
-        Stop reading and close the socket.
+        Send what is held, stop reading and close the socket.
         """
+        self.flush()
         self.stop()
         self._fd = -1
         self.socket.close()
-
-
-def is_refusal(code: int) -> bool:
-    """
-    Whether a read error is the ICMP port-unreachable of an earlier
-    datagram: the target is not listening (yet).
-    """
-    return code == errno.ECONNREFUSED

@@ -18,6 +18,7 @@ from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from faketcp_twisted import fastpath
+from faketcp_twisted.demux import coalesced_sends
 from faketcp_twisted.loop import loop_for
 from faketcp_twisted.udp import DatagramSocket, format_address
 from tests.support import wait_until
@@ -135,6 +136,25 @@ class _ReceiveDatagramsTests:
         self.assertEqual(self.implementation.receive_datagrams(sock, 64, False), ([], None))
 
 
+    def test_sendDatagrams(self) -> None:
+        """
+        L{fastpath.send_datagrams} sends in order, to each destination or
+        on a connected socket, skips and reports a datagram the kernel
+        refuses, and wants one destination per datagram.
+        """
+        receiver, sender = self._pair()
+        sender.setblocking(False)
+        to = receiver.getsockname()
+        datagrams = [b"%d" % i for i in range(100)]
+        self.assertEqual(self.implementation.send_datagrams(sender, datagrams, [to] * 100), (100, []))
+        self.assertEqual(_receive_all(self.implementation, receiver, 1000, 100)[0], datagrams)
+        sender.connect(to)
+        sent = self.implementation.send_datagrams(sender, [b"a", b"z" * 70000, b"b"], None)
+        self.assertEqual(sent, (3, [errno.EMSGSIZE]))
+        self.assertEqual(_receive_all(self.implementation, receiver, 10, 2)[0], [b"a", b"b"])
+        self.assertRaises(ValueError, self.implementation.send_datagrams, sender, [b"a"], [])
+
+
 class PythonReceiveDatagramsTests(_ReceiveDatagramsTests, SynchronousTestCase):
     implementation = fastpath.PYTHON
 
@@ -164,11 +184,14 @@ class _DatagramSocketTests:
         previous = fastpath.use(self.implementation)
         self.addCleanup(fastpath.use, previous)
         self.batches: list[tuple[list[bytes], Any]] = []
-        self.errors: list[int] = []
+        self.errors: list[tuple[int, int]] = []
+
+    def _error(self, code: int, count: int) -> None:
+        self.errors.append((code, count))
 
     def _bind(self, **kwargs: Any) -> DatagramSocket:
         udp = DatagramSocket.bind(
-            loop_for(reactor), ("127.0.0.1", 0), lambda d, s: self.batches.append((d, s)), self.errors.append, 65536, **kwargs
+            loop_for(reactor), ("127.0.0.1", 0), lambda d, s: self.batches.append((d, s)), self._error, 65536, **kwargs
         )
         self.addCleanup(udp.close)
         udp.start()
@@ -193,7 +216,7 @@ class _DatagramSocketTests:
         self.assertEqual([d for batch, _ in self.batches for d in batch], [b"%d" % i for i in range(50)])
         self.assertEqual({s for _, sources in self.batches for s in sources}, {sender.getsockname()})
         self.assertLess(len(self.batches), 50)
-        udp.sendto(b"back", sender.getsockname())
+        udp.write(b"back", sender.getsockname())
         self.assertEqual(sender.recvfrom(100), (b"back", udp.socket.getsockname()))
 
     async def test_connectedRefusal(self) -> None:
@@ -206,19 +229,56 @@ class _DatagramSocketTests:
         target = closed.getsockname()
         closed.close()
         udp = self._bind(connect_to=target)
-        udp.send(b"anyone?")
-        await wait_until(lambda: self.errors == [errno.ECONNREFUSED])
+        udp.write(b"anyone?")
+        await wait_until(lambda: self.errors == [(errno.ECONNREFUSED, 1)])
         self.assertEqual(udp.address(), format_address(udp.socket.getsockname()))
         # The reactor took the error for a lost connection; the socket is
         # still read once the target answers.
         answering = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         answering.bind(target)
         self.addCleanup(answering.close)
-        udp.send(b"now?")
+        udp.write(b"now?")
         datagram, source = answering.recvfrom(100)
         answering.sendto(b"here: " + datagram, source)
         await wait_until(lambda: bool(self.batches))
         self.assertEqual(self.batches, [([b"here: now?"], None)])
+
+    def test_coalescedWrites(self) -> None:
+        """
+        Within C{coalesced_sends}, writes wait for its end and then leave
+        in order; outside it, a write leaves at once.
+        """
+        udp = self._bind()
+        receiver, _ = _pair()
+        self.addCleanup(receiver.close)
+        with coalesced_sends:
+            for i in range(100):
+                udp.write(b"%d" % i, receiver.getsockname())
+            time.sleep(0.02)
+            self.assertEqual(fastpath.PYTHON.receive_datagrams(receiver, 1000, False), ([], None))
+        datagrams, _ = _receive_all(fastpath.PYTHON, receiver, 1000, 100)
+        self.assertEqual(datagrams, [b"%d" % i for i in range(100)])
+        udp.write(b"alone", receiver.getsockname())
+        self.assertEqual(receiver.recvfrom(100)[0], b"alone")
+        self.assertEqual(self.errors, [])
+
+    def test_refusedWritesReported(self) -> None:
+        """
+        A datagram the kernel refuses (too long for UDP) is reported to the
+        error callback, at once or at the end of the scope, and the others
+        still leave.
+        """
+        udp = self._bind()
+        receiver, _ = _pair()
+        self.addCleanup(receiver.close)
+        udp.write(b"x" * 70000, receiver.getsockname())
+        with coalesced_sends:
+            udp.write(b"before", receiver.getsockname())
+            udp.write(b"y" * 70000, receiver.getsockname())
+            udp.write(b"after", receiver.getsockname())
+        self.assertEqual(self.errors, [(errno.EMSGSIZE, 1), (errno.EMSGSIZE, 1)])
+        datagrams, _ = _receive_all(fastpath.PYTHON, receiver, 10, 2)
+        self.assertEqual(datagrams, [b"before", b"after"])
 
     async def test_failingOwner(self) -> None:
         """
@@ -232,7 +292,7 @@ class _DatagramSocketTests:
                 raise RuntimeError("owner bug")
             self.batches.append((datagrams, sources))
 
-        udp = DatagramSocket.bind(loop_for(reactor), ("127.0.0.1", 0), owner, self.errors.append, 65536)
+        udp = DatagramSocket.bind(loop_for(reactor), ("127.0.0.1", 0), owner, self._error, 65536)
         self.addCleanup(udp.close)
         udp.start()
         sender = self._sender()
@@ -253,7 +313,7 @@ class _DatagramSocketTests:
         udp.close()
         self.assertFalse(udp.reading)
         self.assertEqual(udp.receive_drops(), 0)
-        again = DatagramSocket.bind(loop_for(reactor), address, lambda d, s: None, self.errors.append, 65536)
+        again = DatagramSocket.bind(loop_for(reactor), address, lambda d, s: None, self._error, 65536)
         again.close()
 
     def test_addressInUse(self) -> None:
@@ -262,7 +322,7 @@ class _DatagramSocketTests:
         """
         udp = self._bind()
         raised = self.assertRaises(
-            OSError, DatagramSocket.bind, loop_for(reactor), udp.socket.getsockname(), lambda d, s: None, self.errors.append, 65536
+            OSError, DatagramSocket.bind, loop_for(reactor), udp.socket.getsockname(), lambda d, s: None, self._error, 65536
         )
         self.assertEqual(raised.errno, errno.EADDRINUSE)
 
