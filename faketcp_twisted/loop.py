@@ -77,6 +77,9 @@ class _Watch:
     callbacks for readable and writable.
     """
 
+    # One per watched descriptor: a relay server has two per flow.
+    __slots__ = ("fd", "read", "write")
+
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.read: Callable[[], object] | None = None
