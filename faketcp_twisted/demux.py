@@ -179,6 +179,8 @@ class Demultiplexer:
         #: Whether packets wait for the end of L{coalesced_sends}.
         self._coalesced = False
         self.congested = False
+        #: Connections whose kernel socket refused the muting filter.
+        self._unmuted: set[FlowConnection] = set()
         self._closing_sockets: deque[tuple[float, socket.socket, Callable[[], None] | None]] = deque()
         #: Called when a flow left, so the owner can close an unused capture.
         self.on_released: Callable[[], None] | None = None
@@ -386,7 +388,14 @@ class Demultiplexer:
         kernel socket from taking any more segments (see L{mute}).
         """
         self.transports[connection.flow.key] = connection
-        mute(connection.socket)
+        # What the kernel queued before the filter went on is read now;
+        # afterwards nothing can queue on a muted socket, so only sockets
+        # that refused the filter are drained on every tick (a drain is a
+        # syscall: 10,000 of them a second would stall the loop).
+        if mute(connection.socket):
+            kernel.drain(connection.socket)
+        else:
+            self._unmuted.add(connection)
 
     def detach(self, connection: FlowConnection) -> None:
         """
@@ -396,6 +405,7 @@ class Demultiplexer:
         key = connection.flow.key
         if self.transports.get(key) is connection:
             del self.transports[key]
+        self._unmuted.discard(connection)
         now = self.loop.seconds()
         self.table.retire(connection.flow, now)
         self._closing_sockets.append(
@@ -436,6 +446,7 @@ class Demultiplexer:
         for connection in list(self.transports.values()):
             if connection.flow.pending:
                 connection.flush_pending()
+        for connection in self._unmuted:
             kernel.drain(connection.socket)
         closing = self._closing_sockets
         while closing and closing[0][0] <= now:
@@ -491,7 +502,7 @@ class Demultiplexer:
 _REFUSE_ALL = [stmt(BPF_RET | BPF_K, 0)]
 
 
-def mute(sock: socket.socket) -> None:
+def mute(sock: socket.socket) -> bool:
     """
     Make an adopted flow's kernel socket refuse every segment it receives.
 
@@ -507,8 +518,11 @@ def mute(sock: socket.socket) -> None:
 
     Best effort: a socket that refuses the filter (or a stand-in without a
     descriptor, in tests) is left as it was, silenced but doing the work.
+
+    @return: whether the filter is on.
     """
     try:
         attach_filter(sock, _REFUSE_ALL)
     except (OSError, ValueError, TypeError, AttributeError):
-        pass
+        return False
+    return True
