@@ -397,6 +397,25 @@ class UDPSideTests(RelayTestCase):
         listen_udp(self, self.lab.S, UDPEcho(), closed)
         await self.ping(source, b"now")
 
+    async def test_receive_buffer_drops_counted(self) -> None:
+        """
+        Datagrams the kernel drops because a server flow's UDP socket is
+        full (the relay stopped, here by SIGSTOP, while the target sent
+        megabytes) are counted as udp-rcvbuf once the relay reads again.
+        """
+        server, client = await self.pair()
+        source = self.udp_client()
+        await self.ping(source, b"hello")
+        (flow_socket,) = self.echo.sources
+        server.signal(signal.SIGSTOP)
+        try:
+            for _ in range(4000):
+                self.echo.transport.write(b"f" * 1200, flow_socket)
+        finally:
+            server.signal(signal.SIGCONT)
+        found = await server.wait_log(r"drops [^|]*udp-rcvbuf=(\d+)")
+        self.assertGreater(int(found.group(1)), 0)
+
     async def test_client_port_in_use(self) -> None:
         """
         A client relay whose UDP port is taken says so in one line and
