@@ -134,6 +134,11 @@ class Demultiplexer:
     maxPacketsPerRead = 256
     #: Seconds between runs of the flow timers.
     tickInterval = 1.0
+    #: Flows whose timers one tick may run at once; beyond it the flows
+    #: are polled in slices on more frequent ticks (at most ten a
+    #: tickInterval), each flow still once a tickInterval, so 10,000 idle
+    #: flows do not stall an active one.
+    flowsPerTick = 1000
     #: Seconds the capture stays open after a flow ended with FIN, so the
     #: peer's answering FIN meets the flow's kernel socket (and is dropped
     #: in time-wait) rather than a closed port's unsilenced RST.
@@ -438,13 +443,18 @@ class Demultiplexer:
 
     def _tick(self) -> None:
         now = self.loop.seconds()
-        self._timer = self.loop.call_later(self.tickInterval, self._tick)
-        for flow in self.table.expire(now):
+        table = self.table
+        slices = min(10, 1 + len(table.flows) // self.flowsPerTick)
+        self._timer = self.loop.call_later(self.tickInterval / slices, self._tick)
+        for flow in table.expire(now, slices):
             connection = self.transports.get(flow.key)
             if connection is not None:
                 connection.expired()
-        for connection in list(self.transports.values()):
-            if connection.flow.pending:
+        # Only timers queue packets outside a read batch (a segment's
+        # answers are sent as it is taken).
+        for flow in table.due:
+            connection = self.transports.get(flow.key)
+            if connection is not None and flow.pending:
                 connection.flush_pending()
         for connection in self._unmuted:
             kernel.drain(connection.socket)

@@ -151,6 +151,13 @@ class FlowTable:
         #: data piles up as early segments.  At most L{TableLimits.embryos}
         #: long, should the owner never look.
         self.completed: list[FlowKey] = []
+        #: The flows whose timers the last L{expire} ran that now have
+        #: packets to send (keepalives, held datagrams now due).
+        self.due: list[Flow] = []
+        # Flows still to be polled in the current rotation (see expire),
+        # last first, and how many one call polls.
+        self._rotation: list[Flow] = []
+        self._rotation_share = 0
         self._reset_tokens = self.limits.orphan_resets
         self._reset_time = 0.0
         # Keys of embryos whose handshake is half open, oldest first: the
@@ -402,9 +409,14 @@ class FlowTable:
 
     # -- timers ----------------------------------------------------------
 
-    def expire(self, now: float) -> list[Flow]:
+    def expire(self, now: float, slices: int = 1) -> list[Flow]:
         """
-        Drop stale embryos and time-wait entries; run every flow's timers.
+        Drop stale embryos and time-wait entries; run every flow's timers,
+        or with C{slices} > 1 those of the next 1/C{slices} of the flows in
+        rotation, so that each flow's timers run once every C{slices} calls
+        and a table of 10,000 flows does not stall the loop for all of them
+        at once.  The flows whose timers queued packets are left in
+        L{due}.
 
         Both dictionaries are in order of expiry (every entry gets the same
         lifetime, from a clock that does not go back), so this stops at the
@@ -427,7 +439,31 @@ class FlowTable:
             if until > now:
                 break
             del time_wait[key]
-        return [flow for flow in list(self.flows.values()) if flow.poll(now)]
+        if slices <= 1:
+            self._rotation.clear()
+            polled = list(self.flows.values())
+        else:
+            rotation = self._rotation
+            if not rotation:
+                rotation.extend(self.flows.values())
+                rotation.reverse()
+                self._rotation_share = -(-len(rotation) // slices)
+            share = min(self._rotation_share, len(rotation))
+            polled = rotation[-share:] if share else []
+            del rotation[len(rotation) - share :]
+        flows = self.flows
+        expired = []
+        due = self.due = []
+        for flow in polled:
+            # A flow that left the table since the rotation began is not
+            # this table's to poll any more.
+            if flows.get(flow.key) is not flow:
+                continue
+            if flow.poll(now):
+                expired.append(flow)
+            elif flow.pending:
+                due.append(flow)
+        return expired
 
     def __len__(self) -> int:
         return len(self.flows)

@@ -954,6 +954,45 @@ class ExpireTests(SynchronousTestCase):
         Expiring an empty table returns nothing.
         """
         self.assertEqual(FlowTable(Role.CLIENT).expire(1e9), [])
+        self.assertEqual(FlowTable(Role.CLIENT).expire(1e9, slices=10), [])
+
+    def test_slicesRotate(self) -> None:
+        """
+        With C{slices}, each call runs the timers of the next share of the
+        flows: every flow once per C{slices} calls, the due ones left in
+        C{due}, a flow retired meanwhile skipped, a flow adopted meanwhile
+        taken in the next rotation.
+        """
+        table = FlowTable(Role.SERVER)
+        flows = [
+            adopted_server_flow(table, SERVER_KEY._replace(remote_port=1000 + i), keepalive_interval=1.0)
+            for i in range(25)
+        ]
+        polled: list[set[int]] = []
+        for call in range(5):
+            table.expire(2.0, slices=5)
+            polled.append({flow.key.remote_port for flow in table.due})
+            if call == 0:
+                table.retire(flows[22], 2.0)
+        self.assertEqual([len(ports) for ports in polled], [5, 5, 5, 5, 4])
+        self.assertEqual(set().union(*polled), {1000 + i for i in range(25)} - {1022})
+        self.assertTrue(all(len(flow.pending) == 1 for flow in flows if flow is not flows[22]))
+        late = adopted_server_flow(table, SERVER_KEY._replace(remote_port=2000), keepalive_interval=1.0)
+        table.expire(2.0, slices=5)
+        self.assertNotIn(late, table.due)
+        for _ in range(4):
+            table.expire(2.0, slices=5)
+        self.assertEqual(len(late.pending), 1)
+
+    def test_sliceExpiresIdleFlows(self) -> None:
+        """
+        An idle flow is reported in the call whose share holds it.
+        """
+        table = FlowTable(Role.SERVER)
+        flows = [adopted_server_flow(table, SERVER_KEY._replace(remote_port=1000 + i), idle_timeout=5.0) for i in range(4)]
+        expired = [table.expire(6.0, slices=2) for _ in range(2)]
+        self.assertEqual(sorted(len(each) for each in expired), [2, 2])
+        self.assertEqual({flow.key for each in expired for flow in each}, {flow.key for flow in flows})
 
 
 # -- properties --------------------------------------------------------------
