@@ -78,12 +78,14 @@ class _Watch:
     """
 
     # One per watched descriptor: a relay server has two per flow.
-    __slots__ = ("fd", "read", "write")
+    __slots__ = ("fd", "read", "write", "prefix")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.read: Callable[[], object] | None = None
         self.write: Callable[[], object] | None = None
+        # Asked for by the reactor on every event: made once.
+        self.prefix = f"faketcp fd {fd}"
 
     def fileno(self) -> int:
         return self.fd
@@ -106,7 +108,7 @@ class _Watch:
             callback()
 
     def logPrefix(self) -> str:
-        return f"faketcp fd {self.fd}"
+        return self.prefix
 
 
 class TwistedLoop:
