@@ -3,8 +3,7 @@
 The UDP <-> fake-TCP relay, as two Twisted services.
 
 L{ServerRelay} listens for fake-TCP connections and gives each one its own
-connected UDP socket toward the target (a L{DatagramSocket}, read in
-batches), so the target's replies come back
+connected UDP socket toward the target, so the target's replies come back
 on the socket of the connection they belong to.  L{ClientRelay} listens on
 one UDP socket and makes one fake-TCP connection per UDP source address,
 queueing that source's first datagrams (a bounded number) while the
@@ -14,6 +13,11 @@ the old one died.
 One datagram is one segment is one datagram: a datagram larger than the
 connection's MSS is dropped and counted (and logged once per flow), never
 split, since the far side would deliver the pieces as separate datagrams.
+
+Both sides read and write UDP through L{DatagramSocket}s, in batches: a
+batch of datagrams goes to its flow in one call and its segments leave in
+one C{sendmmsg}, and the datagrams a batch of captured segments makes leave
+in one C{sendmmsg} per socket.
 """
 
 from __future__ import annotations
@@ -111,6 +115,8 @@ def _to_peer(owner: Any, stats: RelayStats, record: FlowRecord, transport: Any, 
         C{{udp}} standing for the flow's UDP address (formatted only then,
         not per datagram).
     """
+    if not datagrams:
+        return
     mss = transport.flow.mss
     sizes = [len(datagram) for datagram in datagrams]
     if max(sizes) > mss:
