@@ -536,6 +536,48 @@ fp_parse_packet(PyObject *self, PyObject *args, PyObject *kwargs)
  * Batch receive
  * ------------------------------------------------------------------------ */
 
+/* One recvmmsg of up to want messages for a batch that has read received
+ * so far.  Returns how many arrived; 0 when the socket is empty (or the
+ * call was interrupted, or it failed after earlier reads of the batch: the
+ * next batch meets the error); -1 with OSError set when the batch's first
+ * read fails. */
+static int
+receive_messages(int fd, struct mmsghdr *messages, unsigned int want, Py_ssize_t received)
+{
+    int got = recvmmsg(fd, messages, want, MSG_DONTWAIT, NULL);
+    if (got >= 0)
+        return got;
+    if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK || received > 0)
+        return 0;
+    PyErr_SetFromErrno(PyExc_OSError);
+    return -1;
+}
+
+/* One sendmmsg of messages[0:count] (count >= 1).  Returns how many are
+ * done with: those the kernel took, or 1 when the first failed for itself
+ * (unreachable, too big, an earlier ICMP error), its errno appended to
+ * errors; 0 when the send buffer is full; -1 with a Python error set. */
+static Py_ssize_t
+send_messages(int fd, struct mmsghdr *messages, unsigned int count, PyObject *errors)
+{
+    for (;;) {
+        int sent = sendmmsg(fd, messages, count, MSG_DONTWAIT);
+        if (sent >= 0)
+            return sent;
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return 0;
+        PyObject *code = PyLong_FromLong(errno);
+        if (code == NULL || PyList_Append(errors, code) < 0) {
+            Py_XDECREF(code);
+            return -1;
+        }
+        Py_DECREF(code);
+        return 1;
+    }
+}
+
 /* The receive buffers: BATCH slots of MAX_PACKET bytes, mapped once.  Only
  * the pages packets reach are ever touched (so resident memory is a few
  * pages per slot for ordinary packets).  The GIL is held throughout a call,
@@ -631,17 +673,9 @@ fp_receive_segments(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             messages[i].msg_hdr.msg_control = control[i].buffer;
             messages[i].msg_hdr.msg_controllen = sizeof(control[i].buffer);
         }
-        int got = recvmmsg(fd, messages, want, MSG_DONTWAIT, NULL);
-        if (got < 0) {
-            if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)
-                break;
-            if (received == 0) {
-                PyErr_SetFromErrno(PyExc_OSError);
-                goto error;
-            }
-            /* Hand over what was read; the next call meets the error. */
-            break;
-        }
+        int got = receive_messages(fd, messages, want, received);
+        if (got < 0)
+            goto error;
         for (int i = 0; i < got; i++) {
             int verify = 1;
             struct msghdr *header = &messages[i].msg_hdr;
@@ -779,25 +813,14 @@ fp_send_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             index++;
             continue;
         }
-        int sent = sendmmsg(fd, messages, (unsigned int)ready, 0);
-        if (sent < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
-                break; /* the send buffer is full: wait for room */
-            /* The first message failed for itself (unreachable, too big):
-             * count it and go on with the next one. */
-            PyObject *code = PyLong_FromLong(errno);
-            if (code == NULL || PyList_Append(errors, code) < 0) {
-                Py_XDECREF(code);
-                Py_DECREF(errors);
-                return NULL;
-            }
-            Py_DECREF(code);
-            index++;
-            continue;
+        Py_ssize_t done = send_messages(fd, messages, (unsigned int)ready, errors);
+        if (done < 0) {
+            Py_DECREF(errors);
+            return NULL;
         }
-        index += sent;
+        if (done == 0)
+            break; /* the send buffer is full: wait for room */
+        index += done;
     }
     return Py_BuildValue("(nN)", index, errors);
 }
@@ -900,16 +923,9 @@ fp_receive_datagrams(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 messages[i].msg_hdr.msg_namelen = sizeof(names[i]);
             }
         }
-        int got = recvmmsg(fd, messages, want, MSG_DONTWAIT, NULL);
-        if (got < 0) {
-            if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)
-                break;
-            if (received == 0) {
-                PyErr_SetFromErrno(PyExc_OSError);
-                goto error;
-            }
-            break; /* hand over what was read; the next call meets the error */
-        }
+        int got = receive_messages(fd, messages, want, received);
+        if (got < 0)
+            goto error;
         for (int i = 0; i < got; i++) {
             /* A UDP payload fits MAX_PACKET bytes, so nothing is truncated. */
             PyObject *datagram = PyBytes_FromStringAndSize(vectors[i].iov_base, messages[i].msg_len);
@@ -1080,24 +1096,12 @@ fp_send_datagrams(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 header->msg_namelen = size;
             }
         }
-        int sent = sendmmsg(fd, messages, (unsigned int)count, MSG_DONTWAIT);
-        if (sent < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
-                break; /* the send buffer is full */
-            /* The first datagram failed for itself (too big, refused by an
-             * earlier ICMP error): count it and go on with the next. */
-            PyObject *code = PyLong_FromLong(errno);
-            if (code == NULL || PyList_Append(errors, code) < 0) {
-                Py_XDECREF(code);
-                goto error;
-            }
-            Py_DECREF(code);
-            index++;
-            continue;
-        }
-        index += sent;
+        Py_ssize_t done = send_messages(fd, messages, (unsigned int)count, errors);
+        if (done < 0)
+            goto error;
+        if (done == 0)
+            break; /* the send buffer is full */
+        index += done;
     }
     return Py_BuildValue("(nN)", index, errors);
 
