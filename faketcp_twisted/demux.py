@@ -28,6 +28,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -85,13 +86,12 @@ class Holder(Protocol):
         """
 
 
-class _CoalescedSends:
+class _CoalescedSends(threading.local):
     """
     The scope of L{coalesced_sends}: a depth (scopes nest) and the
-    holders of packets for the end of the outermost one.
+    holders of packets for the end of the outermost one.  Per thread: a
+    reactor and an asyncio loop in two threads each have their own.
     """
-
-    __slots__ = ("depth", "holding")
 
     def __init__(self) -> None:
         self.depth = 0
@@ -116,7 +116,7 @@ class _CoalescedSends:
 #: L{Demultiplexer.flushThreshold} are waiting), not one by one; so are
 #: the datagrams a L{udp.DatagramSocket} writes.  Used around a batch of
 #: work that sends: a batch of captured segments, a batch of datagrams
-#: read from a UDP socket.  Not thread-safe, as nothing of an event loop is.
+#: read from a UDP socket.
 coalesced_sends = _CoalescedSends()
 
 

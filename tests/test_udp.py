@@ -335,3 +335,49 @@ class CDatagramSocketTests(_DatagramSocketTests, TestCase):
     implementation = fastpath.C or fastpath.PYTHON
     if fastpath.C is None:
         skip = "the C fast path is not built (python setup.py build_ext --inplace)"
+
+
+class CoalescedSendsTests(SynchronousTestCase):
+    """
+    The scope itself: nested scopes flush once, at the outermost end; each
+    thread has its own.
+    """
+
+    def test_nestedFlushOnceAtTheEnd(self) -> None:
+        """
+        Datagrams written in an inner scope wait for the outer one's end.
+        """
+        receiver, sender = _pair()
+        self.addCleanup(receiver.close)
+        self.addCleanup(sender.close)
+        udp = DatagramSocket(loop_for(reactor), sender, lambda d, s: None, lambda code, count: None, with_sources=True)
+        with coalesced_sends:
+            with coalesced_sends:
+                udp.write(b"inner", receiver.getsockname())
+            time.sleep(0.02)
+            self.assertEqual(fastpath.PYTHON.receive_datagrams(receiver, 10, False), ([], None))
+        self.assertEqual(_receive_all(fastpath.PYTHON, receiver, 10, 1)[0], [b"inner"])
+
+    def test_perThread(self) -> None:
+        """
+        Another thread is outside this thread's scope: its writes leave at
+        once.
+        """
+        import threading
+
+        receiver, sender = _pair()
+        self.addCleanup(receiver.close)
+        self.addCleanup(sender.close)
+        udp = DatagramSocket(loop_for(reactor), sender, lambda d, s: None, lambda code, count: None, with_sources=True)
+        seen: list[int] = []
+
+        def elsewhere() -> None:
+            seen.append(coalesced_sends.depth)
+            udp.write(b"from another thread", receiver.getsockname())
+
+        with coalesced_sends:
+            thread = threading.Thread(target=elsewhere)
+            thread.start()
+            thread.join()
+            self.assertEqual(seen, [0])
+            self.assertEqual(_receive_all(fastpath.PYTHON, receiver, 10, 1)[0], [b"from another thread"])
