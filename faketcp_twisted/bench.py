@@ -9,7 +9,7 @@ Run as root from the checkout::
     python -m faketcp_twisted.bench                      # direct, udp2raw, faketcp-relay
     python -m faketcp_twisted.bench --quick --tunnels direct --seconds 1
     python -m faketcp_twisted.bench --repeat 2           # best of two rounds per step: steadier on a busy machine
-    python -m faketcp_twisted.bench --idle-flows 9800    # also that many idle flows on the relay server
+    python -m faketcp_twisted.bench --idle-flows 9950    # also that many idle flows on the relay server
 
 All tunnels run at once, each on its own ports, and take turns at every
 step with the same load:
