@@ -219,13 +219,13 @@ class Demultiplexer:
             return
         self.reading = True
         try:
-            # What the batch makes others send (a relay's datagrams toward
-            # UDP, another capture's segments) leaves at its end too.
+            # What the batch makes the flows send leaves at its end, and so
+            # does what it makes others send (a relay's datagrams toward
+            # UDP, another capture's segments).
             with coalesced_sends:
                 self._readBatch()
         finally:
             self.reading = False
-            self.flush()
         if self._waiters:
             self._waiters = [waiter for waiter in self._waiters if not waiter()]
             self.flush()
@@ -301,9 +301,9 @@ class Demultiplexer:
                 self._setCongested(True)
         elif waiting >= self.flushThreshold:
             self.flush()
-        elif self.reading:
-            pass  # sent at the end of the read batch
         elif coalesced_sends.depth:
+            # Within a read batch (this capture's or another's) or a batch
+            # of the relay's: sent when it ends.
             if not self._coalesced:
                 self._coalesced = True
                 coalesced_sends.holding.append(self)
