@@ -106,17 +106,17 @@ class _CoalescedSends(threading.local):
             return
         holding = self.holding
         while holding:
-            demux = holding.pop()
-            demux._coalesced = False
-            demux.flush()
+            holder = holding.pop()
+            holder._coalesced = False
+            holder.flush()
 
 
-#: Within C{with coalesced_sends:}, packets sent outside a capture's read
-#: batch are held and sent when the block ends (or whenever
+#: Within C{with coalesced_sends:}, the packets given to a demultiplexer are
+#: held and sent when the block ends (or whenever
 #: L{Demultiplexer.flushThreshold} are waiting), not one by one; so are
 #: the datagrams a L{udp.DatagramSocket} writes.  Used around a batch of
-#: work that sends: a batch of captured segments, a batch of datagrams
-#: read from a UDP socket.
+#: work that sends: a capture's read batch, a batch of datagrams read from
+#: a UDP socket.
 coalesced_sends = _CoalescedSends()
 
 
