@@ -40,6 +40,7 @@ from .kernel import ensure_open_files, has_privileges
 from .loop import EventLoop, loop_for
 from .relayspec import SpecError, UDPAddress, resolve
 from .relaystats import FlowRecord, RelayStats, path_mtu
+from .rotation import Rotation
 from .udp import DatagramSocket, format_address
 
 #: Socket buffers of the client relay's UDP socket: a burst from a fast
@@ -173,12 +174,16 @@ class _RelayBase(service.Service):
     """
 
     log = Logger()
+    #: The idle check of the flows is spread over this many calls per
+    #: period, so that 10,000 flows never stall the loop at once.
+    expirySlices = 10
 
     def __init__(self, reactor: Any, stats: RelayStats, settings: RelaySettings) -> None:
         self.reactor = reactor
         self.stats = stats
         self.settings = settings
         self._expiry: task.LoopingCall | None = None
+        self._expiryRotation: Rotation[Any] = Rotation()
         self.stopped: defer.Deferred[None] | None = None
 
     @property
@@ -193,8 +198,9 @@ class _RelayBase(service.Service):
         if idle > 0:
             self._expiry = task.LoopingCall(self._expire)
             self._expiry.clock = self.reactor
-            # A quarter of the timeout keeps the expiry within 25% of it.
-            self._expiry.start(min(max(idle / 4, 0.1), 5.0), now=False)
+            # Each flow is looked at once a quarter of the timeout (so the
+            # expiry is within 25% of it), a tenth of them per call.
+            self._expiry.start(min(max(idle / 4, 0.1), 5.0) / self.expirySlices, now=False)
 
     def _stopExpiry(self) -> None:
         if self._expiry is not None and self._expiry.running:
@@ -203,8 +209,10 @@ class _RelayBase(service.Service):
 
     def _expire(self) -> None:
         cutoff = time.monotonic() - self.settings.udp_idle_timeout
-        for flow in list(self._flows()):
-            if flow.record.last_activity < cutoff:
+        live = self.stats.flows
+        for flow in self._expiryRotation.take(self._flows, self.expirySlices):
+            # (A flow that ended since this round began is skipped.)
+            if flow.record in live and flow.record.last_activity < cutoff:
                 self.log.info("flow {udp} idle for {idle:g} s: closing", udp=flow.record.udp, idle=self.settings.udp_idle_timeout)
                 flow.close()
 

@@ -24,6 +24,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
 from .flow import WINDOW_FIELD, Flow, FlowKey
+from .rotation import Rotation
 from .segment import ACK, FIN, RST, SYN, Segment, build_packet
 
 _MASK = 0xFFFFFFFF
@@ -154,10 +155,8 @@ class FlowTable:
         #: The flows whose timers the last L{expire} ran that now have
         #: packets to send (keepalives, held datagrams now due).
         self.due: list[Flow] = []
-        # Flows still to be polled in the current rotation (see expire),
-        # last first, and how many one call polls.
-        self._rotation: list[Flow] = []
-        self._rotation_share = 0
+        # The flows whose timers the next expire runs (see there).
+        self._rotation: Rotation[Flow] = Rotation()
         self._reset_tokens = self.limits.orphan_resets
         self._reset_time = 0.0
         # Keys of embryos whose handshake is half open, oldest first: the
@@ -439,18 +438,7 @@ class FlowTable:
             if until > now:
                 break
             del time_wait[key]
-        if slices <= 1:
-            self._rotation.clear()
-            polled = list(self.flows.values())
-        else:
-            rotation = self._rotation
-            if not rotation:
-                rotation.extend(self.flows.values())
-                rotation.reverse()
-                self._rotation_share = -(-len(rotation) // slices)
-            share = min(self._rotation_share, len(rotation))
-            polled = rotation[-share:] if share else []
-            del rotation[len(rotation) - share :]
+        polled = self._rotation.take(self.flows.values, slices)
         flows = self.flows
         expired = []
         due = self.due = []

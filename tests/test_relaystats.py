@@ -5,6 +5,8 @@ The relay's counters and the lines they make (no root, no sockets).
 
 from __future__ import annotations
 
+import time
+
 from collections import Counter
 from types import SimpleNamespace
 from typing import Any
@@ -46,9 +48,11 @@ class RelayStatsTests(TestCase):
         first = FlowStats(rx_bytes=1000, rx_gap_bytes=100)
         record.attach(fake_transport(first))
         record.counts.down_datagrams += 1
+        record.last_activity = time.monotonic()
         self.assertEqual(stats.totals().rx_bytes, 1000)
         record.detach()
         record.attach(fake_transport(FlowStats(rx_bytes=500, rx_reordered=2)))
+        record.last_activity = time.monotonic()
         self.assertEqual((stats.totals().rx_bytes, stats.totals().reordered), (1500, 2))
         self.assertEqual(record.connections, 2)
         stats.close(record)
@@ -62,6 +66,7 @@ class RelayStatsTests(TestCase):
         before = stats.snapshot()
         record.counts.up_datagrams += 3
         record.counts.up_bytes += 3000
+        record.last_activity = time.monotonic()
         stats.drop("oversize")
         now = stats.snapshot()
         line = stats.line(Snapshot(now.time - 10, before.counts, before.drops, before.capture), now)
@@ -69,6 +74,30 @@ class RelayStatsTests(TestCase):
         self.assertIn("udp->faketcp 3 dgrams 3000 B 0.00 Mbit/s", line)
         self.assertIn("| drops oversize=1 |", line)
         self.assertIn("capture drops none", line)
+
+    def test_idle_flows_not_read_again(self) -> None:
+        """
+        Totals read again only the flows active since the last call (the
+        relay sets C{last_activity} whenever it counts): an idle flow's
+        record is not added up again, an active one's change is taken, and
+        a closed flow's counters move from the live totals to the ended.
+        """
+        stats = RelayStats()
+        idle, busy = stats.open(FlowRecord("127.0.0.1:1")), stats.open(FlowRecord("127.0.0.1:2"))
+        idle.counts.up_datagrams = busy.counts.up_datagrams = 5
+        self.assertEqual(stats.totals().up_datagrams, 10)
+        # Changed without the activity a relay would note: not read again.
+        idle.counts.up_datagrams += 100
+        busy.counts.up_datagrams += 1
+        busy.last_activity = time.monotonic()
+        self.assertEqual(stats.totals().up_datagrams, 11)
+        idle.last_activity = time.monotonic()
+        self.assertEqual(stats.totals().up_datagrams, 111)
+        stats.close(busy)
+        self.assertEqual(stats.totals().up_datagrams, 111)
+        stats.close(idle)
+        self.assertEqual(stats.totals().up_datagrams, 111)
+        self.assertEqual(stats._live, Counts())
 
     def test_capture_counters_folded(self) -> None:
         """

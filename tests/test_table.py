@@ -22,6 +22,7 @@ from faketcp_twisted.segment import (
     build_packet,
     parse_packet,
 )
+from faketcp_twisted.rotation import Rotation
 from faketcp_twisted.table import Embryo, FlowTable, Role, TableLimits
 
 SERVER_ADDR = socket.inet_pton(socket.AF_INET, "198.51.100.7")
@@ -1227,3 +1228,35 @@ class TablePropertyTests(SynchronousTestCase):
                 for packet in flow.pending:
                     parse_packet(packet, verify_checksum=True)
                 flow.pending.clear()
+
+
+class RotationTests(SynchronousTestCase):
+    """
+    L{Rotation} hands out a changing collection a share at a time.
+    """
+
+    def test_sharesCoverTheRound(self) -> None:
+        """
+        Each share is at most 1/slices of the round's snapshot; the round
+        covers every item once; an item added meanwhile comes in the next
+        round; an item removed meanwhile is still handed out.
+        """
+        items = list(range(25))
+        rotation: Rotation[int] = Rotation()
+        shares = [rotation.take(lambda: items, 4)]
+        items.append(99)
+        items.remove(24)
+        shares += [rotation.take(lambda: items, 4) for _ in range(3)]
+        self.assertEqual([len(share) for share in shares], [7, 7, 7, 4])
+        self.assertEqual(sorted(sum(shares, [])), list(range(25)))
+        self.assertIn(99, rotation.take(lambda: items, 4) + sum((rotation.take(lambda: items, 4) for _ in range(3)), []))
+
+    def test_oneSliceIsEverything(self) -> None:
+        """
+        With one slice, every item now, and no round is kept.
+        """
+        rotation: Rotation[int] = Rotation()
+        self.assertEqual(sorted(rotation.take(lambda: [1, 2, 3], 2)), [1, 2])
+        self.assertEqual(rotation.take(lambda: [1, 2, 3, 4], 1), [1, 2, 3, 4])
+        self.assertEqual(rotation.take(lambda: [5], 2), [5])
+        self.assertEqual(rotation.take(lambda: [], 3), [])
