@@ -451,11 +451,13 @@ class Demultiplexer:
             if connection is not None:
                 connection.expired()
         # Only timers queue packets outside a read batch (a segment's
-        # answers are sent as it is taken).
-        for flow in table.due:
-            connection = self.transports.get(flow.key)
-            if connection is not None and flow.pending:
-                connection.flush_pending()
+        # answers are sent as it is taken); a tick's keepalives leave
+        # together.
+        with coalesced_sends:
+            for flow in table.due:
+                connection = self.transports.get(flow.key)
+                if connection is not None and flow.pending:
+                    connection.flush_pending()
         for connection in self._unmuted:
             kernel.drain(connection.socket)
         closing = self._closing_sockets
