@@ -39,7 +39,7 @@ from . import fastpath, kernel, shutdown
 from .bpf import BPF_K, BPF_RET, attach_filter, stmt
 from .capture import Capture, sockaddr
 from .firewall import DEFAULT_MARK
-from .flow import EndReason, FlowKey
+from .flow import EndReason, Flow, FlowKey
 from .loop import EventLoop, Timer
 from .table import FlowTable, Role, TableLimits
 
@@ -139,6 +139,12 @@ class Demultiplexer:
     #: tickInterval), each flow still once a tickInterval, so 10,000 idle
     #: flows do not stall an active one.
     flowsPerTick = 1000
+    #: Flows whose timer packets (keepalives, mostly) one tick sends, at
+    #: least: flows opened in a burst keep their keepalives in step, and a
+    #: thousand of them at once stalled an active flow for 10-25 ms.  The
+    #: rest wait for the next ticks (a quarter of the backlog goes per tick
+    #: when that is more, so it never grows).
+    timerSendsPerTick = 200
     #: Seconds the capture stays open after a flow ended with FIN, so the
     #: peer's answering FIN meets the flow's kernel socket (and is dropped
     #: in time-wait) rather than a closed port's unsilenced RST.
@@ -184,6 +190,8 @@ class Demultiplexer:
         #: Whether packets wait for the end of L{coalesced_sends}.
         self._coalesced = False
         self.congested = False
+        #: Flows with timer packets to send, oldest first (see _tick).
+        self._due: deque[Flow] = deque()
         #: Connections whose kernel socket refused the muting filter.
         self._unmuted: set[FlowConnection] = set()
         self._closing_sockets: deque[tuple[float, socket.socket, Callable[[], None] | None]] = deque()
@@ -452,9 +460,12 @@ class Demultiplexer:
                 connection.expired()
         # Only timers queue packets outside a read batch (a segment's
         # answers are sent as it is taken); a tick's keepalives leave
-        # together.
+        # together, a bounded number per tick.
+        due = self._due
+        due.extend(table.due)
         with coalesced_sends:
-            for flow in table.due:
+            for _ in range(min(len(due), max(self.timerSendsPerTick, len(due) // 4))):
+                flow = due.popleft()
                 connection = self.transports.get(flow.key)
                 if connection is not None and flow.pending:
                     connection.flush_pending()
@@ -497,6 +508,7 @@ class Demultiplexer:
         while self._closing_sockets:
             self._closeKernelSocket(*self._closing_sockets.popleft()[1:])
         self._queue.clear()
+        self._due.clear()
         self._head = 0
         self.capture.close()
 

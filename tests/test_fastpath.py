@@ -483,6 +483,42 @@ class BatchingTests(LabTestCase):
         await wait_until(lambda: len(client.received) == 11)
         self.assertEqual(client.received[1:], messages)
 
+    async def test_timerSendsBoundedPerTick(self) -> None:
+        """
+        Keepalives that fall due together leave at most
+        C{timerSendsPerTick} flows' worth per tick (a quarter of the backlog
+        when that is more); the rest go on the next ticks.
+        """
+        server = RecordingFactory(Echo)
+        await self.listen(server)
+        clients = [await self.connect(RecordingFactory(), f"faketcp:host={self.lab.server4}:port={self.port}") for _ in range(5)]
+        demux = clients[0].transport.demux
+        self.assertTrue(all(client.transport.demux is demux for client in clients))
+        batches: list[int] = []
+        send_batch = demux.capture.send_batch
+
+        def recording(items: list[Any], start: int) -> tuple[int, list[int]]:
+            result: tuple[int, list[int]] = send_batch(items, start)
+            batches.append(result[0] - start)
+            return result
+
+        demux.capture.send_batch = recording
+        demux.timerSendsPerTick = 2
+        now = demux.loop.seconds()
+        for client in clients:
+            flow = client.transport.flow
+            flow.keepalive_interval = 1.0
+            flow.last_tx = now - 5.0
+        sent = []
+        for _ in range(3):
+            # A tick now, in place of the one scheduled.
+            demux._timer.cancel()
+            demux._tick()
+            sent.append(sum(batches))
+            batches.clear()
+        self.assertEqual(sent, [2, 2, 1])
+        self.assertTrue(all(not client.transport.flow.pending for client in clients))
+
     async def test_kernelSocketMuted(self) -> None:
         """
         The kernel answers none of an adopted flow's segments (no
