@@ -10,6 +10,7 @@ Run as root from the checkout::
     python -m faketcp_twisted.bench --quick --tunnels direct --seconds 1
     python -m faketcp_twisted.bench --repeat 2           # best of two rounds per step: steadier on a busy machine
     python -m faketcp_twisted.bench --idle-flows 9950    # also that many idle flows on the relay server
+    python -m faketcp_twisted.bench --tunnels direct,faketcp-relay,twisted-udp   # beside a plain Twisted UDP relay
 
 All tunnels run at once, each on its own ports, and take turns at every
 step with the same load:
@@ -81,7 +82,9 @@ SCHEMA = "faketcp_twisted.bench/1"
 #: C{twisted/plugins/}: children get it on C{PYTHONPATH}.
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
 
-TUNNELS = ("direct", "udp2raw", "faketcp-relay")
+TUNNELS = ("direct", "udp2raw", "faketcp-relay", "twisted-udp")
+#: What runs when C{--tunnels} is not given: C{twisted-udp} is asked for.
+DEFAULT_TUNNELS = ("direct", "udp2raw", "faketcp-relay")
 DEFAULT_RATES = (100, 200, 300, 400, 500, 600)
 QUICK_RATES = (200,)
 DEFAULT_SECONDS = 3.0
@@ -462,6 +465,25 @@ class FaketcpRelay(Tunnel):
         ]  # fmt: skip
         self._spawn("tunnel-server", server, lab.S, children, logs / "relay-server.out")
         self._spawn("tunnel-client", client, lab.C, children, logs / "relay-client.out")
+        self._steer(lab)
+
+
+class TwistedUdp(Tunnel):
+    """
+    A plain UDP relay pair on Twisted's reactor (C{bench_udp forward}): no
+    fake TCP, so its round trip is the floor of any relay that Twisted's
+    reactor drives, ours included.
+    """
+
+    name = "twisted-udp"
+
+    def start(self, lab: netlab.TwoHostsLab, children: Children, logs: Path) -> None:
+        p = self.ports
+        forward = [sys.executable, "-m", "faketcp_twisted.bench_udp", "forward"]
+        server = [*forward, "--listen", f"0.0.0.0:{p.fake}", "--to", f"127.0.0.1:{p.load}"]
+        client = [*forward, "--listen", f"127.0.0.1:{p.local}", "--to", f"{lab.server4}:{p.fake}"]
+        self._spawn("tunnel-server", server, lab.S, children, logs / "twisted-udp-server.log")
+        self._spawn("tunnel-client", client, lab.C, children, logs / "twisted-udp-client.log")
         self._steer(lab)
 
 
@@ -992,6 +1014,8 @@ def _prepare_tunnels(options: Options, env: dict[str, str]) -> tuple[list[Tunnel
             elif name == "udp2raw":
                 binary = options.udp2raw_binary or ensure_udp2raw(options.udp2raw_tarball, cache_dir())
                 runnable.append(Udp2raw(ports, binary))
+            elif name == "twisted-udp":
+                runnable.append(TwistedUdp(ports))
             else:
                 max_flows = options.idle_flows + 64 if options.idle_flows + 64 > 1024 else None
                 runnable.append(FaketcpRelay(ports, check_relay(env), max_flows))
@@ -1146,7 +1170,12 @@ def parse_options(argv: list[str]) -> Options:
         prog="python -m faketcp_twisted.bench",
         description="UDP load through fake-TCP tunnels (direct, udp2raw, faketcp-relay) between two namespaces.",
     )
-    parser.add_argument("--tunnels", type=_parse_tunnels, default=list(TUNNELS), help=f"default {','.join(TUNNELS)}")
+    parser.add_argument(
+        "--tunnels",
+        type=_parse_tunnels,
+        default=list(DEFAULT_TUNNELS),
+        help=f"default {','.join(DEFAULT_TUNNELS)}; also twisted-udp (a plain UDP relay pair on Twisted's reactor)",
+    )
     parser.add_argument("--rates", type=_parse_rates, help="Mbit/s ladder, default " + ",".join(map(str, DEFAULT_RATES)))
     parser.add_argument("--no-max", action="store_true", help="skip the unlimited (iperf3 -b 0) step")
     parser.add_argument(

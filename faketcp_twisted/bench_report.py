@@ -122,7 +122,13 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
     Each tunnel against each one measured before it in the same run.
     """
     out: dict[str, dict[str, float]] = {}
-    pairs = [("faketcp-relay", "udp2raw"), ("faketcp-relay", "direct"), ("udp2raw", "direct")]
+    pairs = [
+        ("faketcp-relay", "udp2raw"),
+        ("faketcp-relay", "direct"),
+        ("udp2raw", "direct"),
+        ("faketcp-relay", "twisted-udp"),
+        ("twisted-udp", "direct"),
+    ]
     for mine, theirs in pairs:
         a, b = results.get(mine, {}).get("summary"), results.get(theirs, {}).get("summary")
         if not a or not b:

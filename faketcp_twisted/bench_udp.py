@@ -104,6 +104,50 @@ def echo(port: int, interface: str = "0.0.0.0") -> None:
             pass
 
 
+def forward(listen: tuple[str, int], to: tuple[str, int]) -> None:
+    """
+    A plain UDP relay on Twisted's reactor, until killed: each source gets
+    its own connected socket toward C{to}, whose replies go back to that
+    source.  No fake TCP, no raw sockets: it measures the floor of any relay
+    driven by Twisted's reactor (a wake-up, a read and a write per hop), for
+    the benchmark's C{twisted-udp} tunnel.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.protocol import DatagramProtocol
+
+    class Reply(DatagramProtocol):
+        def __init__(self, listening: DatagramProtocol, source: Any) -> None:
+            self.listening = listening
+            self.source = source
+
+        def datagramReceived(self, datagram: bytes, address: Any) -> None:
+            self.listening.transport.write(datagram, self.source)
+
+    class Listening(DatagramProtocol):
+        def __init__(self) -> None:
+            self.replies: dict[Any, Reply] = {}
+
+        def datagramReceived(self, datagram: bytes, source: Any) -> None:
+            reply = self.replies.get(source)
+            if reply is None:
+                reply = self.replies[source] = Reply(self, source)
+                port = reactor.listenUDP(0, reply)  # type: ignore[attr-defined]
+                port.connect(*to)
+            try:
+                reply.transport.write(datagram)
+            except OSError:
+                pass  # a refused datagram must not end the relay
+
+    reactor.listenUDP(listen[1], Listening(), interface=listen[0])  # type: ignore[attr-defined]
+    print("ready", flush=True)
+    reactor.run()  # type: ignore[attr-defined]
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
 class Pinger:
     """
     Sends stamped datagrams at a steady rate on a connected UDP socket and
@@ -251,12 +295,15 @@ def main(argv: list[str] | None = None) -> int:
     """
     parser = argparse.ArgumentParser(
         prog="python -m faketcp_twisted.bench_udp",
-        description="UDP echo server and paced round-trip pinger for the benchmark.",
+        description="UDP echo server, Twisted UDP forwarder and paced round-trip pinger for the benchmark.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     echo_parser = commands.add_parser("echo", help="echo datagrams until killed")
     echo_parser.add_argument("--port", type=int, required=True)
     echo_parser.add_argument("--interface", default="0.0.0.0")
+    forward_parser = commands.add_parser("forward", help="relay UDP on Twisted's reactor until killed")
+    forward_parser.add_argument("--listen", type=_address, required=True, help="HOST:PORT")
+    forward_parser.add_argument("--to", type=_address, required=True, help="HOST:PORT")
     ping_parser = commands.add_parser("ping", help="measure round trips, print JSON")
     ping_parser.add_argument("--host", required=True)
     ping_parser.add_argument("--port", type=int, required=True)
@@ -272,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
             echo(args.port, args.interface)
         except KeyboardInterrupt:
             pass
+        return 0
+    if args.command == "forward":
+        forward(args.listen, args.to)
         return 0
     _tight_timers()
     pinger = Pinger(args.host, args.port, args.size)

@@ -137,3 +137,28 @@ class QuickRunTests(TestCase):
         listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
         for name in report["lab"]["namespaces"]:
             self.assertNotIn(name, listed)
+
+    def test_twisted_udp_floor(self) -> None:
+        """
+        The C{twisted-udp} tunnel (a plain UDP relay pair on Twisted's
+        reactor) carries the round trips and the load, and is compared with
+        the direct path.
+        """
+        work = Path(tempfile.mkdtemp(prefix="faketcp-bench-test-"))
+        self.addCleanup(shutil.rmtree, work, True)
+        report_path = work / "report.json"
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        run = subprocess.run(
+            [sys.executable, "-m", "faketcp_twisted.bench", "--quick", "--no-max", "--tunnels", "direct,twisted-udp",
+             "--seconds", "1", "--rtt-rate", "2000", "--json", str(report_path)],
+            capture_output=True, text=True, timeout=120, cwd=work, env=env,
+        )  # fmt: skip
+        self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
+        report = json.loads(report_path.read_text())
+        floor = report["tunnels"]["twisted-udp"]
+        self.assertEqual(floor["status"], "ok")
+        self.assertGreater(floor["rtt"]["received"], 0)
+        self.assertEqual([step["label"] for step in floor["steps"]], ["200"])
+        self.assertGreater(floor["steps"][0]["delivered_pps"], 0)
+        self.assertIn("twisted-udp/direct", report["ratios"])
+        self.assertIn("rtt_added_p50_us", floor["summary"])
