@@ -50,7 +50,7 @@ from .auth import DEFAULT_TIMEOUT, AuthKey, auth_key
 from .connection import Ending, FlowConnection
 from .connector import Connector
 from .demux import Demultiplexer, FlowOptions
-from .endpoints import flow_options, is_ip_address
+from .endpoints import flow_options, host_port, is_ip_address
 from .errors import (
     FakeTCPAuthenticationError,
     FakeTCPConnectionRefusedError,
@@ -576,7 +576,7 @@ class AioServer(asyncio.AbstractServer):
         try:
             self._listener.start()
         except FakeTCPError as failure:
-            where = f"listening on {_join(self._host, self._listener.port)}"
+            where = f"listening on {host_port(self._host, self._listener.port)}"
             raise asyncio_error(failure, where) from failure
         self._serving = True
 
@@ -703,11 +703,7 @@ class AioServer(asyncio.AbstractServer):
             self._closed.set_result(None)
 
     def __repr__(self) -> str:
-        return f"<AioServer faketcp {_join(self._host, self._listener.port)}>"
-
-
-def _join(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return f"<AioServer faketcp {host_port(self._host, self._listener.port)}>"
 
 
 async def _resolve(loop: asyncio.AbstractEventLoop, host: str, port: int, family: int, passive: bool = False) -> str:
@@ -845,7 +841,7 @@ async def create_connection(
 
     def failed(cause: FakeTCPError) -> None:
         if not made.done():
-            made.set_exception(asyncio_error(cause, f"connecting to {_join(address, port)}"))
+            made.set_exception(asyncio_error(cause, f"connecting to {host_port(address, port)}"))
 
     connector = Connector(
         loop_for(loop),

@@ -289,6 +289,14 @@ class FakeTCPClientEndpoint:
         return result
 
 
+def host_port(host: str, port: int) -> str:
+    """
+    C{host:port}, with brackets around an IPv6 host: how logs and errors
+    show an address.
+    """
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def is_ip_address(host: str) -> bool:
     """
     Whether C{host} is an IPv4 or IPv6 address (not a name to resolve).

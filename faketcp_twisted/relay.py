@@ -34,14 +34,14 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .endpoints import redact
+from .endpoints import host_port, redact
 from .firewall import FirewallUnavailable, sweep
 from .kernel import ensure_open_files, has_privileges
 from .loop import EventLoop, loop_for
 from .relayspec import SpecError, UDPAddress, resolve
 from .relaystats import FlowRecord, RelayStats, path_mtu
 from .rotation import Rotation
-from .udp import DatagramSocket, format_address
+from .udp import DatagramSocket
 
 #: Socket buffers of the client relay's UDP socket: a burst from a fast
 #: sender (WireGuard, KCP) must not overflow the kernel's default buffer
@@ -557,7 +557,7 @@ class _ClientFlow:
     def __init__(self, relay: ClientRelay, source: Any) -> None:
         self.relay = relay
         self.source = source
-        udp = f"[{source[0]}]:{source[1]}" if ":" in source[0] else f"{source[0]}:{source[1]}"
+        udp = host_port(source[0], source[1])
         self.record = FlowRecord(udp)
         self.connection: _Connection | None = None
         self.connecting: defer.Deferred[Any] | None = None
@@ -776,7 +776,7 @@ class ClientRelay(_RelayBase):
         try:
             self.udp = DatagramSocket.bind(self.loop, listen, self.fromUDP, self._udpError, UDP_BUFFER)
         except OSError as failure:
-            cannot_start(self.log, f"cannot listen on UDP {format_address(listen)}: {failure.strerror or failure}")
+            cannot_start(self.log, f"cannot listen on UDP {host_port(*listen)}: {failure.strerror or failure}")
         self.udp.start()
         super().startService()
         self._startExpiry()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 
-from .endpoints import redact
+from .endpoints import host_port, redact
 from .firewall import DEFAULT_MARK, SilenceRule
 from .listener import listen_families
 
@@ -121,7 +121,7 @@ class UDPAddress:
         """
         C{host:port}, with brackets around an IPv6 address.
         """
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return host_port(self.host, self.port)
 
 
 def _port(value: str, what: str, allow_zero: bool) -> int:

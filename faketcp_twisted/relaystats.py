@@ -31,6 +31,8 @@ from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from .endpoints import host_port
+
 #: The IP and TCP headers (without options) around a fake-TCP datagram.
 HEADER_BYTES = {4: 40, 6: 60}
 
@@ -157,7 +159,7 @@ class FlowRecord:
         self.transport = transport
         self.connections += 1
         peer = transport.getPeer()
-        self.peer = f"[{peer.host}]:{peer.port}" if ":" in peer.host else f"{peer.host}:{peer.port}"
+        self.peer = host_port(peer.host, peer.port)
         self.state = "up"
 
     def detach(self) -> None:

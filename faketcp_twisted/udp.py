@@ -27,6 +27,7 @@ from typing import Any
 
 from . import fastpath
 from .demux import coalesced_sends
+from .endpoints import host_port
 from .loop import EventLoop
 
 log = logging.getLogger(__name__)
@@ -70,14 +71,6 @@ def receive_drops(handle: socket.socket) -> int:
         return _MEMINFO.unpack(handle.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, _MEMINFO.size))[_MEMINFO_DROPS]
     except (OSError, struct.error):
         return 0
-
-
-def format_address(address: tuple[Any, ...]) -> str:
-    """
-    C{host:port}, with an IPv6 host in brackets.
-    """
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class DatagramSocket:
@@ -270,7 +263,7 @@ class DatagramSocket:
         The local address, as C{host:port}.
         """
         try:
-            return format_address(self.socket.getsockname())
+            return host_port(*self.socket.getsockname()[:2])
         except OSError:
             return "closed"
 
