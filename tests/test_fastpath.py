@@ -426,16 +426,7 @@ class BatchingTests(LabTestCase):
         client.transport.write(b"hello")
         await wait_until(lambda: client.received == [b"hello"])
         demux = client.transport.demux
-        batches: list[int] = []
-        send_batch = demux.capture.send_batch
-
-        def recording(items: list[Any], start: int) -> tuple[int, list[int]]:
-            result: tuple[int, list[int]] = send_batch(items, start)
-            batches.append(result[0] - start)
-            return result
-
-        demux.capture.send_batch = recording
-        return client, demux, batches
+        return client, demux, _record_batches(demux)
 
     async def test_lonePacketLeavesAtOnce(self) -> None:
         """
@@ -494,15 +485,7 @@ class BatchingTests(LabTestCase):
         clients = [await self.connect(RecordingFactory(), f"faketcp:host={self.lab.server4}:port={self.port}") for _ in range(5)]
         demux = clients[0].transport.demux
         self.assertTrue(all(client.transport.demux is demux for client in clients))
-        batches: list[int] = []
-        send_batch = demux.capture.send_batch
-
-        def recording(items: list[Any], start: int) -> tuple[int, list[int]]:
-            result: tuple[int, list[int]] = send_batch(items, start)
-            batches.append(result[0] - start)
-            return result
-
-        demux.capture.send_batch = recording
+        batches = _record_batches(demux)
         demux.timerSendsPerTick = 2
         now = demux.loop.seconds()
         for client in clients:
@@ -532,6 +515,23 @@ class BatchingTests(LabTestCase):
         await wait_until(lambda: len(client.received) == 201)
         for ns in (self.lab.S, self.lab.C):
             self.assertEqual(_tcp_out_segments(self.lab, ns), before[ns], ns)
+
+
+def _record_batches(demux: Any) -> list[int]:
+    """
+    Note how many packets each call of the capture's C{send_batch} handed
+    to the kernel (the call itself goes through unchanged).
+    """
+    batches: list[int] = []
+    send_batch = demux.capture.send_batch
+
+    def recording(items: list[Any], start: int) -> tuple[int, list[int]]:
+        result: tuple[int, list[int]] = send_batch(items, start)
+        batches.append(result[0] - start)
+        return result
+
+    demux.capture.send_batch = recording
+    return batches
 
 
 def _tcp_out_segments(lab: netlab.Lab, ns: str) -> int:
