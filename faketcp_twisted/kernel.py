@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable
+import resource
 import socket
 import struct
+from collections.abc import Callable
 from typing import NamedTuple
 
 #: struct tcp_info offsets (linux/tcp.h): options byte, the two 4-bit window
@@ -174,8 +175,6 @@ def ensure_open_files(wanted: int) -> int:
     @return: the soft limit now in force, which may still be lower than
         C{wanted} (the caller says so).
     """
-    import resource
-
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if wanted <= soft:
         return soft
