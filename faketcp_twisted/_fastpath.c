@@ -241,17 +241,32 @@ fp_internet_checksum_sum(PyObject *self, PyObject *const *args, Py_ssize_t nargs
  * Building
  * ------------------------------------------------------------------------ */
 
+/* The TCP timestamps option as the Linux kernel lays it out on established
+ * segments: NOP, NOP, kind 8, length 10, then TSval and TSecr (4 bytes
+ * each).  A template with it is 12 bytes longer and has data offset 8. */
+#define TS_OPTION_SIZE 12
+static const unsigned char ts_option_head[4] = {1, 1, 8, 10};
+
 PyDoc_STRVAR(build_segment_doc,
-"build_segment(template, seq, ack, flags, payload) -> bytes\n\n"
-"A whole IP packet carrying one TCP segment: the template (a 40-byte IPv4 or\n"
-"60-byte IPv6 header pair from fastpath.segment_template) with the sequence\n"
-"and ack numbers, flags, lengths and TCP checksum filled in, then payload.");
+"build_segment(template, seq, ack, flags, payload, tsval=0, tsecr=0) -> bytes\n\n"
+"A whole IP packet carrying one TCP segment: the template (from\n"
+"fastpath.segment_template) with the sequence and ack numbers, flags,\n"
+"lengths and TCP checksum filled in, then payload.\n\n"
+"A 40-byte IPv4 or 60-byte IPv6 template has no TCP options (data offset\n"
+"5).  A 52-byte IPv4 or 72-byte IPv6 one (timestamps=True) carries the\n"
+"timestamps option as Linux lays it out (NOP, NOP, kind 8, length 10,\n"
+"data offset 8): tsval and tsecr are written into it, big-endian.  With an\n"
+"option-less template tsval and tsecr are ignored (but still range-checked),\n"
+"so a caller may pass them whatever its template is.  Arguments are\n"
+"positional only (5, 6 or 7 of them).  Raises ValueError for anything else\n"
+"as template, or a payload too long for one IP packet; OverflowError for\n"
+"seq, ack, tsval or tsecr outside 0..2**32-1 or flags outside 0..255.");
 
 static PyObject *
 fp_build_segment(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "build_segment takes 5 arguments");
+    if (nargs < 5 || nargs > 7) {
+        PyErr_SetString(PyExc_TypeError, "build_segment takes 5 to 7 arguments");
         return NULL;
     }
     if (!PyBytes_Check(args[0])) {
@@ -260,15 +275,20 @@ fp_build_segment(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     const unsigned char *template = (const unsigned char *)PyBytes_AS_STRING(args[0]);
     Py_ssize_t header = PyBytes_GET_SIZE(args[0]);
-    int v6;
-    if (header == 40 && (template[0] >> 4) == 4)
-        v6 = 0;
-    else if (header == 60 && (template[0] >> 4) == 6)
-        v6 = 1;
-    else {
-        PyErr_SetString(PyExc_ValueError, "not a segment template");
-        return NULL;
+    int v6, options;
+    switch (header) {
+    case 40: v6 = 0; options = 0; break;
+    case 52: v6 = 0; options = TS_OPTION_SIZE; break;
+    case 60: v6 = 1; options = 0; break;
+    case 72: v6 = 1; options = TS_OPTION_SIZE; break;
+    default: goto not_template;
     }
+    /* The IP version, the TCP data offset and the option layout must be
+     * what the size says. */
+    const unsigned char *template_tcp = template + (v6 ? 40 : 20);
+    if ((template[0] >> 4) != (v6 ? 6 : 4) || (template_tcp[12] >> 4) != 5 + options / 4
+        || (options && memcmp(template_tcp + 20, ts_option_head, sizeof(ts_option_head)) != 0))
+        goto not_template;
     unsigned long seq = PyLong_AsUnsignedLong(args[1]);
     if (seq == (unsigned long)-1 && PyErr_Occurred())
         return NULL;
@@ -282,10 +302,25 @@ fp_build_segment(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_OverflowError, "seq, ack or flags out of range");
         return NULL;
     }
+    unsigned long tsval = 0, tsecr = 0;
+    if (nargs > 5) {
+        tsval = PyLong_AsUnsignedLong(args[5]);
+        if (tsval == (unsigned long)-1 && PyErr_Occurred())
+            return NULL;
+        if (nargs > 6) {
+            tsecr = PyLong_AsUnsignedLong(args[6]);
+            if (tsecr == (unsigned long)-1 && PyErr_Occurred())
+                return NULL;
+        }
+        if (tsval > 0xFFFFFFFFul || tsecr > 0xFFFFFFFFul) {
+            PyErr_SetString(PyExc_OverflowError, "tsval or tsecr out of range");
+            return NULL;
+        }
+    }
     Py_buffer payload;
     if (PyObject_GetBuffer(args[4], &payload, PyBUF_SIMPLE) < 0)
         return NULL;
-    Py_ssize_t tcp_length = 20 + payload.len;
+    Py_ssize_t tcp_length = 20 + options + payload.len;
     /* The IPv4 total length and the IPv6 payload length are 16-bit fields. */
     if ((v6 ? tcp_length : 20 + tcp_length) > 0xFFFF) {
         PyBuffer_Release(&payload);
@@ -310,9 +345,17 @@ fp_build_segment(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     put32(tcp + 8, (uint32_t)ack);
     tcp[13] = (unsigned char)flags;
     tcp[16] = tcp[17] = 0;
+    if (options) {
+        put32(tcp + 24, (uint32_t)tsval);
+        put32(tcp + 28, (uint32_t)tsecr);
+    }
     uint64_t acc = pseudo_native(out, v6, (uint32_t)tcp_length) + sum_native(tcp, tcp_length);
     put16(tcp + 16, checksum_field(fold_be(acc)));
     return result;
+
+not_template:
+    PyErr_SetString(PyExc_ValueError, "not a segment template");
+    return NULL;
 }
 
 /* ------------------------------------------------------------------------

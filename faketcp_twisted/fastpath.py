@@ -12,7 +12,10 @@ many random packets):
     checksum.
   - L{build_segment}: a whole IP packet from a per-flow header template
     (L{segment_template}), so a flow packs its addresses, ports and window
-    once, not per packet.
+    once, not per packet.  A template made with C{timestamps=True} carries
+    the TCP timestamps option as Linux lays it out on established segments
+    (C{NOP, NOP, kind 8, length 10, TSval, TSecr}: 12 option bytes, data
+    offset 8), and the TSval and TSecr given are written into each segment.
   - L{parse_packet}: the codec's parser, with checksum verification.
   - L{receive_segments}: a batch of captured packets, parsed, with their
     flow keys (C: one C{recvmmsg} per 64 packets; Python: C{recvmsg_into}
@@ -40,7 +43,7 @@ import struct
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from . import segment as _segment
 from .segment import IPPROTO_TCP, BytesLike, FlowKey, MalformedSegment, Segment
@@ -65,6 +68,10 @@ _TCP_HEADER = struct.Struct("!HHIIBBHHH")
 _SEQ_ACK = struct.Struct("!II")
 _PSEUDO4_TAIL = struct.Struct("!HH")
 _PSEUDO6_TAIL = struct.Struct("!II")
+#: The TCP timestamps option as the Linux kernel lays it out on established
+#: segments: NOP, NOP, kind 8, length 10, then TSval and TSecr (4 bytes
+#: each, big-endian), 12 bytes in all.
+_TIMESTAMPS_HEAD = b"\x01\x01\x08\x0a"
 
 SOL_PACKET = 263
 PACKET_AUXDATA = 8
@@ -78,58 +85,115 @@ MAX_PACKET = 65535
 
 
 def segment_template(
-    src: bytes, dst: bytes, sport: int, dport: int, window: int, ttl: int = 64
+    src: bytes, dst: bytes, sport: int, dport: int, window: int, ttl: int = 64, timestamps: bool = False
 ) -> bytes:
     """
     The header template of a flow's segments for L{build_segment}: an IP
-    header and an option-less TCP header with everything that never changes
-    within a flow (addresses, ports, window, TTL) and zero where the
-    sequence and ack numbers, flags, lengths and checksum go.
+    header and a TCP header with everything that never changes within a
+    flow (addresses, ports, window, TTL) and zero where the sequence and
+    ack numbers, flags, lengths and checksum go.
 
     @param src: packed source address (4 or 16 bytes).
     @param dst: packed destination address.
-    @return: 40 bytes (IPv4) or 60 (IPv6).
+    @param timestamps: whether the segments carry the TCP timestamps option
+        (C{01 01 08 0a} then TSval and TSecr, zero here: L{build_segment}
+        fills them), which makes the TCP header's data offset 8.  Without
+        it the TCP header has no options (data offset 5).
+    @return: 40 bytes (IPv4) or 60 (IPv6) without timestamps; 52 or 72
+        with them.
     """
-    ip = _segment.ip_header(src, dst, 20, ttl)
-    return ip + _TCP_HEADER.pack(sport, dport, 0, 0, 5 << 4, 0, window, 0, 0)
+    options = _TIMESTAMPS_HEAD + bytes(8) if timestamps else b""
+    ip = _segment.ip_header(src, dst, 20 + len(options), ttl)
+    offset = (5 + len(options) // 4) << 4
+    return ip + _TCP_HEADER.pack(sport, dport, 0, 0, offset, 0, window, 0, 0) + options
 
 
 # -- the pure-Python implementation -------------------------------------------
 
 
-def _py_build_segment(template: bytes, seq: int, ack: int, flags: int, payload: BytesLike) -> bytes:
+class SegmentBuilder(Protocol):
     """
-    L{build_segment} in Python.
+    The type of L{build_segment}: positional arguments only, 5, 6 or 7 of
+    them, as the C implementation takes them.
+    """
+
+    def __call__(
+        self, template: bytes, seq: int, ack: int, flags: int, payload: BytesLike, tsval: int = 0, tsecr: int = 0, /
+    ) -> bytes:
+        """
+        A whole IP packet carrying one TCP segment: the template (from
+        L{segment_template}) with the sequence and ack numbers, flags,
+        lengths and TCP checksum filled in, then C{payload}.
+
+        With a template made with C{timestamps=True} (52 bytes for IPv4, 72
+        for IPv6), C{tsval} and C{tsecr} are written, big-endian, into its
+        timestamps option, whose 12 bytes count in the TCP length, the IP
+        length and the checksum.  With an option-less template (40 or 60
+        bytes) they are ignored, though still range-checked, so a caller
+        may pass them whatever its template is.
+
+        @raise ValueError: for a template that is not one of those four
+            (its IP version, TCP data offset and option bytes must be what
+            its size says), or a payload too long for one IP packet.
+        @raise OverflowError: for C{seq}, C{ack}, C{tsval} or C{tsecr}
+            outside 0..2**32-1, or C{flags} outside 0..255.
+        """
+
+
+def _py_build_segment(
+    template: bytes, seq: int, ack: int, flags: int, payload: BytesLike, tsval: int = 0, tsecr: int = 0, /
+) -> bytes:
+    """
+    L{build_segment} in Python (see L{SegmentBuilder.__call__}).
     """
     size = len(template)
-    if size == 40 and template[0] >> 4 == 4:
+    if size == 40 or size == 52:
         v6 = False
-    elif size == 60 and template[0] >> 4 == 6:
+        start = 20
+    elif size == 60 or size == 72:
         v6 = True
+        start = 40
     else:
+        raise ValueError("not a segment template")
+    # The IP version, the TCP data offset and the option layout must be what
+    # the size says.
+    tcp_header = size - start
+    if (
+        template[0] >> 4 != (6 if v6 else 4)
+        or template[start + 12] >> 4 != tcp_header >> 2
+        or (tcp_header != 20 and template[start + 20 : start + 24] != _TIMESTAMPS_HEAD)
+    ):
         raise ValueError("not a segment template")
     if not (0 <= seq <= 0xFFFFFFFF and 0 <= ack <= 0xFFFFFFFF):
         raise OverflowError("seq, ack or flags out of range")
     if not 0 <= flags <= 0xFF:
         raise OverflowError("seq, ack or flags out of range")
-    tcp_length = 20 + len(payload)
+    if not (0 <= tsval <= 0xFFFFFFFF and 0 <= tsecr <= 0xFFFFFFFF):
+        raise OverflowError("tsval or tsecr out of range")
+    tcp_length = tcp_header + len(payload)
     if (tcp_length if v6 else 20 + tcp_length) > 0xFFFF:
         raise ValueError("payload too long for one IP packet")
     if v6:
         ip = template[:4] + tcp_length.to_bytes(2, "big") + template[6:40]
         pseudo = template[8:40] + _PSEUDO6_TAIL.pack(tcp_length, IPPROTO_TCP)
-        tcp = template[40:44] + _SEQ_ACK.pack(seq, ack) + bytes((template[52], flags)) + template[54:56]
-        urgent = template[58:60]
     else:
         ip = template[:2] + (20 + tcp_length).to_bytes(2, "big") + template[4:20]
         pseudo = template[12:20] + _PSEUDO4_TAIL.pack(IPPROTO_TCP, tcp_length)
-        tcp = template[20:24] + _SEQ_ACK.pack(seq, ack) + bytes((template[32], flags)) + template[34:36]
-        urgent = template[38:40]
+    tcp = (
+        template[start : start + 4]
+        + _SEQ_ACK.pack(seq, ack)
+        + bytes((template[start + 12], flags))
+        + template[start + 14 : start + 16]
+    )
+    # The urgent pointer, then the timestamps option when there is one.
+    after = template[start + 18 : start + 20]
+    if tcp_header != 20:
+        after += _TIMESTAMPS_HEAD + _SEQ_ACK.pack(tsval, tsecr)
     # Pseudo header, the header's 16 bytes before the checksum field and
-    # the urgent pointer after it, then the payload: the sum needs no
-    # concatenation of the payload (int.from_bytes reads it in place).
-    checksum = _segment.checksum_field(_segment.internet_checksum_sum(pseudo + tcp + urgent, payload))
-    return ip + tcp + checksum.to_bytes(2, "big") + urgent + payload
+    # what follows it, then the payload: the sum needs no concatenation of
+    # the payload (int.from_bytes reads it in place).
+    checksum = _segment.checksum_field(_segment.internet_checksum_sum(pseudo + tcp + after, payload))
+    return ip + tcp + checksum.to_bytes(2, "big") + after + payload
 
 
 class _ReceiveBuffer(threading.local):
@@ -263,7 +327,7 @@ class Implementation:
 
     name: str
     internet_checksum_sum: Callable[..., int]
-    build_segment: Callable[[bytes, int, int, int, BytesLike], bytes]
+    build_segment: SegmentBuilder
     parse_packet: Callable[..., Segment]
     receive_segments: Callable[[socket.socket, int], Received]
     send_batch: Callable[[socket.socket, list[Outgoing], int], tuple[int, list[int]]]
@@ -316,7 +380,7 @@ def available() -> Sequence[Implementation]:
 # module docstring); L{use} rebinds them.
 active: Implementation = PYTHON
 internet_checksum_sum: Callable[..., int] = PYTHON.internet_checksum_sum
-build_segment: Callable[[bytes, int, int, int, BytesLike], bytes] = PYTHON.build_segment
+build_segment: SegmentBuilder = PYTHON.build_segment
 parse_packet: Callable[..., Segment] = PYTHON.parse_packet
 receive_segments: Callable[[socket.socket, int], Received] = PYTHON.receive_segments
 send_batch: Callable[[socket.socket, list[Outgoing], int], tuple[int, list[int]]] = PYTHON.send_batch

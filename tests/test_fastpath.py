@@ -12,6 +12,7 @@ two on many random (and randomly broken) packets.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import random
 import socket
@@ -39,6 +40,45 @@ addresses4 = st.tuples(st.binary(min_size=4, max_size=4), st.binary(min_size=4, 
 addresses6 = st.tuples(st.binary(min_size=16, max_size=16), st.binary(min_size=16, max_size=16))
 u16 = st.integers(0, 0xFFFF)
 u32 = st.integers(0, 0xFFFFFFFF)
+
+#: The TCP timestamps option as Linux lays it out on established segments:
+#: NOP, NOP, kind 8, length 10, then TSval and TSecr.
+TS_HEAD = b"\x01\x01\x08\x0a"
+
+
+def timestamps_option(tsval: int, tsecr: int) -> bytes:
+    """
+    The 12 option bytes of a segment carrying C{tsval} and C{tsecr}.
+    """
+    return TS_HEAD + tsval.to_bytes(4, "big") + tsecr.to_bytes(4, "big")
+
+
+def golden_inputs() -> list[tuple[tuple[bytes, bytes, int, int, int, int], tuple[int, int, int], bytes]]:
+    """
+    300 deterministic (template arguments, (seq, ack, flags), payload)
+    triples, both families, payloads of 0 to 1500 bytes, derived from
+    SHA-512 so that they are the same on every Python version.
+    """
+    inputs = []
+    for i in range(300):
+        d = hashlib.sha512(b"golden %d" % i).digest()
+        size = 4 if d[0] & 1 else 16
+        template = (d[1 : 1 + size], d[17 : 17 + size], int.from_bytes(d[33:35], "big"), int.from_bytes(d[35:37], "big"), int.from_bytes(d[37:39], "big"), d[39])
+        fields = (int.from_bytes(d[40:44], "big"), int.from_bytes(d[44:48], "big"), d[48])
+        length = d[51] % 4 if d[50] < 64 else int.from_bytes(d[52:54], "big") % 1501
+        inputs.append((template, fields, (d * (length // 64 + 1))[:length]))
+    return inputs
+
+
+#: SHA-256 of the packets the implementations built from L{golden_inputs}
+#: (each prefixed with its length as 4 bytes) before templates could carry
+#: timestamps: the option-less form must keep giving exactly these bytes.
+GOLDEN_PLAIN_DIGEST = "c8dc6d248fdf258af8d9608ee8febbe53b3720c8fcfe949ca7ccb16c1c25ca1f"
+#: Two of those packets written out.
+GOLDEN_PLAIN_IPV4 = bytes.fromhex("4500002b0000400040060000c6120001c61200029c4001bb010203040a0b0c0d5018ffffe21e0000686921")
+GOLDEN_PLAIN_IPV6 = bytes.fromhex(
+    "600000000014060120010002000000000000000000000001200100020000000000000000000000029c4001bbffffffff000000005011ffffd1cf0000"
+)
 
 
 def outcome(parse: Any, packet: bytes, verify: bool) -> Any:
@@ -133,6 +173,169 @@ def _implementation_tests(implementation: fastpath.Implementation | None, name: 
             self.assertEqual(len(build(template4, 0, 0, ACK, bytes(65535 - 40))), 65535)
             self.assertRaises(ValueError, build, template6, 0, 0, ACK, bytes(65535 - 20 + 1))
             self.assertEqual(len(build(template6, 0, 0, ACK, bytes(65535 - 20))), 65535 + 40)
+
+        @given(st.one_of(addresses4, addresses6), u16, u16, u32, u32, st.integers(0, 0xFF), u16, st.integers(0, 0xFF), u32, u32, st.binary(max_size=1500))
+        @settings(max_examples=300, deadline=None)
+        def test_timestampedBuildMatchesCodec(
+            self,
+            addresses: tuple[bytes, bytes],
+            sport: int,
+            dport: int,
+            seq: int,
+            ack: int,
+            flags: int,
+            window: int,
+            ttl: int,
+            tsval: int,
+            tsecr: int,
+            payload: bytes,
+        ) -> None:
+            """
+            A segment built from a timestamped template is, byte for byte, the
+            one the codec builds with the NOP,NOP,TS option; it parses, its
+            checksum verified, with data offset 8 and the timestamps given.
+            """
+            src, dst = addresses
+            template = fastpath.segment_template(src, dst, sport, dport, window, ttl, timestamps=True)
+            built = impl.build_segment(template, seq, ack, flags, payload, tsval, tsecr)
+            option = timestamps_option(tsval, tsecr)
+            self.assertEqual(built, segment.build_packet(src, dst, sport, dport, seq, ack, flags, window, payload, ttl, option))
+            parsed = segment.parse_packet(built, True)
+            self.assertEqual(
+                (parsed.src, parsed.dst, parsed.sport, parsed.dport, parsed.seq, parsed.ack, parsed.flags, parsed.window, parsed.ttl),
+                (src, dst, sport, dport, seq, ack, flags, window, ttl),
+            )
+            self.assertEqual((parsed.payload, parsed.options), (payload, option))
+            self.assertEqual(segment.parse_options(parsed.options).timestamp, (tsval, tsecr))
+            header = 20 if len(src) == 4 else 40
+            self.assertEqual(built[header + 12] >> 4, 8)
+            self.assertEqual(len(built), header + 32 + len(payload))
+
+        @given(st.one_of(addresses4, addresses6), u32, u32, st.binary(max_size=1500))
+        @settings(max_examples=200, deadline=None)
+        def test_timestampedSegmentsVerify(self, addresses: tuple[bytes, bytes], tsval: int, tsecr: int, payload: bytes) -> None:
+            """
+            A timestamped segment's checksum covers the option: it verifies
+            against the RFC 1071 reference loop with the option's 12 bytes in
+            the pseudo header's length, and changing a timestamp breaks it.
+            """
+            src, dst = addresses
+            template = fastpath.segment_template(src, dst, 40000, 443, 0xFFFF, timestamps=True)
+            built = impl.build_segment(template, 7, 9, PSH | ACK, payload, tsval, tsecr)
+            header = 20 if len(src) == 4 else 40
+            tcp_length = 32 + len(payload)
+            ip_length = int.from_bytes(built[2:4] if header == 20 else built[4:6], "big")
+            self.assertEqual(ip_length, header + tcp_length if header == 20 else tcp_length)
+            pseudo = src + dst + (
+                bytes([0, 6]) + tcp_length.to_bytes(2, "big") if header == 20 else tcp_length.to_bytes(4, "big") + bytes([0, 0, 0, 6])
+            )
+            self.assertEqual(reference_sum(pseudo + built[header:]), 0xFFFF)
+            broken = bytearray(built)
+            broken[header + 24] ^= 0x01  # the low bit of TSval's first byte
+            self.assertRaises(MalformedSegment, segment.parse_packet, bytes(broken), True)
+
+        def test_timestampsIgnoredWithoutOption(self) -> None:
+            """
+            With an option-less template, the 5-argument form gives the bytes
+            it always gave, and timestamps passed (6 or 7 arguments) change
+            nothing.
+            """
+            build = impl.build_segment
+            plain4 = fastpath.segment_template(bytes([198, 18, 0, 1]), bytes([198, 18, 0, 2]), 40000, 443, 0xFFFF)
+            self.assertEqual(build(plain4, 0x01020304, 0x0A0B0C0D, PSH | ACK, b"hi!"), GOLDEN_PLAIN_IPV4)
+            self.assertEqual(build(plain4, 0x01020304, 0x0A0B0C0D, PSH | ACK, b"hi!", 5), GOLDEN_PLAIN_IPV4)
+            self.assertEqual(build(plain4, 0x01020304, 0x0A0B0C0D, PSH | ACK, b"hi!", 5, 0xFFFFFFFF), GOLDEN_PLAIN_IPV4)
+            plain6 = fastpath.segment_template(
+                bytes.fromhex("20010002000000000000000000000001"), bytes.fromhex("20010002000000000000000000000002"), 40000, 443, 0xFFFF, 1
+            )
+            self.assertEqual(build(plain6, 0xFFFFFFFF, 0, FIN | ACK, b""), GOLDEN_PLAIN_IPV6)
+            self.assertEqual(build(plain6, 0xFFFFFFFF, 0, FIN | ACK, b"", 1, 2), GOLDEN_PLAIN_IPV6)
+
+        def test_plainFormUnchanged(self) -> None:
+            """
+            The option-less form gives, for 300 varied segments, exactly the
+            bytes it gave before templates could carry timestamps.
+            """
+            digest = hashlib.sha256()
+            for arguments, fields, payload in golden_inputs():
+                built = impl.build_segment(fastpath.segment_template(*arguments), *fields, payload)
+                digest.update(len(built).to_bytes(4, "big") + built)
+            self.assertEqual(digest.hexdigest(), GOLDEN_PLAIN_DIGEST)
+
+        def test_timestampsDefaultToZero(self) -> None:
+            """
+            With a timestamped template, a missing TSecr (6 arguments) or both
+            (5) are written as zero.
+            """
+            build = impl.build_segment
+            template = fastpath.segment_template(SRC6, DST6, 1, 2, 3, timestamps=True)
+            self.assertEqual(build(template, 1, 2, ACK, b"x"), build(template, 1, 2, ACK, b"x", 0, 0))
+            self.assertEqual(build(template, 1, 2, ACK, b"x", 77), build(template, 1, 2, ACK, b"x", 77, 0))
+            self.assertEqual(build(template, 1, 2, ACK, b"x", 77)[-13:-1], timestamps_option(77, 0))
+
+        def test_buildArgumentsPositional(self) -> None:
+            """
+            The arguments are positional only: keywords, fewer than 5 or more
+            than 7 raise TypeError.
+            """
+            build: Any = impl.build_segment
+            template = fastpath.segment_template(SRC4, DST4, 1, 2, 3, timestamps=True)
+            self.assertRaises(TypeError, build, template, 1, 2, ACK)
+            self.assertRaises(TypeError, build, template, 1, 2, ACK, b"", 1, 2, 3)
+            self.assertRaises(TypeError, build, template, 1, 2, ACK, b"", tsval=1)
+            self.assertRaises(TypeError, build, template, 1, 2, ACK, b"", 1, tsecr=1)
+
+        def test_buildRefusesBadTimestampTemplates(self) -> None:
+            """
+            A template whose size, IP version, data offset or option bytes
+            are not exactly those of one of the four layouts is refused.
+            """
+            build = impl.build_segment
+            for src, dst in ((SRC4, DST4), (SRC6, DST6)):
+                template = fastpath.segment_template(src, dst, 1, 2, 3, timestamps=True)
+                plain = fastpath.segment_template(src, dst, 1, 2, 3)
+                tcp = len(template) - 32
+                bad = [template[:-1], template + b"\0", template[:-4], template + bytes(4), plain + bytes(12)]
+                # Each byte of the NOP,NOP,kind,length head changed.
+                for index in range(4):
+                    changed = bytearray(template)
+                    changed[tcp + 20 + index] ^= 0x02
+                    bad.append(bytes(changed))
+                # Data offsets 5 and 9 on the timestamped size, 8 on the plain one.
+                for base, offset in ((template, 5), (template, 9), (plain, 8)):
+                    changed = bytearray(base)
+                    changed[tcp + 12] = offset << 4
+                    bad.append(bytes(changed))
+                # The other family's version nibble.
+                bad.append(bytes([template[0] ^ 0x20]) + template[1:])
+                for each in bad:
+                    self.assertRaises(ValueError, build, each, 0, 0, ACK, b"", 1, 2)
+                    self.assertRaises(ValueError, build, each, 0, 0, ACK, b"")
+            # The other family's sizes: a 72-byte IPv4 and a 52-byte IPv6 one.
+            self.assertRaises(ValueError, build, b"\x45" + bytes(71), 0, 0, ACK, b"")
+            self.assertRaises(ValueError, build, b"\x60" + bytes(51), 0, 0, ACK, b"")
+
+        def test_buildRefusesOutOfRangeTimestamps(self) -> None:
+            """
+            TSval and TSecr beyond 32 bits or negative raise OverflowError, with
+            either kind of template; the payload limit counts the option.
+            """
+            build = impl.build_segment
+            for template in (
+                fastpath.segment_template(SRC4, DST4, 1, 2, 3, timestamps=True),
+                fastpath.segment_template(SRC6, DST6, 1, 2, 3, timestamps=True),
+                fastpath.segment_template(SRC4, DST4, 1, 2, 3),
+            ):
+                for tsval, tsecr in ((1 << 32, 0), (0, 1 << 32), (-1, 0), (0, -1), (1 << 64, 0)):
+                    self.assertRaises(OverflowError, build, template, 0, 0, ACK, b"", tsval, tsecr)
+                self.assertRaises(OverflowError, build, template, 0, 0, ACK, b"", 1 << 32)
+                build(template, 0, 0, ACK, b"", 0xFFFFFFFF, 0xFFFFFFFF)
+            template4 = fastpath.segment_template(SRC4, DST4, 1, 2, 3, timestamps=True)
+            template6 = fastpath.segment_template(SRC6, DST6, 1, 2, 3, timestamps=True)
+            self.assertRaises(ValueError, build, template4, 0, 0, ACK, bytes(65535 - 52 + 1), 1, 2)
+            self.assertEqual(len(build(template4, 0, 0, ACK, bytes(65535 - 52), 1, 2)), 65535)
+            self.assertRaises(ValueError, build, template6, 0, 0, ACK, bytes(65535 - 32 + 1), 1, 2)
+            self.assertEqual(len(build(template6, 0, 0, ACK, bytes(65535 - 32), 1, 2)), 65535 + 40)
 
         def test_knownPackets(self) -> None:
             """
@@ -230,6 +433,77 @@ class CrossCheckTests(SynchronousTestCase):
             for packet in (built, bytes(broken)):
                 for verify in (True, False):
                     self.assertEqual(outcome(c.parse_packet, packet, verify), outcome(python.parse_packet, packet, verify))
+
+
+class TemplateTests(SynchronousTestCase):
+    """
+    L{fastpath.segment_template} with and without the timestamps option.
+    """
+
+    def test_timestampedLayout(self) -> None:
+        """
+        With C{timestamps=True} the template is 52 bytes (IPv4) or 72 (IPv6):
+        the option-less template with data offset 8, the IP length grown by
+        12, and C{01 01 08 0a} plus 8 zero bytes after the TCP header.
+        """
+        for src, dst, ip in ((SRC4, DST4, 20), (SRC6, DST6, 40)):
+            plain = fastpath.segment_template(src, dst, 40000, 443, 0x8001, 17)
+            stamped = fastpath.segment_template(src, dst, 40000, 443, 0x8001, 17, timestamps=True)
+            self.assertEqual(len(plain), ip + 20)
+            self.assertEqual(len(stamped), ip + 32)
+            self.assertEqual(stamped[ip + 20 :], bytes.fromhex("0101080a") + bytes(8))
+            self.assertEqual(stamped[ip + 12], 8 << 4)
+            self.assertEqual(plain[ip + 12], 5 << 4)
+            length = slice(2, 4) if ip == 20 else slice(4, 6)
+            self.assertEqual(int.from_bytes(stamped[length], "big") - int.from_bytes(plain[length], "big"), 12)
+            unchanged = [i for i in range(ip + 20) if i not in range(length.start, length.stop) and i != ip + 12]
+            self.assertEqual([stamped[i] for i in unchanged], [plain[i] for i in unchanged])
+
+    def test_defaultHasNoOptions(self) -> None:
+        """
+        By default (and with C{timestamps=False}) the template is the
+        option-less one.
+        """
+        self.assertEqual(fastpath.segment_template(SRC4, DST4, 1, 2, 3), fastpath.segment_template(SRC4, DST4, 1, 2, 3, 64, False))
+        self.assertEqual(len(fastpath.segment_template(SRC6, DST6, 1, 2, 3)), 60)
+
+
+class TimestampCrossCheckTests(SynchronousTestCase):
+    """
+    The C and Python implementations on many random timestamped segments.
+    """
+
+    if fastpath.C is None:
+        skip = "the C fast path is not built (python setup.py build_ext --inplace)"
+
+    def test_randomTimestampedPackets(self) -> None:
+        """
+        10,000 random timestamped segments of both families, random fields
+        (the 32-bit extremes often) and payloads of 0 to 1500 bytes: built
+        alike, and parsed, checksum verified, to what was put in.
+        """
+        assert fastpath.C is not None
+        c, python = fastpath.C, fastpath.PYTHON
+        chance = random.Random(8)
+
+        def u32() -> int:
+            return chance.choice((0, 1, 0xFFFFFFFF, 0x80000000, chance.randrange(1 << 32)))
+
+        for _ in range(10000):
+            size = chance.choice((4, 16))
+            src, dst = os.urandom(size), os.urandom(size)
+            template = fastpath.segment_template(
+                src, dst, chance.randrange(65536), chance.randrange(65536), chance.randrange(65536), chance.randrange(256), timestamps=True
+            )
+            seq, ack, flags, tsval, tsecr = u32(), u32(), chance.choice((PSH | ACK, ACK, FIN | ACK, chance.randrange(256))), u32(), u32()
+            payload = os.urandom(chance.choice((0, 1, 2, 3, chance.randrange(1501))))
+            built = c.build_segment(template, seq, ack, flags, payload, tsval, tsecr)
+            self.assertEqual(built, python.build_segment(template, seq, ack, flags, payload, tsval, tsecr))
+            parsed = c.parse_packet(built, True)
+            self.assertEqual(parsed, segment.parse_packet(built, True))
+            self.assertEqual((parsed.seq, parsed.ack, parsed.flags, parsed.payload), (seq, ack, flags, payload))
+            self.assertEqual(segment.parse_options(parsed.options).timestamp, (tsval, tsecr))
+            self.assertEqual(built[(20 if size == 4 else 40) + 12] >> 4, 8)
 
 
 class SelectionTests(SynchronousTestCase):
@@ -359,6 +633,20 @@ class _SocketTests:
         segments, _keys, malformed = self.receive_all(3)
         self.assertEqual([each.payload for each in segments], [b"0", b"2"])
         self.assertEqual(malformed, ["bad-checksum"])
+
+    def test_timestampedSegmentsTravel(self) -> None:
+        """
+        Timestamped segments go out of the raw socket and come back through
+        the capture whole, their timestamps intact.
+        """
+        template = fastpath.segment_template(self.src, self.dst, 40000, 9191, 0xFFFF, timestamps=True)
+        address = (self.lab.server4, 0)
+        items = [(self.implementation.build_segment(template, i, 0, PSH | ACK, b"%d" % i, 1000 + i, 0xFFFFFFFF - i), address) for i in range(5)]
+        self.assertEqual(self.implementation.send_batch(self.sender.sender, items, 0), (5, []))
+        segments, _keys, malformed = self.receive_all(5)
+        self.assertEqual(malformed, [])
+        self.assertEqual([each.payload for each in segments], [b"%d" % i for i in range(5)])
+        self.assertEqual([segment.parse_options(each.options).timestamp for each in segments], [(1000 + i, 0xFFFFFFFF - i) for i in range(5)])
 
     def test_budget(self) -> None:
         """
