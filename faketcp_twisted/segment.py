@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Iterator
 from typing import NamedTuple
 
 #: What the codec reads from: bytes, or a view of a receive buffer.
@@ -31,6 +32,7 @@ _IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")
 _IPV6_HEADER = struct.Struct("!IHBB16s16s")
 _TCP_HEADER = struct.Struct("!HHIIBBHHH")
 _PSEUDO_TAIL = struct.Struct("!HH")  # protocol (zero-padded) and TCP length
+_TIMESTAMPS = struct.Struct("!II")
 
 
 #: Every L{MalformedSegment.reason} L{parse_packet} gives, with what it means:
@@ -169,42 +171,105 @@ def tcp_checksum(src: bytes, dst: bytes, tcp: bytes, payload: bytes = b"") -> in
     return checksum_field(internet_checksum_sum(pseudo, tcp, payload))
 
 
-def parse_options(options: bytes) -> TCPOptions:
+class MalformedOptions(ValueError):
     """
-    Read the handshake options from the bytes after a TCP header.
+    A TCP option list that no TCP stack would send: an option whose length
+    byte is missing, below 2 or past the end of the list, or a known option
+    of the wrong length.
+    """
 
-    Unknown options are skipped by their length; a malformed option list
-    ends the scan (the segment stays usable, its options are simply not
-    trusted further).  It never raises for any bytes: options come from the
-    wire, and a bad option list must not cost more than the segment.
+
+#: The first four option bytes of an established segment from Linux (and
+#: from current tcpraw, and from this project): NOP, NOP, then the
+#: timestamps option's kind and length.  Its twelve bytes end with TSval
+#: and TSecr.
+TIMESTAMP_PREFIX = b"\x01\x01\x08\x0a"
+#: The length each known option must have (SACK blocks are checked apart).
+_OPTION_LENGTHS = {2: 4, 3: 3, 4: 2, 8: 10}
+
+
+def _walk_options(options: BytesLike) -> Iterator[tuple[int, BytesLike]]:
     """
-    mss = wscale = None
-    sack = False
-    timestamp = None
+    Every option of an option list as (kind, body), up to the end or an
+    end-of-list option; NOPs are skipped.
+
+    @raise MalformedOptions: at the first malformed option (see there).
+    """
     i, end = 0, len(options)
     while i < end:
         kind = options[i]
         if kind == 0:
-            break
+            return
         if kind == 1:
             i += 1
             continue
         if i + 1 >= end:
-            break
+            raise MalformedOptions(f"option {kind} has no length")
         size = options[i + 1]
         if size < 2 or i + size > end:
-            break
-        body = options[i + 2 : i + size]
-        if kind == 2 and size == 4:
-            mss = int.from_bytes(body, "big")
-        elif kind == 3 and size == 3:
-            wscale = min(body[0], 14)
-        elif kind == 4 and size == 2:
-            sack = True
-        elif kind == 8 and size == 10:
-            timestamp = (int.from_bytes(body[:4], "big"), int.from_bytes(body[4:], "big"))
+            raise MalformedOptions(f"option {kind} has length {size}")
+        known = _OPTION_LENGTHS.get(kind)
+        if (known is not None and size != known) or (kind == 5 and (size - 2) % 8):
+            raise MalformedOptions(f"option {kind} has length {size}")
+        yield kind, options[i + 2 : i + size]
         i += size
+
+
+def parse_options(options: bytes) -> TCPOptions:
+    """
+    Read the handshake options from the bytes after a TCP header.
+
+    A malformed option list ends the scan (the segment stays usable, its
+    options are simply not trusted further).  It never raises for any
+    bytes: options come from the wire, and a bad option list must not cost
+    more than the segment.
+    """
+    mss = wscale = None
+    sack = False
+    timestamp = None
+    try:
+        for kind, body in _walk_options(options):
+            if kind == 2:
+                mss = int.from_bytes(body, "big")
+            elif kind == 3:
+                wscale = min(body[0], 14)
+            elif kind == 4:
+                sack = True
+            elif kind == 8:
+                timestamp = (int.from_bytes(body[:4], "big"), int.from_bytes(body[4:], "big"))
+    except MalformedOptions:
+        pass
     return TCPOptions(mss, wscale, sack, timestamp)
+
+
+def timestamp_value(options: bytes) -> int | None:
+    """
+    The peer's TSval in the options of an established segment.
+
+    Established segments of real stacks carry NOP, EOL, timestamps and SACK
+    blocks (and a few rarer options); all are accepted, and only a
+    malformed list is refused.  The layout of Linux and tcpraw (NOP, NOP,
+    timestamps) is recognised without a scan: it is on every segment of a
+    current tcpraw peer.
+
+    @return: TSval, or L{None} when the segment has no timestamps option.
+    @raise MalformedOptions: for a malformed option list.
+    """
+    if len(options) == 12 and options[:4] == TIMESTAMP_PREFIX:
+        return int.from_bytes(options[4:8], "big")
+    value = None
+    for kind, body in _walk_options(options):
+        if kind == 8:
+            value = int.from_bytes(body[:4], "big")
+    return value
+
+
+def timestamp_option(tsval: int, tsecr: int) -> bytes:
+    """
+    The twelve option bytes of an established segment with timestamps, as
+    Linux lays them out: NOP, NOP, timestamps (TSval, TSecr).
+    """
+    return TIMESTAMP_PREFIX + _TIMESTAMPS.pack(tsval & 0xFFFFFFFF, tsecr & 0xFFFFFFFF)
 
 
 def parse_packet(packet: BytesLike, verify_checksum: bool = True) -> Segment:
