@@ -70,24 +70,29 @@ def codec_steps(implementation: fastpath.Implementation) -> dict[str, float]:
         "parse + verify": per_call(lambda: parse(packet, True), 20000),
     }
     key = FlowKey(SRC, 40000, DST, 9191)
+    # A window wider than the run, so no send rewinds: the steady state of
+    # a flow whose peer acks.
     sender = Flow.from_handshake(key, 1, 2, 1400, 0.0)
-    sender.window_seen = True
+    sender.snd_wnd = 1 << 30
+    stamped = Flow.from_handshake(key, 1, 2, 1400, 0.0)
+    stamped.snd_wnd = 1 << 30
+    stamped.use_timestamps(12345, 0.0)
 
     def send() -> None:
         sender.send(PAYLOAD, 0.0)
 
     results["Flow.send (state + build)"] = per_call(send, 20000)
+    results["Flow.send, timestamps"] = per_call(lambda: stamped.send(PAYLOAD, 0.5), 20000)
     receiver = Flow.from_handshake(FlowKey(DST, 9191, SRC, 40000), 2, 1, 1400, 0.0)
     # A stream of in-order segments, parsed once, fed in a loop.
     segments = []
     peer = Flow.from_handshake(key, 1, 2, 1400, 0.0)
-    peer.window_seen = True
+    peer.snd_wnd = 1 << 30
+    peer.use_timestamps(12345, 0.0)
     for _ in range(20000):
-        built = peer.send(PAYLOAD, 0.0)
-        assert built is not None
-        segments.append(parse(built, False))
+        segments.append(parse(peer.send(PAYLOAD, 0.0), False))
     feed = iter(segments * 8)
-    results["Flow.receive (in order)"] = per_call(lambda: receiver.receive(next(feed), 0.0), 20000)
+    results["Flow.receive (in order, timestamps)"] = per_call(lambda: receiver.receive(next(feed), 0.0), 20000)
     return results
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from . import kernel
 from .connection import FlowConnection
 from .demux import Demultiplexer
-from .flow import WINDOW_FIELD, Flow, FlowKey
+from .flow import Flow, FlowKey
 
 #: Makes a face's connection object for an adopted flow.
 ConnectionMaker = Callable[[Demultiplexer, Flow, socket.socket], FlowConnection]
@@ -103,18 +103,33 @@ def _connection(demux: Demultiplexer, sock: socket.socket, key: FlowKey, make: C
     except OSError:
         pass
     options = demux.options
+    now = demux.loop.seconds()
+    # Timestamps where the kernel's handshake agreed on them (and the
+    # options allow): every segment then continues the kernel's clock, and
+    # 12 bytes of each carry the option instead of data.
+    timestamps = info.timestamps and options.timestamps
+    mss = info.mss if info.mss > 0 else 536
+    if timestamps:
+        mss -= kernel.TIMESTAMP_OPTION
     flow, early = demux.table.adopt(
         key,
-        info.mss if info.mss > 0 else 536,
-        demux.loop.seconds(),
-        receive_window=WINDOW_FIELD << info.receive_wscale,
+        mss,
+        now,
         idle_timeout=options.idle_timeout,
         keepalive_interval=options.keepalive,
         peer_wscale=info.send_wscale,
+        receive_wscale=info.receive_wscale,
     )
+    if timestamps:
+        try:
+            flow.use_timestamps(kernel.current_timestamp(sock), now, info.timestamp_rate)
+        except OSError:
+            # No TCP_TIMESTAMP (a kernel before 4.13?): without the
+            # kernel's clock a made-up one would jump; send none.
+            flow.mss += kernel.TIMESTAMP_OPTION
     # Announce this side's scaled window at once: until the peer and the
     # firewalls on the path see it, they only know the handshake's window.
-    flow.pending.append(flow.bare_ack(demux.loop.seconds()))
+    flow.pending.append(flow.bare_ack(now))
     connection = make(demux, flow, sock)
     connection.early = early
     demux.attach(connection)

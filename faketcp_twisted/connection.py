@@ -211,7 +211,7 @@ class FlowConnection:
 
     def flush_pending(self) -> None:
         """
-        Send the packets the flow queued (ACKs, keepalives, held datagrams).
+        Send the packets the flow queued (ACKs, keepalives, challenge ACKs).
         """
         pending = self.flow.pending
         for packet in pending:
@@ -243,15 +243,11 @@ class FlowConnection:
         now = self.loop.seconds()
         mss = flow.mss
         if len(data) <= mss:
-            packet = flow.send(data, now)
-            if packet is not None:
-                self.demux.transmit(packet, self._destination)
+            self.demux.transmit(flow.send(data, now), self._destination)
             return
         view = memoryview(data)
         for start in range(0, len(data), mss):
-            packet = flow.send(bytes(view[start : start + mss]), now)
-            if packet is not None:
-                self.demux.transmit(packet, self._destination)
+            self.demux.transmit(flow.send(bytes(view[start : start + mss]), now), self._destination)
 
     def send_datagrams(self, datagrams: list[bytes]) -> None:
         """
@@ -271,9 +267,7 @@ class FlowConnection:
         destination = self._destination
         for datagram in datagrams:
             if datagram:
-                packet = build(datagram, now)
-                if packet is not None:
-                    transmit(packet, destination)
+                transmit(build(datagram, now), destination)
 
     def send_fin(self) -> bool:
         """

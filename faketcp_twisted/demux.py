@@ -62,6 +62,9 @@ class FlowOptions:
         nothing; 0 sends none.
     @ivar default_keepalive: the interval C{setTcpKeepAlive(True)} uses.
     @ivar mark: the firewall mark of the silenced kernel sockets.
+    @ivar timestamps: whether segments carry TCP timestamps when the
+        kernel's handshake agreed on them (12 bytes of each segment; off,
+        segments carry no options, as tcpraw 1.2.25's and phantun's).
     @ivar limits: bounds of the flow table.
     """
 
@@ -69,6 +72,7 @@ class FlowOptions:
     keepalive: float = 0.0
     default_keepalive: float = 10.0
     mark: int = DEFAULT_MARK
+    timestamps: bool = True
     limits: TableLimits = field(default_factory=TableLimits)
 
 

@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from . import fastpath as _fastpath
-from .segment import ACK, FIN, PSH, RST, SYN, Segment, seq_after
+from .segment import ACK, FIN, PSH, RST, SYN, MalformedOptions, Segment, seq_after, timestamp_value
 # FlowKey lives with the codec (the C fast path makes keys while it parses);
 # this is still its home for every other module.
 from .segment import FlowKey as FlowKey
@@ -25,9 +25,7 @@ from .segment import FlowKey as FlowKey
 _MASK = 0xFFFFFFFF
 _SPACE = 1 << 32
 
-#: The window field of every segment this side sends.  The kernel scaled
-#: its window in the handshake, so the largest field value reads as a large,
-#: plausible receive buffer to the peer and to any conntrack in between.
+#: The largest window field, and the window of a peer not yet heard from.
 WINDOW_FIELD = 0xFFFF
 
 
@@ -53,14 +51,12 @@ _READ_CLOSED = FlowState.READ_CLOSED
 _CLOSED = FlowState.CLOSED
 
 
-#: What L{Flow.held} and L{Flow.gaps} are while empty, instead of a deque
-#: each: an empty deque costs 760 bytes (CPython 3.11), so the two were
-#: 1.5 KB of an idle relay flow's ~6 KB, yet most flows hold no datagram
-#: after their first round trip and see no gap.  A deque is made for the
-#: first item and dropped again once empty (so empty is always this).
-#: Reading stays as cheap (an empty tuple is falsy, has a length,
-#: iterates), and a write that missed the swap fails loudly instead of
-#: sharing state between flows.
+#: What L{Flow.gaps} is while empty, instead of a deque: an empty deque
+#: costs 760 bytes (CPython 3.11), a good share of an idle relay flow, yet
+#: most flows see no gap.  A deque is made for the first gap and dropped
+#: again once empty (so empty is always this).  Reading stays as cheap (an
+#: empty tuple is falsy, has a length, iterates), and a write that missed
+#: the swap fails loudly instead of sharing state between flows.
 _NOTHING: tuple[()] = ()
 
 
@@ -89,10 +85,6 @@ class FlowStats:
     is a duplicate (tcpraw peers may even send new data under old numbers)
     and changes no estimate.
 
-    C{rx_foreign} counts data segments that carried TCP options: a kernel's
-    TCP (a plain TCP client on a fake-TCP port) sends them, fake-TCP peers
-    (this project, tcpraw) never do, so their data is not delivered.
-
     Segments refused by the acceptance checks (see L{Flow}) are counted by
     reason and change nothing else (not even the idle timer):
 
@@ -103,18 +95,23 @@ class FlowStats:
       - C{rx_bad_fin}: a FIN not honoured (outside the control window,
         without ACK, or with an implausible ack); data in the same segment
         is still delivered when it passed the receive window.
-      - C{rx_bad_ack}: an ack field outside what this side sent recently;
-        the segment is still taken (a tcpraw peer's ack sticks at a gap),
-        but its ack and window do not move the send limit.
+      - C{rx_bad_ack}: a segment inside the receive window whose ack field
+        lies outside what this side sent (or has no ACK flag); dropped
+        whole (RFC 5961 section 5).
       - C{rx_bad_syn}: a SYN on the flow other than a retransmission of the
         handshake's SYN-ACK.
+      - C{rx_bad_options}: a segment whose TCP option list is malformed;
+        dropped whole.  Well-formed options (timestamps, SACK blocks, NOPs:
+        what real stacks and current tcpraw put on every segment) are
+        accepted.
 
     On the send side, C{tx_challenge_acks} counts bare ACKs sent in answer
     to refused segments and retransmitted SYN-ACKs, C{tx_challenge_limited}
-    those the per-flow rate limit suppressed, C{tx_held_expired} datagrams
-    dropped because they waited for the peer's window longer than
-    L{Flow.heldLifetime}, and C{tx_pending_drops} control packets (bare
-    ACKs) not queued because L{Flow.pending} was full.
+    those the per-flow rate limit suppressed, C{tx_rewinds} the data
+    segments sent from the peer's last ack again because the next sequence
+    number would have crossed the peer's window (see L{Flow.send}), and
+    C{tx_pending_drops} control packets (bare ACKs) not queued because
+    L{Flow.pending} was full.
     """
 
     rx_segments: int = 0
@@ -125,17 +122,15 @@ class FlowStats:
     rx_reordered: int = 0
     rx_late_bytes: int = 0
     rx_duplicates: int = 0
-    rx_foreign: int = 0
-    tx_held: int = 0
-    tx_window_drops: int = 0
     rx_out_of_window: int = 0
     rx_bad_rst: int = 0
     rx_bad_fin: int = 0
     rx_bad_ack: int = 0
     rx_bad_syn: int = 0
+    rx_bad_options: int = 0
     tx_challenge_acks: int = 0
     tx_challenge_limited: int = 0
-    tx_held_expired: int = 0
+    tx_rewinds: int = 0
     tx_pending_drops: int = 0
     tx_keepalives: int = 0
 
@@ -152,10 +147,12 @@ class FlowStats:
     def rx_refused(self) -> int:
         """
         All segments refused by the acceptance checks (see the class
-        docstring); C{rx_bad_ack} is not among them, since those segments
-        are still taken.
+        docstring).
         """
-        return self.rx_out_of_window + self.rx_bad_rst + self.rx_bad_fin + self.rx_bad_syn
+        return (
+            self.rx_out_of_window + self.rx_bad_rst + self.rx_bad_fin + self.rx_bad_syn + self.rx_bad_ack
+            + self.rx_bad_options
+        )
 
 
 @dataclass(slots=True)
@@ -163,84 +160,102 @@ class Flow:
     """
     The state of one adopted flow.
 
-    Acceptance of the peer's segments, against an off-path attacker who
-    knows the 4-tuple but not the sequence numbers (in the spirit of
-    RFC 5961, made generous for tcpraw peers, which rewind their sequence
-    number to this side's ack and so send new data under old numbers).
-    Offsets are taken in 32-bit serial arithmetic from L{rcv_high}:
+    B{Sending.}  Every segment continues the kernel's connection: the
+    handshake's sequence numbers, the window field of this side's real
+    receive window (L{receiveWindow}, in the handshake's scale), and, where
+    the handshake agreed on them, timestamps at the kernel's rate from the
+    kernel's own value (L{use_timestamps}), echoing the peer's latest
+    TSval.  Data never crosses the peer's window: the send window is
+    [L{snd_una}, L{snd_una} + L{snd_wnd}), and a datagram that would cross
+    its edge is sent from L{snd_una} again (a "rewind", as tcpraw does on
+    every ACK).  Nothing is retransmitted: the numbers are reused for new
+    data.  So whatever was lost (a loss burst, a route flap, an outage of
+    any length), every segment stays inside the window a stateful firewall
+    tracks, and inside the peer's receive window: traffic flows again the
+    moment the path does, with nothing to resynchronise.  A tcpraw peer,
+    whose ack sticks at the first gap after a loss, gets a segment at its
+    ack on the next rewind and moves on.
+
+    B{Receiving}, against an off-path attacker who knows the 4-tuple but
+    not the sequence numbers (RFC 5961), with offsets in 32-bit serial
+    arithmetic:
 
       - receive window, for data, bare ACKs and FIN: the sequence number
-        lies in [rcv_high - rx_back, rcv_high + rx_ahead).  Anything else
-        is dropped whole (C{rx_out_of_window}) and answered with a
-        rate-limited challenge ACK, which also brings a tcpraw peer whose
-        numbers drifted back into the window (it takes this side's ack as
-        its next sequence number).
+        lies in [rcv_high - rx_back, rcv_high + rx_ahead), both reaches
+        being this side's advertised window.  A peer of this project never
+        sends outside it (see above); a tcpraw peer, which ignores windows,
+        comes back to this side's ack whenever it receives one (every
+        L{ack_every} bytes, and in every challenge ACK or keepalive).
+        Anything else is dropped whole (C{rx_out_of_window}) and answered
+        with a rate-limited challenge ACK.
+      - ack check, for every segment but a RST or SYN: ACK set and the ack
+        field in [snd_una - ack_back, snd_max], what this side sent and the
+        peer may still be acknowledging (RFC 5961 section 5); else dropped
+        whole (C{rx_bad_ack}) and answered with a challenge ACK.
       - control window, for RST and FIN: [rcv_high, rcv_high +
-        control_window).  A peer of this project sends RST and FIN at its
-        next sequence number, which is never behind the highest byte seen
-        and only ahead of it by data lost or still in flight; tcpraw sends
-        neither.  A RST outside it is dropped (C{rx_bad_rst}), and answered
-        with a challenge ACK when it was inside the receive window.  A FIN
-        is honoured only inside it and with a plausible ack (a FIN ends the
-        connection for most protocols, so it gets the RST's narrow window
-        rather than the data's wide one); otherwise its data, if any, is
-        still taken as data (C{rx_bad_fin}).
-      - ack plausibility: an ack field in [snd_nxt - ack_back, snd_nxt].
-        An implausible ack never makes a segment drop, because a tcpraw
-        peer's ack sticks at the first gap after a loss and may then lie
-        anywhere behind (even, after 2 GiB, seemingly ahead of) this side's
-        numbers; it is counted (C{rx_bad_ack}) and its ack and window are
-        not used for the send limit.
+        control_window), and the ack check too.  A peer of this project
+        sends RST and FIN at its highest sequence number, never behind the
+        highest byte seen and only ahead of it by data lost or still in
+        flight, and always with ACK; tcpraw sends neither.  A RST that
+        fails either check is dropped (C{rx_bad_rst}), and answered with a
+        challenge ACK when it was inside the receive window: a RST without
+        ACK (a kernel's, for a flow it has no socket for) never ends a flow,
+        its idle timeout does.  A FIN is honoured only inside the control
+        window; otherwise its data, if any, is still taken as data
+        (C{rx_bad_fin}).
       - SYN: never changes the flow.  A retransmission of the handshake's
         SYN-ACK (its very numbers) gets one bare ACK, rate-limited with the
         challenge ACKs; any other SYN is counted (C{rx_bad_syn}).
 
-    A blind RST thus hits with odds of C{control_window} / 2**32 (1 in
-    65536 with the default), a blind FIN needs an ack in range too, and
-    blind data needs C{(rx_back + rx_ahead)} / 2**32 (under 1% for a
-    default Linux window).
+    A blind data segment is thus delivered with odds of (rx_back +
+    rx_ahead) / 2**32 times (ack_back + snd_max - snd_una) / 2**32: with
+    the default 3 MiB window, at most 1 in 683 for the sequence number
+    alone (an attacker who somehow knows the ack), about 1 in 930,000 for
+    both on a flow with nothing in flight.  A blind RST or FIN needs the
+    control window and the ack: C{control_window} / 2**32 times the ack's
+    odds, 1 in 89 million.  snd_una and the send window move only on
+    segments that pass both checks.
 
     @ivar key: the 4-tuple.
-    @ivar snd_nxt: the sequence number of this side's next byte.
+    @ivar snd_nxt: the sequence number of this side's next data byte.
+    @ivar snd_una: the highest ack the peer sent: the start of the send
+        window.
+    @ivar snd_max: one past the highest sequence number this side sent
+        (a rewind moves L{snd_nxt} back, never this).
+    @ivar snd_wnd: the peer's window in bytes (its latest window field,
+        scaled), at most L{sendWindowMaximum}.
     @ivar rcv_high: the highest sequence number seen from the peer plus its
         length: the value of every ack field this side sends.  It never
         sticks at a gap, so firewalls that track windows keep seeing an
         ack that moves with the data.
-    @ivar mss: the largest payload of one segment.
+    @ivar mss: the largest payload of one segment (options excluded).
     @ivar ack_every: send a bare ACK after this many received bytes that no
-        sent segment acknowledged, so the peer's sequence numbers stay inside
-        the window that conntrack on the path allows.
+        sent segment acknowledged, so the peer's send window keeps moving
+        (and a tcpraw peer's sequence numbers stay in the receive window).
     @ivar pending: packets the flow wants sent (bare ACKs, keepalives,
-        challenge ACKs, held datagrams the peer's window now admits), at
-        most L{pendingLimit}; the owner sends and clears it.
-    @ivar snd_limit: the sequence number just past the peer's advertised
-        window (its ack plus its scaled window).  A stateful firewall drops
-        segments beyond it as INVALID, so datagrams that would cross it are
-        held until the peer's next segment moves it.  Enforced only until
-        the peer's first scaled window arrives (L{window_seen}): the risk is
-        the first round trip, when the window is still the handshake's
-        unscaled one; afterwards it is megabytes ahead, and a tcpraw peer,
-        whose ack sticks at the first gap, would otherwise stall the flow.
-    @ivar window_seen: whether a segment with a plausible ack and a scaled
-        window came from the peer.
+        challenge ACKs), at most L{pendingLimit}; the owner sends and
+        clears it.
     @ivar peer_wscale: the peer's window scale shift.
-    @ivar held: datagrams waiting for the peer's window, with the time each
-        was held; bounded by L{heldLimit}, L{heldBytesLimit} and
-        L{heldLifetime}.  An empty tuple while nothing is held (see
-        L{_NOTHING}).
-    @ivar held_bytes: the payload bytes in L{held}.
     @ivar gaps: open gaps in the peer's sequence space, oldest first, as
         (start, end); at most L{gapLimit}, forgotten once behind the
         receive window.  An empty tuple while none is open (see
         L{_NOTHING}).
-    @ivar rcv_wnd: this side's advertised (scaled) receive window in bytes.
+    @ivar rcv_wnd: this side's advertised receive window in bytes.
+    @ivar window_field: the window field of this side's segments
+        (L{rcv_wnd} in the handshake's scale).
     @ivar rx_ahead: how far ahead of L{rcv_high} the receive window reaches.
     @ivar rx_back: how far behind L{rcv_high} the receive window reaches.
     @ivar control_window: how far ahead of L{rcv_high} a RST or FIN may be.
-    @ivar ack_back: how far behind L{snd_nxt} a plausible ack may be.
+    @ivar ack_back: how far behind L{snd_una} an acceptable ack may be (the
+        peer's segments may arrive out of order).
     @ivar local_isn: this side's initial sequence number, if known.
     @ivar remote_isn: the peer's initial sequence number, if known.
     @ivar last_challenge: when the last challenge ACK was queued.
+    @ivar ts_rate: ticks per second of this side's TSval; 0 while this
+        side's segments carry no timestamps.
+    @ivar ts_base: the TSval at L{ts_clock}.
+    @ivar ts_clock: the time L{ts_base} was read.
+    @ivar ts_recent: the peer's latest TSval, echoed as TSecr.
     """
 
     key: FlowKey
@@ -255,43 +270,50 @@ class Flow:
     state: FlowState = FlowState.ESTABLISHED
     end_reason: EndReason | None = None
     unacked_rx: int = 0
-    snd_limit: int = 0
-    window_seen: bool = False
+    snd_una: int = 0
+    snd_max: int = 0
+    snd_wnd: int = WINDOW_FIELD
     peer_wscale: int = 0
     pending: list[bytes] = field(default_factory=list)
-    held: deque[tuple[float, bytes]] | tuple[()] = _NOTHING
-    held_bytes: int = 0
     gaps: deque[tuple[int, int]] | tuple[()] = _NOTHING
     stats: FlowStats = field(default_factory=FlowStats)
     rcv_wnd: int = WINDOW_FIELD
+    window_field: int = WINDOW_FIELD
     rx_ahead: int = 1 << 20
-    rx_back: int = 16 << 20
+    rx_back: int = 1 << 20
     control_window: int = 64 << 10
-    ack_back: int = 16 << 20
+    ack_back: int = 1 << 20
     local_isn: int | None = None
     remote_isn: int | None = None
     last_challenge: float | None = None
+    ts_rate: float = 0.0
+    ts_base: int = 0
+    ts_clock: float = 0.0
+    ts_recent: int = 0
     #: The header template of this flow's segments (see
     #: L{fastpath.segment_template}), made on the first segment sent:
-    #: addresses, ports and window are packed once per flow, not per packet.
+    #: addresses, ports, window and the option layout are packed once per
+    #: flow, not per packet.
     template: bytes = field(default=b"", repr=False, compare=False)
 
     # -- tunables (class attributes; assign on the class or a subclass) --
 
-    #: The receive window reaches at least this far ahead of the highest
-    #: byte seen, however small the advertised window: a tcpraw peer does
-    #: not respect windows, it only comes back to this side's ack whenever
-    #: it receives one (every L{ack_every} bytes at the latest).
-    windowAheadMinimum = 1 << 20
-    #: The receive window reaches behind the highest byte seen by this
-    #: many advertised windows...
-    windowBackMultiple = 4
-    #: ...and at least this far: a tcpraw peer that rewinds to an ack sent
-    #: a round trip ago resends from up to a bandwidth-delay product behind
-    #: (16 MiB is 1 Gbit/s over 130 ms).  Farther behind, a challenge ACK
-    #: brings it forward again.
-    windowBackMinimum = 16 << 20
-    #: Neither reach exceeds this, so the whole window stays within half the
+    #: This side's receive window in bytes, advertised (in the handshake's
+    #: window scale) and enforced: what Linux advertises once a bulk
+    #: connection has grown its window with the default tcp_rmem maximum
+    #: (6 MiB of buffer, half of it window).  It sets the odds of blind
+    #: injection (see the class docstring) and must hold what a tcpraw peer
+    #: sends in a round trip (3 MiB is 240 Mbit/s over 100 ms); past that, a
+    #: challenge ACK brings it back.
+    receiveWindow = 3 << 20
+    #: The send window never exceeds this, whatever the peer advertises
+    #: (64 MiB for current tcpraw at the usual window scale): a tcpraw
+    #: peer's ack, stuck at the first gap after a loss, is then reached by
+    #: a rewind within this many bytes, and acceptable acks stay few.
+    sendWindowMaximum = 16 << 20
+    #: The least reach of the ack check behind L{snd_una}.
+    ackBackMinimum = 1 << 20
+    #: No reach exceeds this, so every window stays within half the
     #: sequence space (where serial arithmetic is meaningful).
     windowMaximum = 1 << 30
     #: The control window (RST, FIN) is the advertised window, but at most
@@ -302,17 +324,12 @@ class Flow:
     #: 0.5 s too).  Per flow rather than global: a global limit is a side
     #: channel that tells an attacker whether a guess hit (CVE-2016-5696).
     challengeAckInterval = 0.5
-    #: Most datagrams held for the peer's window; past it they are dropped.
-    heldLimit = 256
-    #: Most payload bytes held for the peer's window.
-    heldBytesLimit = 1 << 20
-    #: Seconds a datagram may wait for the peer's window before it is
-    #: dropped: a late datagram is worth less than none to the protocols
-    #: this carries.
-    heldLifetime = 2.0
-    #: Most packets in L{pending}.  Data released from L{held} stops at it
-    #: (the rest stays held); a bare ACK past it is not queued (a later one
-    #: carries the same news).
+    #: A bare ACK goes out after this fraction of the receive window
+    #: arrived unacknowledged, so a quiet receiver still moves the peer's
+    #: send window (an ACK or two may be lost on the way).
+    ackEveryDivisor = 8
+    #: Most packets in L{pending}; a bare ACK past it is not queued (a
+    #: later one carries the same news).
     pendingLimit = 320
     #: Most gaps remembered for the reordering estimate; older ones are
     #: taken as lost for good.
@@ -326,58 +343,100 @@ class Flow:
         remote_isn: int,
         mss: int,
         now: float,
-        receive_window: int = WINDOW_FIELD,
+        receive_window: int | None = None,
         idle_timeout: float = 0.0,
         keepalive_interval: float = 0.0,
-        peer_window: int = 0xFFFF,
+        peer_window: int = WINDOW_FIELD,
         peer_wscale: int = 0,
+        receive_wscale: int = 0,
+        peer_tsval: int | None = None,
     ) -> Flow:
         """
         A flow as the kernel's handshake left it.
 
         @param local_isn: this side's initial sequence number.
         @param remote_isn: the peer's initial sequence number.
-        @param receive_window: this side's advertised window in bytes (the
-            window field scaled by this side's window-scale shift).  It
-            sizes the acceptance windows (see the class docstring).
-        @param peer_window: the peer's advertised window in bytes, as of the
+        @param receive_window: this side's receive window in bytes
+            (default L{receiveWindow}); it is rounded down to what the
+            window field can say at C{receive_wscale}.
+        @param peer_window: the peer's window in bytes, as of the
             handshake.
         @param peer_wscale: the peer's window scale shift.
+        @param receive_wscale: this side's window scale shift.
+        @param peer_tsval: the peer's latest TSval in the handshake, if any.
         """
-        window = max(receive_window, 1)
+        scale = min(max(receive_wscale, 0), 14)
+        wanted = cls.receiveWindow if receive_window is None else receive_window
+        window_field = min(max(wanted >> scale, 1), WINDOW_FIELD)
+        window = window_field << scale
         most = cls.windowMaximum
-        back = min(max(window * cls.windowBackMultiple, cls.windowBackMinimum), most)
+        reach = min(window, most)
+        first = (local_isn + 1) & _MASK
         return cls(
             key=key,
-            snd_nxt=(local_isn + 1) & _MASK,
+            snd_nxt=first,
+            snd_una=first,
+            snd_max=first,
+            snd_wnd=min(peer_window, cls.sendWindowMaximum),
             rcv_high=(remote_isn + 1) & _MASK,
             mss=mss,
             last_rx=now,
             last_tx=now,
-            ack_every=max(min(receive_window // 4, 1 << 20), 1),
+            ack_every=max(window // cls.ackEveryDivisor, 1),
             idle_timeout=idle_timeout,
             keepalive_interval=keepalive_interval,
-            snd_limit=(local_isn + 1 + peer_window) & _MASK,
             peer_wscale=peer_wscale,
             rcv_wnd=window,
-            rx_ahead=min(max(window, cls.windowAheadMinimum), most),
-            rx_back=back,
+            window_field=window_field,
+            rx_ahead=reach,
+            rx_back=reach,
             control_window=min(window, cls.controlWindowMaximum),
-            # The peer acknowledges at most what it saw; what this side sent
-            # beyond that is within the peer's window (L{snd_limit}).
-            ack_back=min(max(back, 0xFFFF << min(peer_wscale, 14)), most),
+            ack_back=min(max(window, cls.ackBackMinimum), most),
             local_isn=local_isn & _MASK,
             remote_isn=remote_isn & _MASK,
+            ts_recent=0 if peer_tsval is None else peer_tsval & _MASK,
         )
 
-    def _packet(self, flags: int, payload: bytes = b"") -> bytes:
+    def use_timestamps(self, tsval: int, now: float, rate: float = 1000.0) -> None:
+        """
+        Put the timestamps option on every segment from now on, continuing
+        the kernel's clock: C{tsval} is the kernel's TSval at C{now} (see
+        L{kernel.current_timestamp}), and it advances C{rate} ticks per
+        second.
+        """
+        self.ts_base = tsval & _MASK
+        self.ts_clock = now
+        self.ts_rate = rate
+        self.template = b""
+
+    def _packet(self, flags: int, now: float, payload: bytes = b"", seq: int = -1) -> bytes:
         template = self.template
         if not template:
             key = self.key
             template = self.template = _fastpath.segment_template(
-                key.local_addr, key.remote_addr, key.local_port, key.remote_port, WINDOW_FIELD
+                key.local_addr,
+                key.remote_addr,
+                key.local_port,
+                key.remote_port,
+                self.window_field,
+                timestamps=self.ts_rate > 0,
             )
-        return _fastpath.build_segment(template, self.snd_nxt, self.rcv_high, flags, payload)
+        if seq < 0:
+            seq = self.snd_nxt
+        rate = self.ts_rate
+        if rate:
+            elapsed = now - self.ts_clock
+            tsval = (self.ts_base + int(elapsed * rate if elapsed > 0 else 0)) & _MASK
+            return _fastpath.build_segment(template, seq, self.rcv_high, flags, payload, tsval, self.ts_recent)
+        return _fastpath.build_segment(template, seq, self.rcv_high, flags, payload)
+
+    @property
+    def option_bytes(self) -> int:
+        """
+        The TCP option bytes on each of this side's segments (12 with
+        timestamps, else none): room the path MTU gives them, not data.
+        """
+        return 12 if self.ts_rate else 0
 
     @property
     def can_send(self) -> bool:
@@ -401,47 +460,42 @@ class Flow:
         offset = (seq - self.rcv_high) & _MASK
         return offset < self.rx_ahead or offset >= _SPACE - self.rx_back
 
-    def ack_plausible(self, ack: int) -> bool:
+    def ack_acceptable(self, ack: int) -> bool:
         """
-        Whether an ack field lies in [snd_nxt - ack_back, snd_nxt].
+        Whether an ack field lies in [snd_una - ack_back, snd_max].
         """
-        return (self.snd_nxt - ack) & _MASK <= self.ack_back
+        base = (self.snd_una - self.ack_back) & _MASK
+        return (ack - base) & _MASK <= (self.snd_max - base) & _MASK
 
-    def send(self, payload: bytes, now: float) -> bytes | None:
+    def send(self, payload: bytes, now: float) -> bytes:
         """
         Build the data segment carrying one datagram.
 
         Every data segment has PSH: tcpraw delivers only segments with PSH,
-        and PSH stops GRO from merging two datagrams into one packet.
+        and PSH stops GRO from merging two datagrams into one packet.  A
+        datagram that would cross the peer's window is sent from
+        L{snd_una} (see the class docstring).
 
         @param payload: at most L{mss} bytes.
-        @return: the IP packet to send, or L{None} when the datagram was held
-            for the peer's window (or dropped, the hold being full).
+        @return: the IP packet to send.
         """
         size = len(payload)
         if size > self.mss:
             raise ValueError(f"datagram of {size} bytes exceeds the MSS of {self.mss}")
-        held = self.held
-        if held or (not self.window_seen and seq_after((self.snd_nxt + size) & _MASK, self.snd_limit)):
-            if len(held) < self.heldLimit and self.held_bytes + size <= self.heldBytesLimit:
-                if not held:
-                    held = self.held = deque()
-                held.append((now, payload))
-                self.held_bytes += size
-                self.stats.tx_held += 1
-            else:
-                self.stats.tx_window_drops += 1
-            return None
-        return self._data(payload, now)
-
-    def _data(self, payload: bytes, now: float) -> bytes:
-        packet = self._packet(PSH | ACK, payload)
-        self.snd_nxt = (self.snd_nxt + len(payload)) & _MASK
+        seq = self.snd_nxt
+        if (seq + size - self.snd_una) & _MASK > self.snd_wnd:
+            seq = self.snd_una
+            self.stats.tx_rewinds += 1
+        packet = self._packet(PSH | ACK, now, payload, seq)
+        end = self.snd_nxt = (seq + size) & _MASK
+        # seq_after(end, snd_max), inline: this runs per datagram.
+        if 0 < (end - self.snd_max) & _MASK < 0x80000000:
+            self.snd_max = end
         self.unacked_rx = 0
         self.last_tx = now
         stats = self.stats
         stats.tx_segments += 1
-        stats.tx_bytes += len(payload)
+        stats.tx_bytes += size
         return packet
 
     def bare_ack(self, now: float) -> bytes:
@@ -451,7 +505,7 @@ class Flow:
         """
         self.unacked_rx = 0
         self.last_tx = now
-        return self._packet(ACK)
+        return self._packet(ACK, now)
 
     def _queue_ack(self, now: float) -> bool:
         """
@@ -479,9 +533,13 @@ class Flow:
     def finish(self, now: float) -> bytes:
         """
         Close this side's sending half: the FIN segment to send.
+
+        It takes the highest sequence number sent, never a rewound one: the
+        peer's control window starts at the highest byte it saw.
         """
-        packet = self._packet(FIN | ACK)
-        self.snd_nxt = (self.snd_nxt + 1) & _MASK
+        self.snd_nxt = self.snd_max
+        packet = self._packet(FIN | ACK, now)
+        self.snd_nxt = self.snd_max = (self.snd_max + 1) & _MASK
         self.last_tx = now
         if self.state is _READ_CLOSED:
             self._end(EndReason.LOCAL_FIN)
@@ -491,9 +549,10 @@ class Flow:
 
     def reset(self, now: float) -> bytes:
         """
-        Abort the flow: the RST segment to send.
+        Abort the flow: the RST segment to send (at the highest sequence
+        number sent, as L{finish}).
         """
-        packet = self._packet(RST | ACK)
+        packet = self._packet(RST | ACK, now, seq=self.snd_max)
         self.last_tx = now
         self._end(EndReason.LOCAL_RST)
         return packet
@@ -508,9 +567,6 @@ class Flow:
         if self.end_reason is None:
             self.end_reason = reason
         self.state = FlowState.CLOSED
-        # Nothing will ever be sent from the hold again.
-        self.held = _NOTHING
-        self.held_bytes = 0
 
     def receive(self, segment: Segment, now: float) -> bytes | None:
         """
@@ -527,8 +583,15 @@ class Flow:
         """
         if self.state is _CLOSED:
             return None
-        flags = segment.flags
         stats = self.stats
+        tsval = None
+        if segment.options:
+            try:
+                tsval = timestamp_value(segment.options)
+            except MalformedOptions:
+                stats.rx_bad_options += 1
+                return None
+        flags = segment.flags
         if flags & SYN:
             self._receive_syn(segment, now)
             return None
@@ -536,7 +599,16 @@ class Flow:
         offset = (seq - self.rcv_high) & _MASK
         in_window = offset < self.rx_ahead or offset >= _SPACE - self.rx_back
         if flags & RST:
-            if offset < self.control_window:
+            # ack_acceptable(ack), inline: a RST must also carry ACK and an
+            # ack within what this side sent (the peer's RSTs, this
+            # project's orphan answers and refusals all do), which takes a
+            # blind RST's odds from 1 in 65,536 to 1 in tens of millions.
+            base = (self.snd_una - self.ack_back) & _MASK
+            if (
+                offset < self.control_window
+                and flags & ACK
+                and (segment.ack - base) & _MASK <= (self.snd_max - base) & _MASK
+            ):
                 self.last_rx = now
                 self._end(EndReason.PEER_RST)
             else:
@@ -550,26 +622,30 @@ class Flow:
             stats.rx_out_of_window += 1
             self._challenge(now)
             return None
+        ack = segment.ack
+        una = self.snd_una
+        # ack_acceptable(ack), inline: this runs per segment.
+        base = (una - self.ack_back) & _MASK
+        if not flags & ACK or (ack - base) & _MASK > (self.snd_max - base) & _MASK:
+            stats.rx_bad_ack += 1
+            self._challenge(now)
+            return None
         self.last_rx = now
-        ack_ok = False
-        if flags & ACK:
-            ack = segment.ack
-            if (self.snd_nxt - ack) & _MASK <= self.ack_back:
-                ack_ok = True
-                self.window_seen = True
-                limit = (ack + (segment.window << self.peer_wscale)) & _MASK
-                # seq_after(limit, snd_limit), inline: this runs per segment.
-                if 0 < (limit - self.snd_limit) & _MASK < 0x80000000:
-                    self.snd_limit = limit
-            else:
-                stats.rx_bad_ack += 1
-        if self.held:
-            self._release_held(now)
+        advance = (ack - una) & _MASK
+        if advance < 0x80000000:
+            # Not an older ack than the last (RFC 793's SND.WL2 rule): its
+            # window is the peer's latest word.
+            if advance:
+                self.snd_una = ack
+                if 0 < (ack - self.snd_nxt) & _MASK < 0x80000000:
+                    # Past a rewind's numbers: carry on from what the peer saw.
+                    self.snd_nxt = ack
+            window = segment.window << self.peer_wscale
+            self.snd_wnd = window if window < self.sendWindowMaximum else self.sendWindowMaximum
+        if tsval is not None and (tsval - self.ts_recent) & _MASK < 0x80000000:
+            self.ts_recent = tsval
         payload = segment.payload
         size = len(payload)
-        if size and segment.options:
-            stats.rx_foreign += 1
-            return None
         delivered: bytes | None = None
         if size:
             self._account(seq, size, now)
@@ -580,7 +656,7 @@ class Flow:
         if flags & FIN and self.state is not _READ_CLOSED:
             # (A FIN on a read-closed flow is a copy of the one already
             # taken: nothing to do, nothing to count.)
-            if ack_ok and offset < self.control_window:
+            if offset < self.control_window:
                 fin_end = (seq + size + 1) & _MASK
                 if seq_after(fin_end, self.rcv_high):
                     self.rcv_high = fin_end
@@ -613,28 +689,6 @@ class Flow:
             self._challenge(now)
         else:
             self.stats.rx_bad_syn += 1
-
-    def _release_held(self, now: float) -> None:
-        held = self.held
-        pending = self.pending
-        lifetime = self.heldLifetime
-        while held:
-            since, payload = held[0]
-            if now - since > lifetime:
-                held.popleft()
-                self.held_bytes -= len(payload)
-                self.stats.tx_held_expired += 1
-                continue
-            if not self.window_seen and seq_after((self.snd_nxt + len(payload)) & _MASK, self.snd_limit):
-                break
-            if self.can_send and len(pending) >= self.pendingLimit:
-                break
-            held.popleft()
-            self.held_bytes -= len(payload)
-            if self.can_send:
-                pending.append(self._data(payload, now))
-        if not held:
-            self.held = _NOTHING
 
     def _account(self, seq: int, size: int, now: float) -> None:
         stats = self.stats
@@ -739,16 +793,13 @@ class Flow:
         Run the flow's timers.
 
         @return: C{True} when the flow expired for idleness (and is now
-            closed); keepalives, if due, are appended to L{pending}, and
-            held datagrams past L{heldLifetime} are dropped.
+            closed); keepalives, if due, are appended to L{pending}.
         """
         if self.state is _CLOSED:
             return False
         if self.idle_timeout and now - self.last_rx >= self.idle_timeout:
             self.expire()
             return True
-        if self.held:
-            self._release_held(now)
         if self.keepalive_interval and now - self.last_tx >= self.keepalive_interval:
             self.stats.tx_keepalives += 1
             self._queue_ack(now)

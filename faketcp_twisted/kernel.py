@@ -29,11 +29,17 @@ _TCPI_SND_MSS = 16
 _TCPI_ADVMSS = 84
 _TCPI_OPT_TIMESTAMPS = 1
 _TCPI_OPT_WSCALE = 4
+#: The connection's timestamps tick in microseconds (Linux 6.7 and later,
+#: where a route asks for it), not milliseconds.
+_TCPI_OPT_USEC_TS = 64
 _TCP_INFO_SIZE = 104
+#: getsockopt(IPPROTO_TCP, TCP_TIMESTAMP): the TSval the socket would send
+#: now (its clock plus its random per-connection offset).
+TCP_TIMESTAMP = 24
 
 #: The size of the TCP timestamp option as the kernel pads it; the kernel's
-#: MSS excludes it, fake segments carry no options and may use it for data.
-_TIMESTAMP_OPTION = 12
+#: MSS excludes it.
+TIMESTAMP_OPTION = 12
 
 IPV6_UNICAST_HOPS = getattr(socket, "IPV6_UNICAST_HOPS", 16)
 
@@ -42,14 +48,20 @@ class KernelTCPInfo(NamedTuple):
     """
     What the kernel negotiated in the handshake.
 
-    @ivar mss: the largest payload of an option-less segment toward the peer.
+    @ivar mss: the largest payload of an option-less segment toward the peer
+        (a segment with timestamps carries L{TIMESTAMP_OPTION} bytes less).
     @ivar send_wscale: the peer's window scale shift.
     @ivar receive_wscale: this side's window scale shift.
+    @ivar timestamps: whether the handshake agreed on TCP timestamps.
+    @ivar timestamp_rate: the ticks per second of this side's TSval (1000,
+        or a million where the connection uses microsecond timestamps).
     """
 
     mss: int
     send_wscale: int
     receive_wscale: int
+    timestamps: bool = False
+    timestamp_rate: float = 1000.0
 
 
 _CAP_NET_ADMIN = 12
@@ -83,18 +95,29 @@ def require_privileges(error: Callable[[], Exception]) -> None:
 
 def kernel_tcp_info(sock: socket.socket) -> KernelTCPInfo:
     """
-    Read the MSS and window scaling of a connected socket from TCP_INFO.
+    Read the MSS, window scaling and timestamps of a connected socket from
+    TCP_INFO.
     """
     raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
     options = raw[_TCPI_OPTIONS]
     (snd_mss,) = struct.unpack_from("=I", raw, _TCPI_SND_MSS)
-    mss = snd_mss + (_TIMESTAMP_OPTION if options & _TCPI_OPT_TIMESTAMPS else 0)
+    timestamps = bool(options & _TCPI_OPT_TIMESTAMPS)
+    mss = snd_mss + (TIMESTAMP_OPTION if timestamps else 0)
     if options & _TCPI_OPT_WSCALE:
         scales = raw[_TCPI_WSCALE]
         send_wscale, receive_wscale = scales & 0x0F, scales >> 4
     else:
         send_wscale = receive_wscale = 0
-    return KernelTCPInfo(mss, send_wscale, receive_wscale)
+    rate = 1e6 if options & _TCPI_OPT_USEC_TS else 1000.0
+    return KernelTCPInfo(mss, send_wscale, receive_wscale, timestamps, rate)
+
+
+def current_timestamp(sock: socket.socket) -> int:
+    """
+    The TSval the kernel would put on the socket's next segment: fake
+    segments continue the kernel's connection from it, at the same rate.
+    """
+    return sock.getsockopt(socket.IPPROTO_TCP, TCP_TIMESTAMP) & 0xFFFFFFFF
 
 
 def stream_socket(family: int, mark: int) -> socket.socket:

@@ -25,7 +25,18 @@ from dataclasses import dataclass, field
 
 from .flow import WINDOW_FIELD, Flow, FlowKey
 from .rotation import Rotation
-from .segment import ACK, FIN, RST, SYN, Segment, build_packet
+from .segment import (
+    ACK,
+    FIN,
+    RST,
+    SYN,
+    MalformedOptions,
+    Segment,
+    build_packet,
+    parse_options,
+    timestamp_option,
+    timestamp_value,
+)
 
 _MASK = 0xFFFFFFFF
 
@@ -50,6 +61,7 @@ class Embryo:
     @ivar peer_window: the window field of the peer's latest handshake
         segment, and whether it is subject to window scaling (it is not in
         a SYN segment).
+    @ivar peer_tsval: the peer's latest TSval, for the flow to echo.
     """
 
     created: float
@@ -59,6 +71,7 @@ class Embryo:
     early_bytes: int = 0
     peer_window: int = 0xFFFF
     peer_window_scaled: bool = False
+    peer_tsval: int | None = None
 
 
 @dataclass(slots=True)
@@ -126,7 +139,7 @@ class FlowTable:
     C{bad-syn} (a SYN whose numbers differ from the handshake's first),
     C{embryo-out-of-window} (a segment too far from a handshake's numbers),
     C{embryo-address-limit}, C{embryo-evicted}, C{embryo-expired},
-    C{early-overflow}, C{foreign} (data with TCP options), and
+    C{early-overflow}, C{bad-options} (a malformed TCP option list), and
     C{time-wait-evicted} (a time-wait entry pushed out by a newer one).
 
     @ivar flows: the adopted flows.
@@ -181,6 +194,13 @@ class FlowTable:
         if key in self.time_wait:
             self.drops["time-wait"] += 1
             return None
+        tsval = None
+        if segment.options:
+            try:
+                tsval = timestamp_value(segment.options)
+            except MalformedOptions:
+                self.drops["bad-options"] += 1
+                return None
         flags = segment.flags
         embryo = self.embryos.get(key)
         if flags & RST:
@@ -212,6 +232,7 @@ class FlowTable:
                         return None
                     embryo.remote_isn = segment.seq
                 embryo.peer_window, embryo.peer_window_scaled = segment.window, False
+                embryo.peer_tsval = tsval
                 return None
         else:
             if flags & SYN:
@@ -224,18 +245,29 @@ class FlowTable:
                     embryo.remote_isn = segment.seq
                     embryo.local_isn = (segment.ack - 1) & _MASK
                     embryo.peer_window, embryo.peer_window_scaled = segment.window, False
+                    embryo.peer_tsval = tsval
                     self._half_open.pop(key, None)
-                return _reply(key, segment.ack, (segment.seq + 1) & _MASK, ACK, WINDOW_FIELD)
+                # The handshake's last ACK, as the kernel would have sent it:
+                # with timestamps when the SYN-ACK had them (the SYN-ACK
+                # echoes this side's latest TSval; the peer's is echoed).
+                stamps = parse_options(segment.options).timestamp if tsval is not None else None
+                options = b"" if stamps is None else timestamp_option(stamps[1], stamps[0])
+                return _reply(key, segment.ack, (segment.seq + 1) & _MASK, ACK, WINDOW_FIELD, options)
         if embryo is None:
             self.drops["orphan"] += 1
             if self.role is Role.SERVER and flags & ACK and self._may_reset(now):
                 # RFC 793: a RST for a segment with ACK takes its ack as seq,
-                # which is exactly what the peer's flow expects next.
-                return _reply(key, segment.ack, 0, RST, 0)
+                # which is exactly what the peer's flow expects next; it
+                # acknowledges the segment too, as the peer's flow wants of
+                # any RST (see Flow.receive).
+                end = segment.seq + len(segment.payload) + (1 if flags & FIN else 0)
+                return _reply(key, segment.ack, end & _MASK, RST | ACK, 0)
             return None
         if self._offset(embryo, segment) >= self.limits.embryo_window:
             self.drops["embryo-out-of-window"] += 1
             return None
+        if tsval is not None:
+            embryo.peer_tsval = tsval
         if flags & ACK:
             embryo.peer_window, embryo.peer_window_scaled = segment.window, True
             if embryo.local_isn is None:
@@ -243,10 +275,7 @@ class FlowTable:
                 self._half_open.pop(key, None)
                 if len(self.completed) < self.limits.embryos:
                     self.completed.append(key)
-        if segment.payload and segment.options:
-            # A kernel's data (see FlowStats.rx_foreign), not a fake segment.
-            self.drops["foreign"] += 1
-        elif segment.payload or flags & FIN:
+        if segment.payload or flags & FIN:
             limits = self.limits
             size = len(segment.payload)
             if (
@@ -352,16 +381,20 @@ class FlowTable:
         key: FlowKey,
         mss: int,
         now: float,
-        receive_window: int = WINDOW_FIELD,
+        receive_window: int | None = None,
         idle_timeout: float = 0.0,
         keepalive_interval: float = 0.0,
         peer_wscale: int = 0,
+        receive_wscale: int = 0,
     ) -> tuple[Flow, list[Segment]]:
         """
         Make the flow of a connection the kernel has accepted or connected.
 
+        @param receive_window: this side's receive window in bytes (default
+            L{Flow.receiveWindow}).
         @param peer_wscale: the peer's window scale shift (0 when the
             handshake did not agree on scaling).
+        @param receive_wscale: this side's window scale shift.
         @return: the flow and the data segments that arrived before it was
             adopted, in arrival order, for the caller to feed to the flow
             once its owner is ready.
@@ -384,6 +417,8 @@ class FlowTable:
             keepalive_interval=keepalive_interval,
             peer_window=embryo.peer_window << (peer_wscale if embryo.peer_window_scaled else 0),
             peer_wscale=peer_wscale,
+            receive_wscale=receive_wscale,
+            peer_tsval=embryo.peer_tsval,
         )
         self.flows[key] = flow
         return flow, embryo.early
@@ -457,9 +492,11 @@ class FlowTable:
         return len(self.flows)
 
 
-def _reply(key: FlowKey, seq: int, ack: int, flags: int, window: int) -> bytes:
+def _reply(key: FlowKey, seq: int, ack: int, flags: int, window: int, options: bytes = b"") -> bytes:
     """
     A bare segment from this side of C{key} to its peer (the table's own
     answers, sent before or without a flow).
     """
-    return build_packet(key.local_addr, key.remote_addr, key.local_port, key.remote_port, seq, ack, flags, window)
+    return build_packet(
+        key.local_addr, key.remote_addr, key.local_port, key.remote_port, seq, ack, flags, window, options=options
+    )
