@@ -732,6 +732,7 @@ async def create_server(
     key: str | bytes | None = None,
     key_file: str | None = None,
     auth_timeout: float = DEFAULT_TIMEOUT,
+    timestamps: bool = True,
 ) -> AioServer:
     """
     Listen for fake-TCP connections, as C{loop.create_server} listens for
@@ -756,13 +757,15 @@ async def create_server(
     @param key_file: a file holding the key instead (surrounding whitespace
         ignored).
     @param auth_timeout: seconds a client's proof may take.
+    @param timestamps: whether segments carry TCP timestamps when the
+        handshake agreed on them (12 bytes of each segment's room).
     @raise FakeTCPOSError: a subclass naming the reason (C{errno} is
         C{EADDRINUSE} for a port in use).
     @raise ValueError: both C{key} and C{key_file}, or an empty or
         unreadable key.
     """
     loop = asyncio.get_running_loop()
-    options = flow_options(idle_timeout, keepalive, mark)
+    options = flow_options(idle_timeout, keepalive, mark, timestamps)
     auth = auth_key(key, key_file)
     if host:
         host = await _resolve(loop, host, port, socket.AF_UNSPEC, passive=True)
@@ -795,6 +798,7 @@ async def create_connection(
     key: str | bytes | None = None,
     key_file: str | None = None,
     auth_timeout: float = DEFAULT_TIMEOUT,
+    timestamps: bool = True,
 ) -> tuple[AioTransport, _Protocol]:
     """
     Open a fake-TCP connection, as C{loop.create_connection} opens a TCP
@@ -812,6 +816,7 @@ async def create_connection(
         proves, before the connection is made; as for L{create_server}.
     @param key_file: as for L{create_server}.
     @param auth_timeout: seconds the server's proof may take.
+    @param timestamps: as for L{create_server}.
     @return: the transport and the protocol.
     @raise FakeTCPOSError: a subclass naming the reason
         (C{ConnectionRefusedError}, C{TimeoutError}, C{EHOSTUNREACH},
@@ -849,7 +854,7 @@ async def create_connection(
         port,
         timeout,
         local_addr,
-        flow_options(idle_timeout, keepalive, mark),
+        flow_options(idle_timeout, keepalive, mark, timestamps),
         AioTransport,
         connected,
         failed,

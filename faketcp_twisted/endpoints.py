@@ -36,10 +36,30 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 
+#: How endpoint strings say yes and no.
+_BOOLEANS = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
+
+
+def boolean_argument(name: str, value: bool | str) -> bool:
+    """
+    A yes/no endpoint argument: a bool, or one of yes/no, true/false,
+    on/off, 1/0 (any case).
+
+    @raise ValueError: for anything else, naming the argument.
+    """
+    if isinstance(value, bool):
+        return value
+    found = _BOOLEANS.get(str(value).strip().lower())
+    if found is None:
+        raise ValueError(f"{name} must be yes or no, not {value!r}")
+    return found
+
+
 def flow_options(
     idleTimeout: float | str | None = None,
     keepalive: float | str | None = None,
     mark: int | str | None = None,
+    timestamps: bool | str | None = None,
 ) -> Any:
     """
     L{FlowOptions} from endpoint arguments (strings from endpoint strings).
@@ -47,6 +67,8 @@ def flow_options(
     from .demux import FlowOptions
 
     options = FlowOptions()
+    if timestamps is not None:
+        options.timestamps = boolean_argument("timestamps", timestamps)
     if idleTimeout is not None:
         options.idle_timeout = float(idleTimeout)
     if keepalive is not None:
@@ -125,6 +147,7 @@ class FakeTCPServerEndpoint:
         key: str | bytes | None = None,
         keyFile: str | None = None,
         authTimeout: float | str | None = None,
+        timestamps: bool | str | None = None,
     ) -> None:
         """
         @param port: the TCP port (0 picks a free one).
@@ -141,14 +164,17 @@ class FakeTCPServerEndpoint:
         @param keyFile: a file holding the key instead (surrounding
             whitespace ignored).
         @param authTimeout: seconds a client's proof may take (default 5).
+        @param timestamps: whether segments carry TCP timestamps when the
+            handshake agreed on them (default yes; they take 12 bytes of
+            each segment's payload room: see the README).
         @raise ValueError: both C{key} and C{keyFile}, or an empty or
-            unreadable key.
+            unreadable key, or a C{timestamps} that is not yes or no.
         """
         self._reactor = reactor
         self._port = port
         self._interface = interface
         self._backlog = backlog
-        self._options = flow_options(idleTimeout, keepalive, mark)
+        self._options = flow_options(idleTimeout, keepalive, mark, timestamps)
         self._auth = _key(key, keyFile)
         self._auth_timeout = _auth_timeout(authTimeout)
 
@@ -191,6 +217,7 @@ class FakeTCPClientEndpoint:
         key: str | bytes | None = None,
         keyFile: str | None = None,
         authTimeout: float | str | None = None,
+        timestamps: bool | str | None = None,
     ) -> None:
         """
         @param host: an IP address, or a name resolved with getaddrinfo.
@@ -204,8 +231,9 @@ class FakeTCPClientEndpoint:
             L{AuthenticationError}.
         @param keyFile: a file holding the key instead.
         @param authTimeout: seconds the server's proof may take (default 5).
+        @param timestamps: as for L{FakeTCPServerEndpoint}.
         @raise ValueError: both C{key} and C{keyFile}, or an empty or
-            unreadable key.
+            unreadable key, or a C{timestamps} that is not yes or no.
         """
         self._reactor = reactor
         self._host = host
@@ -214,7 +242,7 @@ class FakeTCPClientEndpoint:
         if isinstance(bindAddress, str):
             bindAddress = (bindAddress, 0)
         self._bindAddress = bindAddress
-        self._options = flow_options(idleTimeout, keepalive, mark)
+        self._options = flow_options(idleTimeout, keepalive, mark, timestamps)
         self._auth = _key(key, keyFile)
         self._auth_timeout = _auth_timeout(authTimeout)
 
@@ -330,6 +358,7 @@ class FakeTCPServerParser:
         key: str | None = None,
         keyFile: str | None = None,
         authTimeout: str | None = None,
+        timestamps: str | None = None,
     ) -> FakeTCPServerEndpoint:
         return FakeTCPServerEndpoint(
             reactor,
@@ -342,6 +371,7 @@ class FakeTCPServerParser:
             key=key,
             keyFile=keyFile,
             authTimeout=authTimeout,
+            timestamps=timestamps,
         )
 
     def parseStreamServer(self, reactor: Any, *args: Any, **kwargs: Any) -> FakeTCPServerEndpoint:
@@ -372,6 +402,7 @@ class FakeTCPClientParser:
         key: str | None = None,
         keyFile: str | None = None,
         authTimeout: str | None = None,
+        timestamps: str | None = None,
     ) -> FakeTCPClientEndpoint:
         if host is None or port is None:
             raise ValueError("faketcp client endpoints need host= and port=")
@@ -387,6 +418,7 @@ class FakeTCPClientParser:
             key=key,
             keyFile=keyFile,
             authTimeout=authTimeout,
+            timestamps=timestamps,
         )
 
     def parseStreamClient(self, reactor: Any, *args: Any, **kwargs: Any) -> FakeTCPClientEndpoint:

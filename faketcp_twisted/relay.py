@@ -142,16 +142,23 @@ def _oversize(log: Logger, stats: RelayStats, record: FlowRecord, transport: Any
     if record.oversize_logged:
         return
     record.oversize_logged = True
-    mss = transport.flow.mss
-    mtu = path_mtu(mss, ":" in transport.getPeer().host)
+    flow = transport.flow
+    mss = flow.mss
+    mtu = path_mtu(mss, ":" in transport.getPeer().host, flow.option_bytes)
+    options = (
+        f"; {flow.option_bytes} bytes of each segment carry TCP timestamps, --no-timestamps gives them back"
+        if flow.option_bytes
+        else ""
+    )
     log.warn(
-        "dropped a {size}-byte datagram from {source}: larger than the fake-TCP MSS of {mss} bytes "
-        "(path MTU {mtu}); datagrams are never split, so lower the sender's MTU until its datagrams "
-        "fit in {mss} bytes (further oversize datagrams of this flow are counted, not logged)",
+        "dropped a {size}-byte datagram from {source}: larger than the {mss} bytes a fake-TCP segment "
+        "carries (path MTU {mtu}{options}); datagrams are never split, so lower the sender's MTU until "
+        "its datagrams fit in {mss} bytes (further oversize datagrams of this flow are counted, not logged)",
         size=size,
         source=source,
         mss=mss,
         mtu=mtu,
+        options=options,
     )
 
 

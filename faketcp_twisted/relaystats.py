@@ -392,11 +392,12 @@ def format_counter(counter: Counter[str] | Iterable[tuple[str, int]]) -> str:
     return shown or "none"
 
 
-def path_mtu(mss: int, ipv6: bool) -> int:
+def path_mtu(mss: int, ipv6: bool, option_bytes: int = 0) -> int:
     """
-    The IP MTU implied by a fake-TCP MSS (segments carry no TCP options).
+    The IP MTU implied by a fake-TCP MSS, for segments with C{option_bytes}
+    of TCP options (12 with timestamps).
     """
-    return mss + HEADER_BYTES[6 if ipv6 else 4]
+    return mss + option_bytes + HEADER_BYTES[6 if ipv6 else 4]
 
 
 class StatsReporter(Service):
