@@ -21,6 +21,8 @@ sent.  Modes (arguments in the JSON object):
   - C{inject}: the segments listed in C{segments} (each a dict of
     C{sport}, C{seq}, C{ack}, C{flags}, C{payload} in hex), on the
     4-tuple of C{source} and C{port}.
+  - C{blind}: C{count} segments with C{flags} on the 4-tuple of C{sport},
+    random sequence numbers, and C{ack} or random acks (see L{blind}).
 
 Every mode sends to C{server}:C{port}; C{avoid_sport} is never used as a
 random source port (it is the live flow's).
@@ -263,7 +265,23 @@ def inject(builder: Builder, arguments: dict[str, object]) -> Iterator[tuple[str
         )
 
 
-MODES = {"fuzz": fuzz, "synflood": synflood, "orphans": orphans, "inject": inject}
+def blind(builder: Builder, arguments: dict[str, object]) -> Iterator[tuple[str, bytes]]:
+    """
+    C{count} segments on the 4-tuple of C{sport} with C{flags}, random
+    sequence numbers, C{ack} (random when absent), and the payload
+    C{"blind NNNNN"} (the segment's index) when C{flags} has PSH.
+    """
+    rng = builder.rng
+    sport = int(arguments["sport"])  # type: ignore[arg-type]
+    flags = int(arguments["flags"])  # type: ignore[arg-type]
+    known = arguments.get("ack")
+    for index in range(int(arguments["count"])):  # type: ignore[arg-type]
+        ack = rng.getrandbits(32) if known is None else int(known)  # type: ignore[arg-type]
+        payload = b"blind %05d" % index if flags & PSH else b""
+        yield "blind", builder.ip(builder.tcp(sport, rng.getrandbits(32), ack, flags, payload))
+
+
+MODES = {"fuzz": fuzz, "synflood": synflood, "orphans": orphans, "inject": inject, "blind": blind}
 
 
 def send_all(

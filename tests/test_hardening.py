@@ -36,6 +36,7 @@ from faketcp_twisted import aio, netlab
 from faketcp_twisted.auth import AuthState
 from faketcp_twisted.demux import FlowOptions
 from faketcp_twisted.endpoints import FakeTCPClientEndpoint
+from faketcp_twisted.flow import FlowState
 from faketcp_twisted.errors import AuthenticationError
 from faketcp_twisted.port import FakeTCPPort
 from faketcp_twisted.segment import ACK, FIN, PSH, RST, SYN, MalformedSegment, parse_packet
@@ -281,7 +282,7 @@ class FuzzTests(HardeningTestCase):
         # The table's reasons for dropping a segment of no flow (other
         # counters, such as orphan-reset-limited, annotate segments already
         # counted under one of these).
-        dropped = {"orphan", "time-wait", "bad-rst", "bad-syn", "embryo-out-of-window", "embryo-address-limit", "foreign", "early-overflow"}
+        dropped = {"orphan", "time-wait", "bad-rst", "bad-syn", "embryo-out-of-window", "embryo-address-limit", "bad-options", "early-overflow"}
         table_drops = sum(delta[reason] for reason in dropped)
         # Every segment of no flow is a drop; a SYN makes an embryo (a drop
         # only when a limit refuses it) whose end is counted in turn.
@@ -313,7 +314,11 @@ class InjectionTests(HardeningTestCase):
         flow = server_side.flow
         sport = client.transport.getHost().port
         high, ours = flow.rcv_high, flow.snd_nxt
-        stats_before = (flow.stats.rx_bad_rst, flow.stats.rx_out_of_window, flow.stats.rx_bad_fin, flow.stats.rx_bad_syn)
+        def counts() -> tuple[int, ...]:
+            stats = flow.stats
+            return (stats.rx_bad_rst, stats.rx_out_of_window, stats.rx_bad_ack, stats.rx_bad_syn)
+
+        stats_before = counts()
         evil = b"evil".hex()
         # Beyond the receive window either way, whatever the kernel's window.
         far = max(flow.rx_back, flow.rx_ahead) + (16 << 20)
@@ -335,12 +340,116 @@ class InjectionTests(HardeningTestCase):
         await wait_until(lambda: client.received == [b"before", b"after"])
         self.assertEqual(peer.received, [b"before", b"after"])
         self.assertFalse(peer.lost.called)
-        stats_after = (flow.stats.rx_bad_rst, flow.stats.rx_out_of_window, flow.stats.rx_bad_fin, flow.stats.rx_bad_syn)
-        self.assertEqual([after - before for before, after in zip(stats_before, stats_after)], [3, 3, 1, 1])
+        self.assertEqual([after - before for before, after in zip(stats_before, counts())], [3, 3, 1, 1])
 
         await self.junk("inject", segments=[{"sport": sport, "seq": flow.rcv_high, "ack": flow.snd_nxt, "flags": RST | ACK}])
         reason = await peer.lost
         self.assertIsInstance(reason, error.ConnectionLost)
+
+
+#: Blind segments per storm: enough for the odds of the sequence-number
+#: window alone (1 in 683) to show, few enough to send in a second.
+BLIND_SEGMENTS = 4000
+
+
+class BlindInjectionStatisticsTests(HardeningTestCase):
+    """
+    Thousands of spoofed segments with random sequence numbers into a live
+    flow, counted against the odds the README derives (L{Flow}'s class
+    docstring): the receive window accepts a random sequence number with
+    odds (rx_ahead + rx_back) / 2**32 (1 in 683 with the default 3 MiB
+    window), the ack check a random ack with odds (ack_back + in flight) /
+    2**32 (1 in 1,365 on a quiet flow), and RST or FIN need the 64 KiB
+    control window and the ack check.
+    """
+
+    timeout = 120
+
+    async def storm(self, options: str, flags: int, known_ack: bool, seed: int) -> tuple[Any, Any, Any, int]:
+        """
+        Send L{BLIND_SEGMENTS} segments with C{flags}, random sequence
+        numbers and (unless C{known_ack}) random acks, each with a payload
+        of its own, at the server's side of a live echo flow.
+
+        @return: the server's protocol, the client, the server's connection
+            and how many of the spoofed payloads the server's protocol got.
+        """
+        server = RecordingFactory(EchoRecorder)
+        port, client, server_side = await self.echo_pair(server, options)
+        peer = await server.new.get()
+        client.transport.write(b"before")
+        await wait_until(lambda: client.received[-1:] == [b"before"])
+        flow = server_side.flow
+        sport = client.transport.getHost().port
+        refused = flow.stats.rx_refused
+        arguments: dict[str, Any] = {"sport": sport, "flags": flags, "count": BLIND_SEGMENTS, "seed": seed}
+        if known_ack:
+            arguments["ack"] = flow.snd_max
+        await self.junk("blind", **arguments)
+        # Every one was judged: refused, or (rarely) taken.
+        await wait_until(lambda: flow.stats.rx_refused - refused + self.blind(peer) >= BLIND_SEGMENTS * 0.99, timeout=10)
+        return peer, client, server_side, self.blind(peer)
+
+    @staticmethod
+    def blind(peer: Any) -> int:
+        return sum(1 for data in peer.received if data.startswith(b"blind "))
+
+    async def assertStillEchoes(self, peer: Any, client: Any) -> None:
+        self.assertFalse(peer.lost.called)
+        client.transport.write(b"after")
+        await wait_until(lambda: client.received[-1:] == [b"after"])
+
+    async def off_path_data(self, options: str) -> None:
+        peer, client, server_side, delivered = await self.storm(options, PSH | ACK, known_ack=False, seed=1)
+        # Expected 4000 / 683 / 1365 = 0.004: none, but for a 1 in 100,000 fluke.
+        self.assertLessEqual(delivered, 1, f"{delivered} of {BLIND_SEGMENTS} blind data segments delivered")
+        stats = server_side.flow.stats
+        self.assertGreater(stats.rx_out_of_window, BLIND_SEGMENTS * 0.99 - stats.rx_bad_ack)
+        await self.assertStillEchoes(peer, client)
+
+    async def test_off_path_data(self) -> None:
+        """
+        Random sequence numbers and acks: no spoofed data is delivered, the
+        flow goes on.  (The seed design's windows let 1 in 12 through.)
+        """
+        await self.off_path_data("")
+
+    async def test_off_path_data_keyed(self) -> None:
+        """
+        The same into an authenticated flow: the key protects only the
+        start of a connection, the windows protect the rest.
+        """
+        await self.off_path_data(f":key={KEY}")
+
+    async def test_sequence_window_odds(self) -> None:
+        """
+        An attacker who somehow knows the ack (not off-path any more) still
+        has to hit the receive window: of 4000 random sequence numbers
+        about 4000 * 6 MiB / 4 GiB = 5.9 land in it.  At most 20 may (the
+        chance of more, by luck, is below 1 in 100,000); the seed design's
+        64 MiB windows let about 330 through.
+        """
+        peer, client, server_side, delivered = await self.storm("", PSH | ACK, known_ack=True, seed=2)
+        flow = server_side.flow
+        expected = BLIND_SEGMENTS * (flow.rx_ahead + flow.rx_back) / 2**32
+        self.assertAlmostEqual(expected, 5.86, places=1)
+        self.assertLessEqual(delivered, 20, f"{delivered} delivered, {expected:.1f} expected")
+
+    async def test_off_path_rst_and_fin(self) -> None:
+        """
+        4000 blind RSTs and 4000 blind FINs neither reset nor half-close
+        the flow (expected hits: 8000 / 65,536 / 1,365 = 0.0001).
+        """
+        peer, client, server_side, _ = await self.storm("", RST | ACK, known_ack=False, seed=3)
+        flow = server_side.flow
+        self.assertEqual(flow.state, FlowState.ESTABLISHED)
+        await self.assertStillEchoes(peer, client)
+        refused = flow.stats.rx_refused
+        sport = client.transport.getHost().port
+        await self.junk("blind", sport=sport, flags=FIN | ACK, count=BLIND_SEGMENTS, seed=4)
+        await wait_until(lambda: flow.stats.rx_refused - refused >= BLIND_SEGMENTS * 0.99, timeout=10)
+        self.assertEqual(flow.state, FlowState.ESTABLISHED)
+        await self.assertStillEchoes(peer, client)
 
 
 class FloodTests(HardeningTestCase):
@@ -746,15 +855,16 @@ class AuthTests(HardeningTestCase):
                 super().connectionMade()
                 self.transport.write(b"welcome")
 
-        # 20 (IP) + 20 (TCP) + 32 (proof): drop the first three such
-        # packets each way with a quota-like counter (-m statistic nth).
+        # 20 (IP) + 32 (TCP with timestamps) + 32 (proof): drop the first
+        # three such packets each way with a quota-like counter (-m
+        # statistic nth).
         for ns, chain in ((self.lab.C, "OUTPUT"), (self.lab.S, "OUTPUT")):
             self.lab.iptables(
-                ns, "-I", chain, "-p", "tcp", "-m", "length", "--length", "72",
+                ns, "-I", chain, "-p", "tcp", "-m", "length", "--length", "84",
                 "-m", "statistic", "--mode", "nth", "--every", "1000", "--packet", "0", "-j", "DROP",
             )  # fmt: skip
         self.lab.iptables(
-            self.lab.C, "-I", "OUTPUT", "-p", "tcp", "-m", "length", "--length", "72",
+            self.lab.C, "-I", "OUTPUT", "-p", "tcp", "-m", "length", "--length", "84",
             "-m", "statistic", "--mode", "nth", "--every", "1000", "--packet", "1", "-j", "DROP",
         )  # fmt: skip
         server = RecordingFactory(Greeter)

@@ -107,19 +107,39 @@ class EchoTests(LabTestCase):
         protocol = await server.new.get()
         await wait_until(lambda: protocol.received == [b"first"])
 
-    async def test_large_write_split_at_mss(self) -> None:
+    async def large_write(self, timestamps: str) -> tuple[int, list[int]]:
         """
-        A write larger than the MSS arrives as MSS-sized datagrams.
+        Write more than two MSS and return the client's MSS and the sizes
+        the server received.
         """
         server = RecordingFactory()
         await self.listen(server)
-        client = await self.connect(RecordingFactory(), f"faketcp:host={self.lab.server4}:port={self.port}")
+        client = await self.connect(
+            RecordingFactory(), f"faketcp:host={self.lab.server4}:port={self.port}:timestamps={timestamps}"
+        )
         mss = client.transport.flow.mss
-        self.assertEqual(mss, 1460)
         client.transport.write(b"x" * (2 * mss + 7))
         protocol = await server.new.get()
         await wait_until(lambda: len(protocol.received) == 3)
-        self.assertEqual([len(d) for d in protocol.received], [mss, mss, 7])
+        return mss, [len(d) for d in protocol.received]
+
+    async def test_large_write_split_at_mss(self) -> None:
+        """
+        A write larger than the MSS arrives as MSS-sized datagrams; with
+        timestamps (the kernels agreed on them), a segment on the lab's
+        1500-byte path carries 1448 bytes, as the kernel's own would.
+        """
+        mss, sizes = await self.large_write("yes")
+        self.assertEqual(mss, 1448)
+        self.assertEqual(sizes, [mss, mss, 7])
+
+    async def test_large_write_without_timestamps(self) -> None:
+        """
+        Without timestamps, segments carry no options and 1460 bytes.
+        """
+        mss, sizes = await self.large_write("no")
+        self.assertEqual(mss, 1460)
+        self.assertEqual(sizes, [mss, mss, 7])
 
     async def test_many_clients(self) -> None:
         """

@@ -214,37 +214,56 @@ class OversizeTests(RelayTestCase):
     Datagrams larger than the MSS are dropped whole, counted, logged once.
     """
 
-    async def test_oversize_dropped_not_truncated(self) -> None:
+    async def oversize(self, mss: int, server_args: tuple[str, ...] = (), client_args: tuple[str, ...] = ()) -> tuple[RelayProcess, RelayProcess]:
         """
-        One byte over the MSS is dropped (in either direction), exactly the
-        MSS passes, nothing arrives truncated or split, and the drops are
-        counted and logged once per flow with the MSS and the path MTU.
+        One byte over C{mss} is dropped (in either direction), exactly
+        C{mss} passes, nothing arrives truncated or split, and the drops
+        are counted and logged once per flow with the room and the path MTU
+        (1500 on the lab's veth).
         """
-        server, client = await self.pair()
+        server, client = await self.pair(server_args, client_args)
         source = self.udp_client()
         await self.ping(source, b"small")
         source.received.clear()
-        source.send(b"o" * 1461)
-        source.send(b"m" * 1460)
+        source.send(b"o" * (mss + 1))
+        source.send(b"m" * mss)
         await wait_until(lambda: len(source.received) == 1)
-        self.assertEqual(source.received, [b"m" * 1460])
+        self.assertEqual(source.received, [b"m" * mss])
         # Far above Twisted's default read size of 8192: seen whole, dropped.
         source.send(b"o" * 9000)
         # The target's reply is the one too large, on the server's side.
-        source.send(b"BIG:1461")
+        source.send(b"BIG:%d" % (mss + 1))
         source.send(b"after")
         await wait_until(lambda: source.received[-1:] == [b"after"])
-        self.assertEqual(source.received, [b"m" * 1460, b"after"])
+        self.assertEqual(source.received, [b"m" * mss, b"after"])
         self.assertEqual([d for d in self.echo.received if d.startswith(b"o")], [])
-        self.assertNotIn(1461, [len(d) for d in self.echo.received])
+        self.assertNotIn(mss + 1, [len(d) for d in self.echo.received])
 
-        await client.wait_log(r"dropped a 1461-byte datagram from UDP .*MSS of 1460 bytes \(path MTU 1500\)")
-        await server.wait_log(r"dropped a 1461-byte datagram from the UDP target .*MSS of 1460 bytes \(path MTU 1500\)")
+        room = rf"larger than the {mss} bytes a fake-TCP segment carries \(path MTU 1500"
+        await client.wait_log(rf"dropped a {mss + 1}-byte datagram from UDP .*{room}")
+        await server.wait_log(rf"dropped a {mss + 1}-byte datagram from the UDP target .*{room}")
         await client.terminate()
         await server.terminate()
         self.assertEqual(len(re.findall("dropped a ", client.log())), 1)
         self.assertEqual(drops_in(client.totals(), "oversize"), 2)
         self.assertEqual(drops_in(server.totals(), "oversize"), 1)
+        return server, client
+
+    async def test_oversize_dropped_not_truncated(self) -> None:
+        """
+        With timestamps (the default; the kernel's handshake agreed on
+        them), a segment on a 1500-byte IPv4 path carries 1448 bytes, and
+        the log line says where the other 12 went.
+        """
+        _, client = await self.oversize(1448)
+        self.assertIn("12 bytes of each segment carry TCP timestamps, --no-timestamps gives them back", client.log())
+
+    async def test_oversize_without_timestamps(self) -> None:
+        """
+        With C{--no-timestamps} on both relays, segments carry no options
+        and 1460 bytes each.
+        """
+        await self.oversize(1460, ("--no-timestamps",), ("--no-timestamps",))
 
 
 class LifecycleTests(RelayTestCase):
@@ -461,20 +480,28 @@ class PlainTCPTests(RelayTestCase):
     A kernel TCP client knocking at the relay's port.
     """
 
-    async def test_plain_tcp_junk_goes_nowhere(self) -> None:
+    async def plain_tcp_junk(
+        self, server_args: tuple[str, ...] = (), client_args: tuple[str, ...] = ()
+    ) -> tuple[list[bytes], bool]:
         """
-        A plain TCP connection to the relay's port that sends junk does not
-        reach the UDP target (its data segments carry TCP options, which
-        fake-TCP peers never send) and does not disturb another flow.
+        Open a plain TCP connection to the relay server's port beside a
+        working flow, send junk on it, and return what of it reached the
+        UDP target and whether the relay reset the connection; the working
+        flow must not be disturbed.
         """
-        server, client = await self.pair()
+        server, client = await self.pair(server_args, client_args)
         source = self.udp_client()
         await self.ping(source, b"good-1")
         with netlab.in_namespace(self.lab.C):
             plain = socket.create_connection((self.lab.server4, FAKETCP_PORT), timeout=5)
+        reset = False
         try:
             for n in range(5):
-                plain.send(b"JUNK %d " % n * 20)
+                try:
+                    plain.send(b"JUNK %d " % n * 20)
+                except (ConnectionResetError, BrokenPipeError):
+                    reset = True
+                    break
                 await sleep(0.1)
             await self.ping(source, b"good-2")
             await sleep(0.5)
@@ -482,11 +509,38 @@ class PlainTCPTests(RelayTestCase):
             # RST, so nothing lingers in the client namespace.
             plain.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             plain.close()
-        self.assertEqual([d for d in self.echo.received if b"JUNK" in d], [])
         await self.ping(source, b"good-3")
         await client.terminate()
         await server.terminate()
         self.assertNoRules()
+        return [d for d in self.echo.received if b"JUNK" in d], reset
+
+    async def test_plain_tcp_junk_unkeyed(self) -> None:
+        """
+        An unkeyed port cannot tell a plain TCP client's data segments from
+        a fake-TCP peer's (both carry timestamps, as current tcpraw's do):
+        each segment reaches the target as one datagram, as with tcpraw and
+        udp2raw (the README says so).  The working flow is not disturbed.
+        """
+        junk, _ = await self.plain_tcp_junk()
+        self.assertTrue(junk)
+        self.assertTrue(all(d.startswith(b"JUNK ") for d in junk), junk)
+
+    async def test_plain_tcp_junk_keyed(self) -> None:
+        """
+        With a key, a plain TCP client's bytes never reach the target: they
+        are not a proof of the key, so its connection is reset.
+        """
+        key_file = os.path.join(self.directory, "key")
+        with open(key_file, "w") as out:
+            out.write("relay test key\n")
+        keyed = f":keyFile={key_file}"
+        junk, reset = await self.plain_tcp_junk(
+            ("--listen", f"faketcp:{FAKETCP_PORT}:interface=0.0.0.0{keyed}"),
+            ("--forward", f"faketcp:host={self.lab.server4}:port={FAKETCP_PORT}{keyed}"),
+        )
+        self.assertEqual(junk, [])
+        self.assertTrue(reset)
 
 
 class MetricsTests(RelayTestCase):
