@@ -50,6 +50,9 @@ class Counts:
     @ivar gap_bytes: bytes skipped by the peer's sequence numbers.
     @ivar late_bytes: bytes that later filled such gaps (reordered).
     @ivar reordered: segments that arrived inside a gap.
+    @ivar refused: segments of live connections refused by the flow's
+        checks (out of window, bad ack, malformed options...: see
+        L{FlowStats.rx_refused}).
     """
 
     up_datagrams: int = 0
@@ -60,6 +63,7 @@ class Counts:
     gap_bytes: int = 0
     late_bytes: int = 0
     reordered: int = 0
+    refused: int = 0
 
     def add(self, other: Counts) -> None:
         """
@@ -88,6 +92,7 @@ class Counts:
         self.gap_bytes += stats.rx_gap_bytes
         self.late_bytes += stats.rx_late_bytes
         self.reordered += stats.rx_reordered
+        self.refused += stats.rx_refused
 
     @property
     def loss(self) -> float:
@@ -326,7 +331,7 @@ class RelayStats:
             f" {counts.up_bytes * 8 / seconds / 1e6:.2f} Mbit/s"
             f" | faketcp->udp {counts.down_datagrams} dgrams {counts.down_bytes} B"
             f" {counts.down_bytes * 8 / seconds / 1e6:.2f} Mbit/s"
-            f" loss {counts.loss:.2%} reordered {counts.reordered}"
+            f" loss {counts.loss:.2%} reordered {counts.reordered} refused {counts.refused}"
             f" | drops {format_counter(drops)} | capture drops {format_counter(capture)}"
         )
 
@@ -340,7 +345,7 @@ class RelayStats:
             f"{self.connections} fake-TCP connections"
             f" | udp->faketcp {counts.up_datagrams} dgrams {counts.up_bytes} B"
             f" | faketcp->udp {counts.down_datagrams} dgrams {counts.down_bytes} B"
-            f" loss {counts.loss:.2%} reordered {counts.reordered}"
+            f" loss {counts.loss:.2%} reordered {counts.reordered} refused {counts.refused}"
             f" | drops {format_counter(self.all_drops())}"
             f" | capture drops {format_counter(self.capture_drops())}"
         )

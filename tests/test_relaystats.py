@@ -60,6 +60,20 @@ class RelayStatsTests(TestCase):
         totals = stats.totals()
         self.assertEqual((totals.rx_bytes, totals.gap_bytes, totals.down_datagrams), (1500, 100, 1))
 
+    def test_refused_segments_counted(self) -> None:
+        """
+        Segments a live connection's checks refused show in the line as
+        C{refused}, whatever the reason.
+        """
+        stats = RelayStats()
+        record = stats.open(FlowRecord("127.0.0.1:1"))
+        before = stats.snapshot()
+        record.attach(fake_transport(FlowStats(rx_out_of_window=3, rx_bad_ack=2, rx_bad_options=1)))
+        record.last_activity = time.monotonic()
+        line = stats.line(before, stats.snapshot())
+        self.assertIn("reordered 0 refused 6 |", line)
+        self.assertIn("refused 6 |", stats.totals_line())
+
     def test_line_is_about_the_interval(self) -> None:
         stats = RelayStats()
         record = stats.open(FlowRecord("127.0.0.1:1"))
