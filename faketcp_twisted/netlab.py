@@ -94,6 +94,7 @@ _COUNTER_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_.-]+$")
 _IFA_F_NODAD: Final = 0x02
 _INVALID_COMMENT: Final = "ftt-invalid-drop"
 _LOSS_COMMENT: Final = "ftt-loss"
+_CUT_COMMENT: Final = "ftt-cut"
 _COUNT_PREFIX: Final = "ftt-count-"
 
 
@@ -566,6 +567,9 @@ class RoutedNatLab(Lab):
     ``-m statistic --mode random --probability LOSS -j DROP`` (both
     directions, counter: :meth:`loss_drops`); IPv4 only:
     ``-t nat POSTROUTING -o r-s -j MASQUERADE``.  IPv6 is routed, not NATed.
+
+    :meth:`cut` takes the path down (a DROP rule at the top of R's FORWARD
+    chain, both families) and :meth:`restore` brings it back.
     """
 
     prefixlen4: Final = 24
@@ -592,6 +596,10 @@ class RoutedNatLab(Lab):
         self.server6: str = "2001:2:0:2::2"
         self.nat_address4: str = self.router_server4
         self.loss: float = loss
+        #: Whether the path is cut now (see :meth:`cut`).
+        self.is_cut: bool = False
+        #: Packets R dropped during the cuts restored so far (IPv4 + IPv6).
+        self.cut_dropped: int = 0
 
     def conntrack_invalid_drops(self, ns: str | None = None, v6: bool = False) -> int:
         """INVALID-drop counter of ``ns`` (default: the router R)."""
@@ -600,6 +608,58 @@ class RoutedNatLab(Lab):
     def loss_drops(self, ns: str | None = None, v6: bool = False) -> int:
         """Random-loss drop counter of ``ns`` (default: the router R)."""
         return super().loss_drops(ns or self.R, v6=v6)
+
+    def cut(self) -> None:
+        """Take the path down: R drops every forwarded packet, both ways.
+
+        Inserts ``-m comment --comment ftt-cut -j DROP`` at the top of R's
+        FORWARD chain (iptables and ip6tables), ahead of the INVALID and
+        loss rules.  Nothing reaches the other side and nothing tells the
+        hosts (no ICMP).  R's conntrack still sees the packets (it runs
+        before FORWARD), as a NAT router before a broken link would.
+        Idempotent; undo with :meth:`restore`.
+        """
+        if self.is_cut:
+            return
+        for v6 in (False, True):
+            self.iptables(
+                self.R, "-I", "FORWARD", "1",
+                "-m", "comment", "--comment", _CUT_COMMENT, "-j", "DROP",
+                v6=v6,
+            )  # fmt: skip
+        self.is_cut = True
+
+    def restore(self) -> None:
+        """Bring the path back after :meth:`cut` (idempotent).
+
+        Adds what the cut rules dropped to :attr:`cut_dropped`, then deletes
+        them.
+        """
+        for v6 in (False, True):
+            try:
+                self.cut_dropped += self._read_comment_counter(
+                    self.R, "filter", _CUT_COMMENT, v6
+                )
+            except (KeyError, LabError):
+                continue
+            while self.run(
+                self.R, "ip6tables" if v6 else "iptables", "-w",
+                "-D", "FORWARD",
+                "-m", "comment", "--comment", _CUT_COMMENT, "-j", "DROP",
+                check=False,
+            ).returncode == 0:  # fmt: skip
+                pass
+        self.is_cut = False
+
+    def cut_drops(self) -> int:
+        """Packets dropped by cuts so far, the current one included."""
+        current = 0
+        for v6 in (False, True):
+            with contextlib.suppress(KeyError):
+                current += self._read_comment_counter(
+                    self.R, "filter", _CUT_COMMENT, v6
+                )
+        return self.cut_dropped + current
 
     def _setup(self) -> None:
         p4, p6 = self.prefixlen4, self.prefixlen6
