@@ -180,7 +180,7 @@ class Demultiplexer:
         self.role = role
         self.options = options
         self.capture = Capture(family, port, "dst" if role is Role.SERVER else "src")
-        self.table = FlowTable(role, options.limits)
+        self.table = FlowTable(role, options.limits, kernel.handshake_window_field())
         self.transports: dict[FlowKey, FlowConnection] = {}
         self.drops: Counter[str] = self.table.drops
         # Packets to send, oldest first; those before _head are sent.  Not

@@ -169,7 +169,9 @@ class Flow:
     [L{snd_una}, L{snd_una} + L{snd_wnd}), and a datagram that would cross
     its edge is sent from L{snd_una} again (a "rewind", as tcpraw does on
     every ACK).  Nothing is retransmitted: the numbers are reused for new
-    data.  So whatever was lost (a loss burst, a route flap, an outage of
+    data.  (A peer window smaller than one datagram cannot be kept: each
+    datagram then goes from L{snd_una}, the least a sender can cross it
+    by.)  So whatever was lost (a loss burst, a route flap, an outage of
     any length), every segment stays inside the window a stateful firewall
     tracks, and inside the peer's receive window: traffic flows again the
     moment the path does, with nothing to resynchronise.  A tcpraw peer,
@@ -255,7 +257,12 @@ class Flow:
         side's segments carry no timestamps.
     @ivar ts_base: the TSval at L{ts_clock}.
     @ivar ts_clock: the time L{ts_base} was read.
-    @ivar ts_recent: the peer's latest TSval, echoed as TSecr.
+    @ivar ts_recent: the peer's TSval to echo as TSecr: that of the latest
+        segment that did not lie behind the highest byte seen (RFC 7323's
+        rule, without its "newer" test: a tcpraw peer's TSval comes from a
+        clock of its own, unrelated to its kernel's handshake value).
+    @ivar ts_last: the last TSval sent: TSval never goes back, even when
+        the clock does (Twisted's is the wall clock).
     """
 
     key: FlowKey
@@ -290,6 +297,7 @@ class Flow:
     ts_base: int = 0
     ts_clock: float = 0.0
     ts_recent: int = 0
+    ts_last: int = 0
     #: The header template of this flow's segments (see
     #: L{fastpath.segment_template}), made on the first segment sent:
     #: addresses, ports, window and the option layout are packed once per
@@ -404,7 +412,7 @@ class Flow:
         L{kernel.current_timestamp}), and it advances C{rate} ticks per
         second.
         """
-        self.ts_base = tsval & _MASK
+        self.ts_base = self.ts_last = tsval & _MASK
         self.ts_clock = now
         self.ts_rate = rate
         self.template = b""
@@ -425,8 +433,11 @@ class Flow:
             seq = self.snd_nxt
         rate = self.ts_rate
         if rate:
-            elapsed = now - self.ts_clock
-            tsval = (self.ts_base + int(elapsed * rate if elapsed > 0 else 0)) & _MASK
+            tsval = (self.ts_base + int((now - self.ts_clock) * rate)) & _MASK
+            if (tsval - self.ts_last) & _MASK >= 0x80000000:
+                # The clock went back: hold TSval where it was.
+                tsval = self.ts_last
+            self.ts_last = tsval
             return _fastpath.build_segment(template, seq, self.rcv_high, flags, payload, tsval, self.ts_recent)
         return _fastpath.build_segment(template, seq, self.rcv_high, flags, payload)
 
@@ -618,7 +629,10 @@ class Flow:
                 if in_window:
                     self._challenge(now)
             return None
-        if not in_window:
+        if not in_window and not (offset == self.rx_ahead and not segment.payload):
+            # (A bare ACK exactly at the window's edge is in it, as for
+            # Linux and conntrack: a sender whose data filled the window to
+            # its last byte sends its next keepalive from there.)
             stats.rx_out_of_window += 1
             self._challenge(now)
             return None
@@ -642,7 +656,8 @@ class Flow:
                     self.snd_nxt = ack
             window = segment.window << self.peer_wscale
             self.snd_wnd = window if window < self.sendWindowMaximum else self.sendWindowMaximum
-        if tsval is not None and (tsval - self.ts_recent) & _MASK < 0x80000000:
+        if tsval is not None and offset < 0x80000000:
+            # Not behind the highest byte seen (RFC 7323's Last.ACK.sent).
             self.ts_recent = tsval
         payload = segment.payload
         size = len(payload)

@@ -116,8 +116,40 @@ def current_timestamp(sock: socket.socket) -> int:
     """
     The TSval the kernel would put on the socket's next segment: fake
     segments continue the kernel's connection from it, at the same rate.
+
+    Since Linux 6.7 the low bit of the value the kernel gives says whether
+    the connection's timestamps tick in microseconds, so a millisecond
+    value arrives rounded down to even: up to one tick behind what the
+    kernel put on the wire a moment ago (helper-4's captures showed TSval
+    going back by one at adoption).  One tick more is never behind, and a
+    tick ahead is what the next segment would carry anyway.
     """
-    return sock.getsockopt(socket.IPPROTO_TCP, TCP_TIMESTAMP) & 0xFFFFFFFF
+    return (sock.getsockopt(socket.IPPROTO_TCP, TCP_TIMESTAMP) + 1) & 0xFFFFFFFF
+
+
+def handshake_window_field() -> int:
+    """
+    The window field of the handshake's last ACK, which a client's capture
+    sends in the kernel's stead (see L{faketcp_twisted.table}): about the
+    64 KiB a fresh Linux socket advertises, in the window scale the kernel
+    offered in its SYN.  The kernel picks that scale from the largest
+    receive buffer allowed (C{tcp_select_initial_window}), so the same
+    reckoning gives it here; a window this small only grows when the flow
+    announces its own, never shrinks (the right edge never moves left).
+    """
+    space = 0
+    try:
+        with open("/proc/sys/net/ipv4/tcp_rmem") as rmem:
+            space = int(rmem.read().split()[2])
+        with open("/proc/sys/net/core/rmem_max") as rmem_max:
+            space = max(space, int(rmem_max.read()))
+    except (OSError, ValueError, IndexError):
+        pass
+    scale = 0
+    while space > 0xFFFF and scale < 14:
+        space >>= 1
+        scale += 1
+    return max(0xFFFF >> scale, 1)
 
 
 def stream_socket(family: int, mark: int) -> socket.socket:

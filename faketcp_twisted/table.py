@@ -150,9 +150,15 @@ class FlowTable:
     @ivar early_bytes: early payload bytes kept by all embryos.
     """
 
-    def __init__(self, role: Role, limits: TableLimits | None = None) -> None:
+    def __init__(self, role: Role, limits: TableLimits | None = None, handshake_window: int = WINDOW_FIELD) -> None:
+        """
+        @param handshake_window: the window field of the handshake's last
+            ACK a client sends in the kernel's stead; small, so that the
+            flow's own window only ever grows it.
+        """
         self.role = role
         self.limits = limits or TableLimits()
+        self.handshake_window = handshake_window
         self.flows: dict[FlowKey, Flow] = {}
         self.embryos: OrderedDict[FlowKey, Embryo] = OrderedDict()
         self.time_wait: OrderedDict[FlowKey, float] = OrderedDict()
@@ -252,7 +258,7 @@ class FlowTable:
                 # echoes this side's latest TSval; the peer's is echoed).
                 stamps = parse_options(segment.options).timestamp if tsval is not None else None
                 options = b"" if stamps is None else timestamp_option(stamps[1], stamps[0])
-                return _reply(key, segment.ack, (segment.seq + 1) & _MASK, ACK, WINDOW_FIELD, options)
+                return _reply(key, segment.ack, (segment.seq + 1) & _MASK, ACK, self.handshake_window, options)
         if embryo is None:
             self.drops["orphan"] += 1
             if self.role is Role.SERVER and flags & ACK and self._may_reset(now):

@@ -18,12 +18,16 @@ from faketcp_twisted.segment import (
     PSH,
     RST,
     SYN,
+    TIMESTAMP_PREFIX,
     Segment,
     build_packet,
+    parse_options,
     parse_packet,
+    timestamp_option,
 )
 from faketcp_twisted.rotation import Rotation
 from faketcp_twisted.table import Embryo, FlowTable, Role, TableLimits
+from tests.test_flow import MALFORMED_OPTIONS, WELL_FORMED_OPTIONS
 
 SERVER_ADDR = socket.inet_pton(socket.AF_INET, "198.51.100.7")
 SERVER_ADDR_2 = socket.inet_pton(socket.AF_INET, "198.51.100.8")
@@ -45,7 +49,13 @@ CLIENT_KEY = FlowKey(CLIENT_ADDR, CLIENT_PORT, SERVER_ADDR, SERVER_PORT)
 
 
 def incoming(
-    key: FlowKey, flags: int, seq: int, ack: int = 0, payload: bytes = b""
+    key: FlowKey,
+    flags: int,
+    seq: int,
+    ack: int = 0,
+    payload: bytes = b"",
+    options: bytes = b"",
+    window: int = 0xFFFF,
 ) -> Segment:
     """
     A segment the capture of C{key}'s local side reads: from the remote
@@ -60,10 +70,19 @@ def incoming(
             seq,
             ack,
             flags,
-            0xFFFF,
+            window,
             payload,
+            options=options,
         )
     )
+
+
+def syn_options(tsval: int) -> bytes:
+    """
+    The options of a Linux SYN: MSS, SACK permitted, timestamps (TSecr
+    zero), NOP, window scale 7.
+    """
+    return b"\x02\x04\x05\xb4\x04\x02\x08\x0a" + tsval.to_bytes(4, "big") + bytes(4) + b"\x01\x03\x03\x07"
 
 
 def server_handshake(
@@ -85,13 +104,17 @@ def server_handshake(
 
 
 def adopted_server_flow(
-    table: FlowTable, key: FlowKey = SERVER_KEY, now: float = 0.0, **kwargs: float
+    table: FlowTable,
+    key: FlowKey = SERVER_KEY,
+    now: float = 0.0,
+    idle_timeout: float = 0.0,
+    keepalive_interval: float = 0.0,
 ) -> Flow:
     """
     A flow of a server table, adopted after a whole handshake.
     """
     server_handshake(table, key, now=now)
-    flow, early = table.adopt(key, MSS, now, **kwargs)
+    flow, early = table.adopt(key, MSS, now, idle_timeout=idle_timeout, keepalive_interval=keepalive_interval)
     return flow
 
 
@@ -187,12 +210,38 @@ class ServerHandshakeTests(SynchronousTestCase):
 
     def test_adoptPassesReceiveWindow(self) -> None:
         """
-        The receive window given to adopt sets the flow's bare-ACK interval.
+        The receive window given to adopt is the flow's (its bare-ACK
+        interval an eighth of it); without one, the flow has
+        L{Flow.receiveWindow} in the scale given.
         """
         table = FlowTable(Role.SERVER)
         server_handshake(table)
         flow, _ = table.adopt(SERVER_KEY, MSS, 0.0, receive_window=8000)
-        self.assertEqual(flow.ack_every, 2000)
+        self.assertEqual((flow.rcv_wnd, flow.window_field, flow.ack_every), (8000, 8000, 1000))
+        table = FlowTable(Role.SERVER)
+        server_handshake(table)
+        flow, _ = table.adopt(SERVER_KEY, MSS, 0.0, receive_wscale=7)
+        self.assertEqual((flow.rcv_wnd, flow.window_field), (Flow.receiveWindow, Flow.receiveWindow >> 7))
+        self.assertEqual(parse_packet(flow.bare_ack(0.0)).window, Flow.receiveWindow >> 7)
+
+    def test_adoptPassesPeerWindow(self) -> None:
+        """
+        The flow's send window starts as the peer's latest handshake
+        window: the handshake ACK's field in the peer's scale (a SYN's field
+        is never scaled).
+        """
+        table = FlowTable(Role.SERVER)
+        table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, SYN, CLIENT_ISN, window=64240), 0.0)
+        ack = incoming(SERVER_KEY, ACK, CLIENT_ISN + 1, SERVER_ISN + 1, window=502)
+        table.receive_unadopted(SERVER_KEY, ack, 0.0)
+        flow, _ = table.adopt(SERVER_KEY, MSS, 0.0, peer_wscale=7)
+        self.assertEqual(flow.snd_wnd, 502 << 7)
+        client = FlowTable(Role.CLIENT)
+        client.expect(CLIENT_PORT, SERVER_ADDR, SERVER_PORT)
+        synack = incoming(CLIENT_KEY, SYN | ACK, SERVER_ISN, CLIENT_ISN + 1, window=65160)
+        client.receive_unadopted(CLIENT_KEY, synack, 0.0)
+        flow, _ = client.adopt(CLIENT_KEY, MSS, 0.0, peer_wscale=7)
+        self.assertEqual(flow.snd_wnd, 65160)
 
     def test_earlySegmentsReturnedInOrder(self) -> None:
         """
@@ -267,16 +316,20 @@ class ServerOrphanTests(SynchronousTestCase):
 
     def test_orphanDataIsReset(self) -> None:
         """
-        A server answers orphan data (a flow of its previous run) with a RST
-        whose seq is the segment's ack, so the peer's flow ends at once.
+        A server answers orphan data (a flow of its previous run) with a
+        RST whose seq is the segment's ack and whose ack is the segment's
+        end, so the peer's flow (which takes a RST only with an ack it
+        sent) ends at once.
         """
         table = FlowTable(Role.SERVER)
-        reply = table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, PSH | ACK, 1, 777, b"x"), 0.0)
-        assert reply is not None
-        answer = parse_packet(reply, verify_checksum=True)
-        self.assertEqual((answer.flags, answer.seq), (RST, 777))
-        self.assertEqual((answer.src, answer.sport), (SERVER_KEY.local_addr, SERVER_KEY.local_port))
-        self.assertEqual((answer.dst, answer.dport), (SERVER_KEY.remote_addr, SERVER_KEY.remote_port))
+        cases = [(PSH | ACK, b"x", 2), (FIN | ACK, b"", 2), (FIN | PSH | ACK, b"xyz", 5), (ACK, b"", 1)]
+        for i, (flags, payload, end) in enumerate(cases):
+            reply = table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, flags, 1, 777, payload), 10.0 * i)
+            assert reply is not None
+            answer = parse_packet(reply, verify_checksum=True)
+            self.assertEqual((answer.flags, answer.seq, answer.ack), (RST | ACK, 777, end))
+            self.assertEqual((answer.src, answer.sport), (SERVER_KEY.local_addr, SERVER_KEY.local_port))
+            self.assertEqual((answer.dst, answer.dport), (SERVER_KEY.remote_addr, SERVER_KEY.remote_port))
 
     def test_orphanResetsRateLimited(self) -> None:
         """
@@ -996,6 +1049,140 @@ class ExpireTests(SynchronousTestCase):
         self.assertEqual({flow.key for each in expired for flow in each}, {flow.key for flow in flows})
 
 
+class HandshakeTimestampTests(SynchronousTestCase):
+    """
+    The table keeps the peer's latest handshake TSval for the flow to echo,
+    and a client answers a SYN-ACK with timestamps as its kernel would.
+    """
+
+    def test_serverKeepsLatestTSval(self) -> None:
+        """
+        A server's embryo keeps the TSval of the client's SYN, then of the
+        handshake's last ACK; the adopted flow echoes the latest.
+        """
+        table = FlowTable(Role.SERVER)
+        table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, SYN, CLIENT_ISN, options=syn_options(1000)), 0.0)
+        self.assertEqual(table.embryos[SERVER_KEY].peer_tsval, 1000)
+        ack = incoming(SERVER_KEY, ACK, CLIENT_ISN + 1, SERVER_ISN + 1, options=timestamp_option(1003, 5555))
+        table.receive_unadopted(SERVER_KEY, ack, 0.0)
+        self.assertEqual(table.embryos[SERVER_KEY].peer_tsval, 1003)
+        flow, _ = table.adopt(SERVER_KEY, MSS, 0.0)
+        self.assertEqual(flow.ts_recent, 1003)
+        flow.use_timestamps(5560, 0.0)
+        self.assertEqual(parse_options(parse_packet(flow.bare_ack(0.0)).options).timestamp, (5560, 1003))
+
+    def test_noTimestampsNoTSval(self) -> None:
+        """
+        A handshake without timestamps leaves no TSval to echo.
+        """
+        table = FlowTable(Role.SERVER)
+        server_handshake(table)
+        self.assertIsNone(table.embryos[SERVER_KEY].peer_tsval)
+
+    def test_earlyDataWithTimestamps(self) -> None:
+        """
+        Data that arrives before adoption with timestamps (a current tcpraw
+        peer's) is kept for the flow, not dropped for its options; its
+        TSval is the embryo's latest, and the flow delivers it.
+        """
+        table = FlowTable(Role.SERVER)
+        server_handshake(table)
+        data = incoming(
+            SERVER_KEY, PSH | ACK, CLIENT_ISN + 1, SERVER_ISN + 1, b"early", options=timestamp_option(2000, 0)
+        )
+        self.assertIsNone(table.receive_unadopted(SERVER_KEY, data, 0.0))
+        self.assertEqual(table.embryos[SERVER_KEY].peer_tsval, 2000)
+        flow, early = table.adopt(SERVER_KEY, MSS, 0.0)
+        self.assertEqual(early, [data])
+        self.assertEqual(flow.ts_recent, 2000)
+        self.assertEqual(flow.receive(early[0], 0.0), b"early")
+        self.assertEqual(table.drops, {})
+
+    def test_clientAnswersWithTimestamps(self) -> None:
+        """
+        A client answers a SYN-ACK that has timestamps with the handshake's
+        last ACK carrying them too, as its kernel would: TSval the value
+        the SYN-ACK echoed (this side's own clock), TSecr the SYN-ACK's
+        TSval.  The adopted flow echoes the SYN-ACK's TSval.
+        """
+        table = FlowTable(Role.CLIENT)
+        table.expect(CLIENT_PORT, SERVER_ADDR, SERVER_PORT)
+        options = b"\x02\x04\x05\xb4\x04\x02\x08\x0a" + (7000).to_bytes(4, "big") + (4242).to_bytes(4, "big")
+        synack = incoming(CLIENT_KEY, SYN | ACK, SERVER_ISN, CLIENT_ISN + 1, options=options + b"\x01\x03\x03\x07")
+        reply = table.receive_unadopted(CLIENT_KEY, synack, 0.0)
+        assert reply is not None
+        self.assertEqual(reply[32] >> 4, 8)
+        ack = parse_packet(reply, verify_checksum=True)
+        self.assertEqual((ack.flags, ack.seq, ack.ack), (ACK, CLIENT_ISN + 1, SERVER_ISN + 1))
+        self.assertEqual(ack.options, timestamp_option(4242, 7000))
+        self.assertEqual(ack.options[:4], TIMESTAMP_PREFIX)
+        self.assertEqual(table.embryos[CLIENT_KEY].peer_tsval, 7000)
+        flow, _ = table.adopt(CLIENT_KEY, MSS, 0.0)
+        self.assertEqual(flow.ts_recent, 7000)
+
+    def test_clientAnswerWithoutTimestamps(self) -> None:
+        """
+        A SYN-ACK without timestamps is answered without options.
+        """
+        table = FlowTable(Role.CLIENT)
+        table.expect(CLIENT_PORT, SERVER_ADDR, SERVER_PORT)
+        synack = incoming(CLIENT_KEY, SYN | ACK, SERVER_ISN, CLIENT_ISN + 1, options=b"\x02\x04\x05\xb4")
+        reply = table.receive_unadopted(CLIENT_KEY, synack, 0.0)
+        assert reply is not None
+        self.assertEqual(parse_packet(reply).options, b"")
+        self.assertEqual(reply[32] >> 4, 5)
+
+
+class OptionTests(SynchronousTestCase):
+    """
+    Segments of no adopted flow with well-formed TCP options are handled
+    like any other; a malformed option list gets a segment dropped and
+    counted (C{bad-options}) before anything else is looked at.
+    """
+
+    def test_wellFormedOptionsKept(self) -> None:
+        """
+        Early data with any well-formed options is kept for the flow, which
+        delivers it.
+        """
+        table = FlowTable(Role.SERVER, TableLimits(early_segments=len(WELL_FORMED_OPTIONS)))
+        server_handshake(table)
+        for i, options in enumerate(WELL_FORMED_OPTIONS):
+            data = incoming(SERVER_KEY, PSH | ACK, CLIENT_ISN + 1 + i, SERVER_ISN + 1, b"o", options=options)
+            table.receive_unadopted(SERVER_KEY, data, 0.0)
+        self.assertEqual(table.drops, {})
+        flow, early = table.adopt(SERVER_KEY, MSS, 0.0)
+        self.assertEqual([flow.receive(segment, 0.0) for segment in early], [b"o"] * len(WELL_FORMED_OPTIONS))
+
+    def test_malformedOptionsDropped(self) -> None:
+        """
+        A malformed option list gets any segment dropped and counted: a SYN
+        makes no embryo, data is not kept, a RST ends no handshake, an
+        orphan gets no RST, a SYN-ACK gets no answer.
+        """
+        for options in MALFORMED_OPTIONS:
+            table = FlowTable(Role.SERVER)
+            table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, SYN, CLIENT_ISN, options=options), 0.0)
+            self.assertEqual(table.embryos, {})
+            server_handshake(table)
+            for segment in [
+                incoming(SERVER_KEY, PSH | ACK, CLIENT_ISN + 1, SERVER_ISN + 1, b"x", options=options),
+                incoming(SERVER_KEY, RST | ACK, CLIENT_ISN + 1, SERVER_ISN + 1, options=options),
+            ]:
+                self.assertIsNone(table.receive_unadopted(SERVER_KEY, segment, 0.0))
+            orphan = SERVER_KEY._replace(remote_port=CLIENT_PORT + 1)
+            data = incoming(orphan, PSH | ACK, 5, 6, b"x", options=options)
+            self.assertIsNone(table.receive_unadopted(orphan, data, 0.0))
+            self.assertEqual(table.drops, {"bad-options": 4}, options.hex())
+            self.assertTrue(table.handshake_known(SERVER_KEY))
+            self.assertEqual(table.embryos[SERVER_KEY].early, [])
+            client = FlowTable(Role.CLIENT)
+            client.expect(CLIENT_PORT, SERVER_ADDR, SERVER_PORT)
+            synack = incoming(CLIENT_KEY, SYN | ACK, SERVER_ISN, CLIENT_ISN + 1, options=options)
+            self.assertIsNone(client.receive_unadopted(CLIENT_KEY, synack, 0.0))
+            self.assertEqual((client.embryos, client.drops), ({}, {"bad-options": 1}))
+
+
 # -- properties --------------------------------------------------------------
 
 PROPERTY_KEYS = [
@@ -1019,6 +1206,14 @@ seq_numbers = st.one_of(
     st.integers(0, 0xFFFFFFFF),
     st.sampled_from([0, 1, 2, 100, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF]),
 )
+#: Option lists of the segments, with whether each is malformed.
+PROPERTY_OPTIONS = [(b"", False)] * 4 + [
+    (timestamp_option(1234, 0), False),
+    (WELL_FORMED_OPTIONS[5], False),
+    (MALFORMED_OPTIONS[1], True),
+    (MALFORMED_OPTIONS[3], True),
+]
+option_choices = st.integers(0, len(PROPERTY_OPTIONS) - 1)
 operations = st.one_of(
     st.tuples(
         st.just("segment"),
@@ -1027,6 +1222,7 @@ operations = st.one_of(
         seq_numbers,
         seq_numbers,
         payload_sizes,
+        option_choices,
     ),
     # A data segment near where the peer's numbers are (the embryo's or the
     # flow's), so that early segments and flows see plausible traffic.
@@ -1036,6 +1232,7 @@ operations = st.one_of(
         st.sampled_from([PSH | ACK, ACK, FIN | ACK, FIN | PSH | ACK]),
         st.integers(-3000, 3000),
         payload_sizes,
+        option_choices,
     ),
     st.tuples(st.just("handshake"), key_index, seq_numbers, seq_numbers),
     st.tuples(st.just("adopt"), key_index),
@@ -1101,9 +1298,11 @@ class TablePropertyTests(SynchronousTestCase):
     ) -> None:
         """
         Any sequence of segments (any flags of SYN, ACK, PSH, FIN, RST, any
-        numbers and sizes, a few 4-tuples), adoptions, retirements, local
-        sends and clock ticks, fed as a capture would feed them, never
-        raises, and the table never holds more than its limits allow.
+        numbers, sizes and options, a few 4-tuples), adoptions,
+        retirements, local sends and clock ticks, fed as a capture would
+        feed them, never raises, and the table never holds more than its
+        limits allow; a segment with a malformed option list changes
+        nothing but its counter.
         """
         table = FlowTable(role, limits)
         now = 0.0
@@ -1111,10 +1310,10 @@ class TablePropertyTests(SynchronousTestCase):
             kind = op[0]
             if kind in ("segment", "data"):
                 if kind == "segment":
-                    _, index, flags, seq, ack, size = op
+                    _, index, flags, seq, ack, size, option_choice = op
                     key = PROPERTY_KEYS[index]
                 else:
-                    _, index, flags, offset, size = op
+                    _, index, flags, offset, size, option_choice = op
                     key = PROPERTY_KEYS[index]
                     flow = table.flows.get(key)
                     embryo = table.embryos.get(key)
@@ -1127,6 +1326,7 @@ class TablePropertyTests(SynchronousTestCase):
                         base, ack = offset, 0
                     seq = (base + offset) & 0xFFFFFFFF
                     ack &= 0xFFFFFFFF
+                options, malformed = PROPERTY_OPTIONS[option_choice]
                 segment = Segment(
                     key.remote_addr,
                     key.local_addr,
@@ -1137,23 +1337,38 @@ class TablePropertyTests(SynchronousTestCase):
                     flags,
                     0xFFFF,
                     b"p" * size,
+                    options,
                 )
                 flow = table.flows.get(key)
                 if flow is not None:
                     flow.receive(segment, now)
                     if flow.state is FlowState.CLOSED:
                         table.retire(flow, now)
+                elif malformed and key not in table.time_wait:
+                    # Dropped before anything else is looked at.
+                    embryos, drops = dict(table.embryos), dict(table.drops)
+                    counts = (table.early_segments, table.early_bytes)
+                    self.assertIsNone(table.receive_unadopted(key, segment, now))
+                    self.assertEqual(table.embryos, embryos)
+                    self.assertEqual((table.early_segments, table.early_bytes), counts)
+                    drops["bad-options"] = drops.get("bad-options", 0) + 1
+                    self.assertEqual(table.drops, drops)
                 else:
                     reply = table.receive_unadopted(key, segment, now)
                     if reply is not None:
                         answer = parse_packet(reply, verify_checksum=True)
                         if role is Role.SERVER:
-                            # An orphan's RST, seq taken from its ack.
-                            self.assertEqual((answer.flags, answer.seq), (RST, ack))
+                            # An orphan's RST, seq taken from its ack, its
+                            # ack the segment's end.
+                            end = (seq + size + (1 if flags & FIN else 0)) & 0xFFFFFFFF
+                            self.assertEqual((answer.flags, answer.seq, answer.ack), (RST | ACK, ack, end))
                             continue
                         self.assertEqual(answer.flags, ACK)
                         self.assertEqual(answer.seq, ack)
                         self.assertEqual(answer.ack, (seq + 1) & 0xFFFFFFFF)
+                        # Timestamps in the answer exactly when the SYN-ACK
+                        # had them.
+                        self.assertEqual(bool(answer.options), options[:4] == timestamp_option(0, 0)[:4])
             elif kind == "handshake":
                 # A whole, well-formed handshake, as the capture sees it.
                 _, index, remote_isn, local_isn = op
