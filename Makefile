@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: setup.cfg setup.py pyproject.toml faketcp_twisted/_fastpath.c scripts/bootstrap-system
+$(VENV)/.installed: setup.cfg setup.py pyproject.toml faketcp_twisted/io/_fastpath.c scripts/bootstrap-system
 	./scripts/bootstrap-system
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -26,11 +26,11 @@ test: setup
 	$(PY) -m twisted.trial --reactor=asyncio tests.test_integration.EchoTests tests.test_integration.ClosingTests
 
 demo: setup
-	$(PY) -m faketcp_twisted.demo
+	$(PY) -m lab.demo
 
 # Not part of `make test`: figures are measured, never asserted.
 bench: setup
-	$(PY) -m faketcp_twisted.bench
+	$(PY) -m lab.bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info _trial_temp dropin.cache

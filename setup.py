@@ -1,9 +1,9 @@
 """
-Build of the optional C fast path (faketcp_twisted._fastpath).
+Build of the optional C fast path (faketcp_twisted.io._fastpath).
 
 Everything else about the package is declared in setup.cfg.  The extension
 is optional: without a compiler or Python's headers the install still
-succeeds, with a warning, and faketcp_twisted.fastpath uses its pure-Python
+succeeds, with a warning, and faketcp_twisted.io.fastpath uses its pure-Python
 implementation (same semantics, slower).
 """
 
@@ -34,8 +34,8 @@ class OptionalBuildExt(build_ext):  # type: ignore[misc]  # setuptools is untype
 setup(
     ext_modules=[
         Extension(
-            "faketcp_twisted._fastpath",
-            sources=["faketcp_twisted/_fastpath.c"],
+            "faketcp_twisted.io._fastpath",
+            sources=["faketcp_twisted/io/_fastpath.c"],
             extra_compile_args=["-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"],
             optional=True,
         )

@@ -30,9 +30,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from faketcp_twisted import fastpath, segment  # noqa: E402
-from faketcp_twisted.flow import Flow, FlowKey  # noqa: E402
-from faketcp_twisted.segment import ACK, PSH  # noqa: E402
+from faketcp_twisted.io import fastpath  # noqa: E402
+from faketcp_twisted.core import segment  # noqa: E402
+from faketcp_twisted.core.flow import Flow, FlowKey  # noqa: E402
+from faketcp_twisted.core.segment import ACK, PSH  # noqa: E402
 
 PAYLOAD = bytes(range(256)) * 4 + bytes(176)  # 1200 bytes
 SRC = socket.inet_pton(socket.AF_INET, "198.18.0.1")
@@ -112,8 +113,8 @@ def syscall_steps() -> dict[str, dict[str, float]]:
     Send and receive syscalls in a two-host lab: C sends raw segments to S,
     where a capture with the project's filter queues them.
     """
-    from faketcp_twisted import netlab
-    from faketcp_twisted.capture import Capture
+    from lab import netlab
+    from faketcp_twisted.io.capture import Capture
 
     lab = netlab.two_hosts()
     results: dict[str, dict[str, float]] = {"python": {}, "c": {}}
@@ -188,8 +189,8 @@ def kernel_work(lab: Any, sender: Any) -> dict[str, float]:
     the receiver's softirq runs in the sender's syscall, so the sender's
     time per packet includes S's whole receive path.
     """
-    from faketcp_twisted import netlab
-    from faketcp_twisted.demux import mute
+    from lab import netlab
+    from faketcp_twisted.engine.demux import mute
 
     fastpath.use(fastpath.C or fastpath.PYTHON)
     lab.iptables(lab.S, "-A", "OUTPUT", "-p", "tcp", "--sport", "9192", "!", "--tcp-flags", "SYN", "SYN", "-j", "DROP")

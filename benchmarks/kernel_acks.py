@@ -11,7 +11,7 @@ Run as root from the checkout::
 
 Unmuted, the server's kernel answers every segment with a duplicate ACK
 (Tcp OutSegs grows by one per segment) that the silencing rule then drops;
-muted (L{faketcp_twisted.demux.mute}), it sends nothing and the rule drops
+muted (L{faketcp_twisted.engine.demux.mute}), it sends nothing and the rule drops
 nothing.
 """
 
@@ -28,7 +28,8 @@ from twisted.internet import defer, task  # noqa: E402
 from twisted.internet.endpoints import clientFromString, serverFromString  # noqa: E402
 from twisted.internet.protocol import Factory, Protocol  # noqa: E402
 
-from faketcp_twisted import demux, netlab  # noqa: E402
+from faketcp_twisted.engine import demux  # noqa: E402
+from lab import netlab  # noqa: E402
 
 COUNT = 20000
 COUNTERS = ("TcpInSegs", "TcpOutSegs", "TcpExtTCPACKSkippedSeq", "TcpExtTCPRcvQDrop")

@@ -39,7 +39,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 
-from faketcp_twisted.segment import ACK, FIN, PSH, RST, SYN, URG, internet_checksum_sum, tcp_checksum
+from faketcp_twisted.core.segment import ACK, FIN, PSH, RST, SYN, URG, internet_checksum_sum, tcp_checksum
 
 ETH_P_IP = 0x0800
 _IP = struct.Struct("!BBHHHBBH4s4s")

@@ -23,8 +23,8 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from twisted.trial.unittest import SkipTest, TestCase
 
-from faketcp_twisted import netlab
-from faketcp_twisted.udp import enlarge_buffers
+from lab import netlab
+from faketcp_twisted.relay.udp import enlarge_buffers
 from tests.support import sleep
 
 #: The twistd of the running interpreter's environment.

@@ -17,7 +17,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
 
-from faketcp_twisted import netlab
+from lab import netlab
 
 ROOT_REASON = "needs root (CAP_NET_RAW, CAP_NET_ADMIN) to create namespaces, raw sockets and rules"
 

@@ -27,19 +27,20 @@ from typing import Any
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from faketcp_twisted import aio, kernel, netlab
-from faketcp_twisted.errors import (
+from faketcp_twisted import aio
+from faketcp_twisted.io import kernel
+from lab import netlab
+from faketcp_twisted.aio.errors import (
     FakeTCPConnectionRefusedError,
-    FakeTCPError,
     FakeTCPFirewallError,
     FakeTCPHandshakeNotSeenError,
     FakeTCPOSError,
     FakeTCPPermissionError,
     FakeTCPTimeoutError,
-    Problem,
     asyncio_error,
 )
-from faketcp_twisted.firewall import silencer
+from faketcp_twisted.engine.errors import FakeTCPError, Problem
+from faketcp_twisted.io.firewall import silencer
 from tests.support import kernel_sockets, require_root, silencing_rules
 
 uvloop: Any

@@ -1,5 +1,5 @@
 """
-Tests for L{faketcp_twisted.auth}, the pre-shared-key authentication of
+Tests for L{faketcp_twisted.core.auth}, the pre-shared-key authentication of
 connections: the proofs, the sans-IO state machine (resends, deadline,
 hold, answers), its wiring into L{FlowConnection} (driven in memory with a
 fake demultiplexer and a fake clock, packets crossing through the codec),
@@ -21,7 +21,7 @@ from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from faketcp_twisted.auth import (
+from faketcp_twisted.core.auth import (
     DEFAULT_TIMEOUT,
     PROOF_SIZE,
     AuthKey,
@@ -31,11 +31,11 @@ from faketcp_twisted.auth import (
     RefusalLog,
     auth_key,
 )
-from faketcp_twisted.connection import Ending, FlowConnection
-from faketcp_twisted.endpoints import redact
-from faketcp_twisted.flow import Flow, FlowKey
-from faketcp_twisted.segment import parse_packet
-from faketcp_twisted.table import Role
+from faketcp_twisted.engine.connection import Ending, FlowConnection
+from faketcp_twisted.engine.options import redact
+from faketcp_twisted.core.flow import Flow, FlowKey
+from faketcp_twisted.core.segment import parse_packet
+from faketcp_twisted.core.table import Role
 from tests.test_flow import CLIENT_ADDR, CLIENT_ISN, CLIENT_PORT, MSS, SERVER_ADDR, SERVER_ISN, SERVER_PORT
 
 KEY = AuthKey.from_text("correct horse battery staple")

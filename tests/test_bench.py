@@ -17,7 +17,7 @@ from typing import Any
 
 from twisted.trial.unittest import SkipTest, TestCase
 
-from faketcp_twisted import bench, bench_report, bench_udp
+from lab import bench, bench_report, bench_udp
 from tests.support import ROOT_REASON
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,7 +91,7 @@ class SummaryTests(TestCase):
 
 class QuickRunTests(TestCase):
     """
-    C{python -m faketcp_twisted.bench --quick --tunnels direct --seconds 1}
+    C{python -m lab.bench --quick --tunnels direct --seconds 1}
     as root: the JSON report has the documented shape and nothing is left.
     """
 
@@ -107,7 +107,7 @@ class QuickRunTests(TestCase):
         report_path = work / "report.json"
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         run = subprocess.run(
-            [sys.executable, "-m", "faketcp_twisted.bench", "--quick", "--tunnels", "direct",
+            [sys.executable, "-m", "lab.bench", "--quick", "--tunnels", "direct",
              "--seconds", "1", "--rtt-rate", "2000", "--json", str(report_path)],
             capture_output=True, text=True, timeout=120, cwd=work, env=env,
         )  # fmt: skip
@@ -149,7 +149,7 @@ class QuickRunTests(TestCase):
         report_path = work / "report.json"
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         run = subprocess.run(
-            [sys.executable, "-m", "faketcp_twisted.bench", "--quick", "--no-max", "--tunnels", "direct,twisted-udp",
+            [sys.executable, "-m", "lab.bench", "--quick", "--no-max", "--tunnels", "direct,twisted-udp",
              "--seconds", "1", "--rtt-rate", "2000", "--json", str(report_path)],
             capture_output=True, text=True, timeout=120, cwd=work, env=env,
         )  # fmt: skip

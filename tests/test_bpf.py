@@ -1,5 +1,5 @@
 """
-Tests for L{faketcp_twisted.bpf}.
+Tests for L{faketcp_twisted.core.bpf}.
 
 The filters run in the real kernel: attached to one end of an C{AF_UNIX}
 datagram socket pair, they see each datagram the other end sends exactly
@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from faketcp_twisted import bpf
-from faketcp_twisted.bpf import (
+from faketcp_twisted.core import bpf
+from faketcp_twisted.core.bpf import (
     ACCEPT,
     BPF_ABS,
     BPF_B,

@@ -30,7 +30,7 @@ from twisted.protocols.wire import Echo
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from faketcp_twisted.endpoints import (
+from faketcp_twisted.tx.endpoints import (
     FakeTCPClientEndpoint,
     FakeTCPClientParser,
     FakeTCPServerEndpoint,

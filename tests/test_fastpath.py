@@ -1,5 +1,5 @@
 """
-Tests for L{faketcp_twisted.fastpath}: the C hot path and its pure-Python
+Tests for L{faketcp_twisted.io.fastpath}: the C hot path and its pure-Python
 twin give the same results and the same errors, and the demultiplexer built
 on them batches its syscalls and mutes the kernel's sockets.
 
@@ -25,8 +25,10 @@ from hypothesis import given, settings, strategies as st
 from twisted.protocols.wire import Echo
 from twisted.trial.unittest import SynchronousTestCase
 
-from faketcp_twisted import fastpath, netlab, segment
-from faketcp_twisted.segment import ACK, FIN, PSH, RST, SYN, FlowKey, MalformedSegment
+from faketcp_twisted.io import fastpath
+from lab import netlab
+from faketcp_twisted.core import segment
+from faketcp_twisted.core.segment import ACK, FIN, PSH, RST, SYN, FlowKey, MalformedSegment
 from tests.support import LabTestCase, RecordingFactory, require_root, wait_until
 from tests import test_integration
 from tests.test_segment import KNOWN_IPV4_DATA, KNOWN_IPV4_SYN, KNOWN_IPV6_DATA, KNOWN_IPV6_FIN, reference_sum
@@ -516,7 +518,7 @@ class SelectionTests(SynchronousTestCase):
         C{FAKETCP_PURE_PYTHON=1} selects the pure-Python path even when the
         C one is built; without it, the C one is used when built.
         """
-        script = "from faketcp_twisted import fastpath; print(fastpath.active.name)"
+        script = "from faketcp_twisted.io import fastpath; print(fastpath.active.name)"
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         for value, expected in (("1", "python"), ("", "c" if fastpath.C else "python")):
             env = dict(os.environ, FAKETCP_PURE_PYTHON=value, PYTHONPATH=root)
@@ -560,7 +562,7 @@ class _SocketTests:
 
     def setUp(self) -> None:
         require_root()
-        from faketcp_twisted.capture import Capture
+        from faketcp_twisted.io.capture import Capture
 
         self.lab = netlab.two_hosts()
         self.addCleanup(self.lab.destroy)
@@ -749,7 +751,7 @@ class BatchingTests(LabTestCase):
         batch when it ends, with no call scheduled on the loop; they
         arrive whole and in order.
         """
-        from faketcp_twisted.demux import coalesced_sends
+        from faketcp_twisted.engine.demux import coalesced_sends
 
         client, demux, batches = await self._connected()
         messages = [b"together %d" % i for i in range(10)]

@@ -1,5 +1,5 @@
 """
-Tests for L{faketcp_twisted.flow}: two sans-IO L{Flow}s, a client's and a
+Tests for L{faketcp_twisted.core.flow}: two sans-IO L{Flow}s, a client's and a
 server's with mirrored keys and initial sequence numbers, driven against
 each other in memory.  Every packet one side produces goes through
 L{parse_packet} (checksum verified) into the other side's C{receive}, so
@@ -14,7 +14,7 @@ import socket
 from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from faketcp_twisted.flow import (
+from faketcp_twisted.core.flow import (
     WINDOW_FIELD,
     EndReason,
     Flow,
@@ -22,7 +22,7 @@ from faketcp_twisted.flow import (
     FlowState,
     FlowStats,
 )
-from faketcp_twisted.segment import (
+from faketcp_twisted.core.segment import (
     ACK,
     FIN,
     PSH,

@@ -32,15 +32,16 @@ from twisted.internet.endpoints import clientFromString
 from twisted.internet.protocol import Factory
 from twisted.protocols.wire import Echo
 
-from faketcp_twisted import aio, netlab
-from faketcp_twisted.auth import AuthState
-from faketcp_twisted.demux import FlowOptions
-from faketcp_twisted.endpoints import FakeTCPClientEndpoint
-from faketcp_twisted.flow import FlowState
-from faketcp_twisted.errors import AuthenticationError
-from faketcp_twisted.port import FakeTCPPort
-from faketcp_twisted.segment import ACK, FIN, PSH, RST, SYN, MalformedSegment, parse_packet
-from faketcp_twisted.table import TableLimits
+from faketcp_twisted import aio
+from lab import netlab
+from faketcp_twisted.core.auth import AuthState
+from faketcp_twisted.engine.options import FlowOptions
+from faketcp_twisted.tx.endpoints import FakeTCPClientEndpoint
+from faketcp_twisted.core.flow import FlowState
+from faketcp_twisted.tx.errors import AuthenticationError
+from faketcp_twisted.tx.port import FakeTCPPort
+from faketcp_twisted.core.segment import ACK, FIN, PSH, RST, SYN, MalformedSegment, parse_packet
+from faketcp_twisted.core.table import TableLimits
 from tests import junk, test_aio
 from tests.support import (
     LabTestCase,

@@ -25,8 +25,8 @@ from typing import NamedTuple
 from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from faketcp_twisted.flow import EndReason, Flow, FlowKey, FlowState
-from faketcp_twisted.segment import (
+from faketcp_twisted.core.flow import EndReason, Flow, FlowKey, FlowState
+from faketcp_twisted.core.segment import (
     ACK,
     FIN,
     MALFORMED_REASONS,
@@ -44,7 +44,7 @@ from faketcp_twisted.segment import (
     timestamp_option,
     timestamp_value,
 )
-from faketcp_twisted.table import FlowTable, Role
+from faketcp_twisted.core.table import FlowTable, Role
 from tests.test_flow import (
     CLIENT_ADDR,
     CLIENT_ISN,

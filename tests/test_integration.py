@@ -12,10 +12,10 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols import amp, basic
 from twisted.protocols.wire import Echo
 
-from faketcp_twisted.demux import Demultiplexer
-from faketcp_twisted.errors import PortInUseError
+from faketcp_twisted.engine.demux import Demultiplexer
+from faketcp_twisted.tx.errors import PortInUseError
 
-from faketcp_twisted import netlab
+from lab import netlab
 from tests.support import LabTestCase, Recorder, RecordingFactory, silencing_rules, sleep, wait_until
 
 

@@ -50,7 +50,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory
 from twisted.trial.unittest import SkipTest, TestCase
 
-from faketcp_twisted import netlab
+from lab import netlab
 from tests.relaylab import (
     PacedStream,
     PeerProcess,

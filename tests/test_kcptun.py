@@ -34,7 +34,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SkipTest, TestCase
 
-from faketcp_twisted import netlab
+from lab import netlab
 from tests.relaylab import RelayProcess, temp_dir
 from tests.support import require_root, sleep, wait_until
 

@@ -1,4 +1,4 @@
-"""Tests for :mod:`faketcp_twisted.netlab`, the network-namespace lab helper."""
+"""Tests for :mod:`lab.netlab`, the network-namespace lab helper."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import time
 from pyroute2 import netns
 from twisted.trial import unittest
 
-from faketcp_twisted import netlab
+from lab import netlab
 
 _ROOT_SKIP = "needs root to create network namespaces" if os.geteuid() != 0 else None
 

@@ -17,7 +17,7 @@ import sys
 
 from twisted.trial.unittest import SkipTest, TestCase
 
-from faketcp_twisted import netlab
+from lab import netlab
 from tests.relaylab import (
     CHECKOUT,
     TWISTD,

@@ -15,9 +15,10 @@ import subprocess
 from twisted.python import usage
 from twisted.trial.unittest import SkipTest, TestCase
 
-from faketcp_twisted import firewall, relayspec
-from faketcp_twisted.firewall import DEFAULT_MARK
-from faketcp_twisted.relay_tap import Options, print_rules
+from faketcp_twisted.io import firewall
+from faketcp_twisted.relay import spec as relayspec
+from faketcp_twisted.io.firewall import DEFAULT_MARK
+from faketcp_twisted.relay.tap import Options, print_rules
 from tests.relaylab import CHECKOUT, TWISTD
 
 

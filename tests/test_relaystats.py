@@ -13,8 +13,8 @@ from typing import Any
 
 from twisted.trial.unittest import TestCase
 
-from faketcp_twisted.flow import FlowStats
-from faketcp_twisted.relaystats import Counts, FlowRecord, RelayStats, Snapshot, format_counter, path_mtu
+from faketcp_twisted.core.flow import FlowStats
+from faketcp_twisted.relay.stats import Counts, FlowRecord, RelayStats, Snapshot, format_counter, path_mtu
 
 
 def fake_transport(stats: FlowStats, mss: int = 1460) -> Any:

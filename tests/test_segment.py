@@ -1,5 +1,5 @@
 """
-Tests for L{faketcp_twisted.segment}: the IPv4/IPv6 + TCP codec.
+Tests for L{faketcp_twisted.core.segment}: the IPv4/IPv6 + TCP codec.
 
 Checksums are checked against packets written out byte by byte in this
 module (independently cross-checked with C{tcpdump -vv}, which reported
@@ -15,7 +15,7 @@ import struct
 from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from faketcp_twisted.segment import (
+from faketcp_twisted.core.segment import (
     ACK,
     FIN,
     PSH,

@@ -1,5 +1,5 @@
 """
-Tests for L{faketcp_twisted.table}: the flow table of one capture, with its
+Tests for L{faketcp_twisted.core.table}: the flow table of one capture, with its
 embryonic handshakes (server and client roles), adoption, time-wait and
 timers.
 """
@@ -11,8 +11,8 @@ import socket
 from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from faketcp_twisted.flow import EndReason, Flow, FlowKey, FlowState
-from faketcp_twisted.segment import (
+from faketcp_twisted.core.flow import EndReason, Flow, FlowKey, FlowState
+from faketcp_twisted.core.segment import (
     ACK,
     FIN,
     PSH,
@@ -25,8 +25,8 @@ from faketcp_twisted.segment import (
     parse_packet,
     timestamp_option,
 )
-from faketcp_twisted.rotation import Rotation
-from faketcp_twisted.table import Embryo, FlowTable, Role, TableLimits
+from faketcp_twisted.core.rotation import Rotation
+from faketcp_twisted.core.table import Embryo, FlowTable, Role, TableLimits
 from tests.test_flow import MALFORMED_OPTIONS, WELL_FORMED_OPTIONS
 
 SERVER_ADDR = socket.inet_pton(socket.AF_INET, "198.51.100.7")

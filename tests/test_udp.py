@@ -1,5 +1,5 @@
 """
-Tests for L{faketcp_twisted.udp} and the fast path's batch UDP read
+Tests for L{faketcp_twisted.relay.udp} and the fast path's batch UDP read
 (L{fastpath.receive_datagrams}), on real loopback sockets: no root needed.
 
 Every test runs once per fast-path implementation available, so the pure
@@ -17,11 +17,11 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from faketcp_twisted import fastpath
-from faketcp_twisted.demux import coalesced_sends
-from faketcp_twisted.endpoints import host_port
-from faketcp_twisted.loop import loop_for
-from faketcp_twisted.udp import DatagramSocket
+from faketcp_twisted.io import fastpath
+from faketcp_twisted.engine.demux import coalesced_sends
+from faketcp_twisted.engine.options import host_port
+from faketcp_twisted.tx.reactor import loop_for
+from faketcp_twisted.relay.udp import DatagramSocket
 from tests.support import wait_until
 
 
@@ -297,7 +297,7 @@ class _DatagramSocketTests:
         self.addCleanup(udp.close)
         udp.start()
         sender = self._sender()
-        with self.assertLogs("faketcp_twisted.udp", logging.ERROR) as logged:
+        with self.assertLogs("faketcp_twisted.relay.udp", logging.ERROR) as logged:
             sender.sendto(b"first", udp.socket.getsockname())
             await wait_until(lambda: bool(failures))
         self.assertIn("owner bug", "\n".join(logged.output))

@@ -56,7 +56,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from twisted.trial.unittest import SkipTest, TestCase
 
-from faketcp_twisted import netlab
+from lab import netlab
 from tests.relaylab import RelayProcess, UDPClient, UDPEcho, listen_udp, temp_dir
 from tests.support import require_root, sleep, wait_until
 

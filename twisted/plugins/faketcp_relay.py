@@ -9,7 +9,7 @@ from twisted.application.service import ServiceMaker
 
 faketcpRelay = ServiceMaker(
     "faketcp-relay",
-    "faketcp_twisted.relay_tap",
+    "faketcp_twisted.relay.tap",
     "Relay UDP datagrams over fake-TCP (tcpraw / kcptun --tcp compatible)",
     "faketcp-relay",
 )

@@ -1,0 +1,63 @@
+# -*- test-case-name: tests.test_aio -*-
+"""
+L{EventLoop} over an asyncio event loop (uvloop's too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from ..engine.loop import EventLoop, Timer, cached_adapter
+
+
+class _AsyncioTimer:
+    def __init__(self, loop: asyncio.AbstractEventLoop, delay: float, callback: Callable[..., object], args: tuple[Any, ...]) -> None:
+        self._fired = False
+        self._callback = callback
+        self._handle = loop.call_later(delay, self._fire, *args)
+
+    def _fire(self, *args: Any) -> None:
+        self._fired = True
+        self._callback(*args)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+    def active(self) -> bool:
+        return not self._fired and not self._handle.cancelled()
+
+
+class AsyncioLoop:
+    """
+    L{EventLoop} over an asyncio event loop (uvloop's too).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    def seconds(self) -> float:
+        return self.loop.time()
+
+    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> Timer:
+        return _AsyncioTimer(self.loop, delay, callback, args)
+
+    def add_reader(self, fd: int, callback: Callable[[], object]) -> None:
+        self.loop.add_reader(fd, callback)
+
+    def remove_reader(self, fd: int) -> None:
+        self.loop.remove_reader(fd)
+
+    def add_writer(self, fd: int, callback: Callable[[], object]) -> None:
+        self.loop.add_writer(fd, callback)
+
+    def remove_writer(self, fd: int) -> None:
+        self.loop.remove_writer(fd)
+
+
+def loop_for(loop: asyncio.AbstractEventLoop) -> EventLoop:
+    """
+    The adapter of an asyncio loop (one per loop, see L{cached_adapter}).
+    """
+    return cached_adapter(loop, AsyncioLoop)

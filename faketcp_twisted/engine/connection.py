@@ -1,0 +1,489 @@
+# -*- test-case-name: tests.test_integration -*-
+"""
+The face-neutral half of a connection: one flow of a shared capture, its
+silenced kernel socket, and what each segment means for the application.
+
+A face (Twisted's transport, asyncio's) subclasses L{FlowConnection} and
+implements four hooks: L{_deliver} a datagram, L{_peerFinished} (the peer
+sent FIN and this side may still write), L{_ended} (the connection is over,
+and why) and L{_congestion} (the send backlog crossed its high-water mark).
+
+With a pre-shared key, a connection passes an authentication stage
+(L{FlowConnection.authenticate}, see L{auth}) between adoption and its
+face's application: none of the hooks is called, and nothing the peer sent
+is delivered, until the peer proved it knows the key.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import socket
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..core.auth import AuthState, Authenticator, Refusal, refusal_log
+from ..core.flow import EndReason, Flow, FlowState
+from ..core.segment import Segment
+from ..core.table import Role
+
+if TYPE_CHECKING:
+    from .demux import Demultiplexer
+    from .loop import Timer
+
+log = logging.getLogger(__name__)
+
+#: What a refusal means, for the log line.
+_REFUSAL_WORDS = {
+    Refusal.BAD_PROOF: "wrong key, or a proof replayed from another connection",
+    Refusal.UNEXPECTED_DATA: "data before any proof (a peer without the key)",
+    Refusal.TIMEOUT: "no proof in time",
+    Refusal.CLOSED: "closed before proving the key",
+}
+
+
+class Ending(enum.Enum):
+    """
+    How a connection ended, as its application is told.
+    """
+
+    #: FIN both ways, or this side closed.
+    DONE = "done"
+    #: The peer sent RST.
+    RESET = "reset"
+    #: This side sent RST.
+    ABORTED = "aborted"
+    #: Nothing from the peer for the idle timeout.
+    TIMEOUT = "timeout"
+    #: The application's callback raised.
+    FAILED = "failed"
+    #: The capture under the connection was closed (loop shutting down).
+    CAPTURE_CLOSED = "capture-closed"
+
+
+def text_address(packed: bytes, port: int) -> tuple[str, int]:
+    """
+    A (host, port) pair in text from a packed address.
+    """
+    family = socket.AF_INET if len(packed) == 4 else socket.AF_INET6
+    return socket.inet_ntop(family, packed), port
+
+
+class FlowConnection:
+    """
+    One connection over a shared capture.
+
+    @ivar flow: the flow's sans-IO state.
+    @ivar socket: the silenced kernel socket, kept open until time-wait ends.
+    @ivar early: data segments that arrived before adoption, for
+        L{start} to deliver once the application is attached (an empty
+        tuple once there are none, rather than a list per connection).
+    @ivar on_socket_closed: called once the kernel socket is closed.
+    @ivar ended: whether the connection is over.
+    @ivar auth: the connection's authentication, when its port or
+        connector has a key; it stays after acceptance to answer (server)
+        or swallow (client) repeated proofs.
+    """
+
+    #: Most datagrams queued while the application paused reading; past
+    #: it, further datagrams are dropped (as a full UDP buffer would).
+    pausedQueueLimit = 1024
+
+    def __init__(self, demux: Demultiplexer, flow: Flow, kernel_socket: socket.socket) -> None:
+        self.demux = demux
+        self.loop = demux.loop
+        self.flow = flow
+        self.socket = kernel_socket
+        self._destination = demux.sockaddr(flow.key.remote_addr)
+        self.early: list[Segment] | tuple[()] = ()
+        self.on_socket_closed: Any = None
+        self.ended = False
+        self.reading_paused = False
+        # An empty tuple until reading is paused with data coming: an empty
+        # deque per connection would cost 760 bytes, an eighth of an idle
+        # relay flow, for a queue most connections never use.
+        self._paused_queue: deque[bytes] | tuple[()] = ()
+        self.auth: Authenticator | None = None
+        self._auth_done: Callable[[FlowConnection, bool], None] | None = None
+        self._auth_timer: Timer | None = None
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        """
+        This side's (host, port) in text.  Made on each use, not kept: it
+        is wanted for logs and addresses, not per packet, and the two pairs
+        kept cost an idle flow 230 bytes.
+        """
+        key = self.flow.key
+        return text_address(key.local_addr, key.local_port)
+
+    @property
+    def remote_address(self) -> tuple[str, int]:
+        """
+        The peer's (host, port) in text, made on each use (see
+        L{local_address}).
+        """
+        key = self.flow.key
+        return text_address(key.remote_addr, key.remote_port)
+
+    # -- called by the demultiplexer -------------------------------------
+
+    def start(self) -> None:
+        """
+        The application is attached: send what the flow holds, deliver the
+        segments that arrived before adoption (or, after authentication,
+        what was held while waiting for the peer's proof, then the early
+        segments authentication did not need).
+        """
+        self.flush_pending()
+        if self.auth is not None:
+            for payload in self.auth.take_held():
+                if self.ended:
+                    return
+                self._deliver(payload)
+        early, self.early = self.early, ()
+        now = self.loop.seconds()
+        for segment in early:
+            if self.ended:
+                break
+            self.segment_received(segment, now)
+
+    def segment_received(self, segment: Segment, now: float) -> None:
+        """
+        Take one segment of this connection's flow.
+        """
+        flow = self.flow
+        before = flow.state
+        payload = flow.receive(segment, now)
+        if flow.pending:
+            self.flush_pending()
+        if payload:
+            auth = self.auth
+            if auth is not None and auth.receive(payload, now):
+                self._authProgress(now)
+            elif self.reading_paused:
+                queue = self._paused_queue
+                if len(queue) >= self.pausedQueueLimit:
+                    self.demux.count_drop("paused-overflow")
+                else:
+                    if not queue:
+                        queue = self._paused_queue = deque()
+                    queue.append(payload)
+            else:
+                self._deliver(payload)
+        # Only a change of state means anything: a refused RST or a copy of
+        # a FIN already taken must not close (or half-close) twice.
+        if flow.state is not before and not self.ended:
+            self._flowStateChanged()
+
+    def _flowStateChanged(self) -> None:
+        flow = self.flow
+        if self._auth_done is not None:
+            # Ended or half-closed before proving the key: nobody was told
+            # of this connection, so nobody is told of its end.
+            if flow.state is FlowState.CLOSED:
+                self.end(Ending.RESET if flow.end_reason is EndReason.PEER_RST else Ending.DONE)
+            else:
+                self._authFailed(Refusal.CLOSED)
+            return
+        if flow.end_reason is EndReason.PEER_RST:
+            self.end(Ending.RESET)
+        elif flow.state is FlowState.READ_CLOSED:
+            self._peerFinished()
+        elif flow.state is FlowState.CLOSED:
+            self.end(Ending.DONE)
+
+    def expired(self) -> None:
+        """
+        The flow was idle for too long.
+        """
+        self.end(Ending.TIMEOUT)
+
+    def capture_closed(self) -> None:
+        """
+        The capture is closing under this connection: reset the peer (or it
+        would wait for its idle timeout) and end.
+        """
+        if not self.ended and self.flow.state is not FlowState.CLOSED:
+            self.send_packet(self.flow.reset(self.loop.seconds()))
+        self.end(Ending.CAPTURE_CLOSED)
+
+    def flush_pending(self) -> None:
+        """
+        Send the packets the flow queued (ACKs, keepalives, challenge ACKs).
+        """
+        pending = self.flow.pending
+        for packet in pending:
+            self.send_packet(packet)
+        pending.clear()
+
+    def congestion_changed(self, congested: bool) -> None:
+        """
+        The shared send backlog crossed its high-water mark, or drained.
+        """
+        if not self.ended:
+            self._congestion(congested)
+
+    # -- used by the faces -----------------------------------------------
+
+    def send_packet(self, packet: bytes) -> None:
+        """
+        Send one built packet to the peer.
+        """
+        self.demux.transmit(packet, self._destination)
+
+    def send(self, data: bytes) -> None:
+        """
+        Send C{data} as one datagram per MSS-sized piece.
+        """
+        flow = self.flow
+        if self.ended or not flow.can_send or not data:
+            return
+        now = self.loop.seconds()
+        mss = flow.mss
+        if len(data) <= mss:
+            self.demux.transmit(flow.send(data, now), self._destination)
+            return
+        view = memoryview(data)
+        for start in range(0, len(data), mss):
+            self.demux.transmit(flow.send(bytes(view[start : start + mss]), now), self._destination)
+
+    def send_datagrams(self, datagrams: list[bytes]) -> None:
+        """
+        Send each of C{datagrams} as one segment, as L{send} does for one
+        that fits the MSS, with the per-call work done once for the batch
+        (the relay's path: it drops what does not fit beforehand).
+
+        @raise ValueError: for a datagram larger than the MSS (those before
+            it were sent).
+        """
+        flow = self.flow
+        if self.ended or not flow.can_send:
+            return
+        now = self.loop.seconds()
+        build = flow.send
+        transmit = self.demux.transmit
+        destination = self._destination
+        for datagram in datagrams:
+            if datagram:
+                transmit(build(datagram, now), destination)
+
+    def send_fin(self) -> bool:
+        """
+        Close the sending half with FIN.
+
+        @return: whether the flow is now closed both ways.
+        """
+        if self.flow.can_send:
+            self.send_packet(self.flow.finish(self.loop.seconds()))
+        return self.flow.state is FlowState.CLOSED
+
+    def send_rst(self) -> None:
+        """
+        Abort the flow with RST.
+        """
+        if self.flow.state is not FlowState.CLOSED:
+            self.send_packet(self.flow.reset(self.loop.seconds()))
+
+    def end_soon(self, ending: Ending) -> None:
+        """
+        End on the next turn of the loop (a close called from inside the
+        application's own callback must not re-enter it).
+        """
+        self.loop.call_later(0, self.end, ending)
+
+    def end(self, ending: Ending, failure: object = None) -> None:
+        """
+        End the connection once: release the flow and tell the face.
+        """
+        if self.ended:
+            return
+        self.ended = True
+        flow = self.flow
+        if flow.state is not FlowState.CLOSED:
+            flow._end(EndReason.LOCAL_FIN)
+        self._paused_queue = ()
+        self.demux.detach(self)
+        if self._auth_done is not None:
+            # Still authenticating: the face never saw this connection;
+            # its owner (listener, connector) hears of the failure instead.
+            self._authOver(Refusal.CLOSED)
+            return
+        self._ended(ending, failure)
+
+    def pause_reading(self) -> None:
+        """
+        Queue this connection's datagrams instead of delivering them.
+        """
+        self.reading_paused = True
+
+    def resume_reading(self) -> None:
+        """
+        Deliver what was queued, then go on delivering.
+        """
+        self.reading_paused = False
+        queue = self._paused_queue
+        while queue and not self.reading_paused and not self.ended:
+            self._deliver(queue.popleft())
+        # (The attribute, not the local: a delivery may have paused and
+        # resumed again, or ended the connection.)
+        if not self._paused_queue:
+            self._paused_queue = ()
+
+    def refuse(self) -> None:
+        """
+        Reset a flow that no application was found for.
+        """
+        self.send_rst()
+        self.ended = True
+        self.demux.detach(self)
+
+    # -- authentication --------------------------------------------------
+
+    def authenticate(self, authenticator: Authenticator, done: Callable[[FlowConnection, bool], None]) -> None:
+        """
+        Hold the connection until the peer proves it knows the key.
+
+        Runs the segments that arrived before adoption through
+        C{authenticator}, sends this side's proof (a client) and arms the
+        timer of resends and deadline.  C{done(self, True)} is called once
+        the peer's proof arrived (the owner then attaches the application,
+        whose L{start} delivers what was held), or C{done(self, False)}
+        once the connection was refused (reset, counted, and logged at
+        most once a minute per peer address) or ended.  C{done} may be
+        called before this returns.
+        """
+        self.auth = authenticator
+        self._auth_done = done
+        # The window announcement adoption queued goes out first.
+        self.flush_pending()
+        now = self.loop.seconds()
+        self._authProgress(now)
+        # Taken one at a time from the list itself: when a segment accepts
+        # (a client: the server's proof, then its first data), the owner
+        # attaches the application within that call, and start() delivers
+        # the rest of this very list.
+        early = self.early
+        while early and self._auth_done is not None and not self.ended:
+            self.segment_received(early.pop(0), now)
+        if self._auth_done is not None and not self.ended:
+            self._armAuthTimer(now)
+
+    def _armAuthTimer(self, now: float) -> None:
+        auth = self.auth
+        wakeup = auth.next_wakeup if auth is not None else None
+        if wakeup is not None:
+            self._auth_timer = self.loop.call_later(max(wakeup - now, 0.0), self._authTick)
+
+    def _authTick(self) -> None:
+        self._auth_timer = None
+        auth = self.auth
+        if auth is None or self._auth_done is None or self.ended:
+            return
+        now = self.loop.seconds()
+        auth.poll(now)
+        self._authProgress(now)
+        if self._auth_done is not None and not self.ended:
+            self._armAuthTimer(now)
+
+    def _authProgress(self, now: float) -> None:
+        """
+        Send what authentication wants sent; act on its verdict.
+        """
+        auth = self.auth
+        assert auth is not None
+        if auth.outgoing:
+            for payload in auth.outgoing:
+                self.send(payload)
+            auth.outgoing.clear()
+        if self._auth_done is None:
+            return
+        if auth.state is AuthState.ACCEPTED:
+            self._authOver(None)
+        elif auth.state is AuthState.REFUSED:
+            self._authFailed(auth.refusal or Refusal.BAD_PROOF)
+
+    def _authFailed(self, refusal: Refusal) -> None:
+        """
+        Refuse the connection: reset it, count, log (rate-limited), tell
+        the owner.
+        """
+        if self._auth_done is None:
+            return
+        host, port = self.remote_address
+        if self.demux.role is Role.SERVER and refusal_log.should_log(host, self.loop.seconds()):
+            log.warning(
+                "refused fake-TCP connection from %s port %d: %s (%s); further refusals of %s "
+                "are counted, not logged, for %g s",
+                host,
+                port,
+                _REFUSAL_WORDS[refusal],
+                refusal.value,
+                host,
+                refusal_log.interval,
+            )
+        if not self.ended:
+            self.send_rst()
+            self.ended = True
+            self._paused_queue = ()
+            self.demux.detach(self)
+        self._authOver(refusal)
+
+    def _authOver(self, refusal: Refusal | None) -> None:
+        """
+        Authentication is over, accepted (C{refusal} is L{None}) or not:
+        stop its timer, count a refusal, tell the owner once.
+        """
+        done, self._auth_done = self._auth_done, None
+        timer, self._auth_timer = self._auth_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        if done is None:
+            return
+        auth = self.auth
+        if refusal is not None:
+            if auth is not None:
+                auth.refuse(refusal)
+            self.early = ()
+            self.demux.count_drop(refusal.value)
+        if auth is not None and auth.held_dropped:
+            self.demux.drops["auth-held-overflow"] += auth.held_dropped
+        done(self, refusal is None)
+
+    def cancel_authentication(self) -> None:
+        """
+        Give up a pending authentication without telling the owner (which
+        is the one giving up): reset the connection and release it.
+        """
+        if self._auth_done is None:
+            return
+        self._auth_done = None
+        timer, self._auth_timer = self._auth_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        if not self.ended:
+            self.refuse()
+
+    @property
+    def authenticating(self) -> bool:
+        """
+        Whether the connection waits for the peer's proof.
+        """
+        return self._auth_done is not None
+
+    # -- hooks for the faces ---------------------------------------------
+
+    def _deliver(self, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def _peerFinished(self) -> None:
+        raise NotImplementedError
+
+    def _ended(self, ending: Ending, failure: object) -> None:
+        raise NotImplementedError
+
+    def _congestion(self, congested: bool) -> None:
+        """
+        Default: nothing to pause.
+        """

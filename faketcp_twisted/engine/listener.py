@@ -1,0 +1,287 @@
+# -*- test-case-name: tests.test_integration -*-
+"""
+The listening side, for every face: a real kernel listener makes the
+handshakes, one capture per address family sees the port's segments, one
+silencing rule per family keeps the kernel quiet.  With a key, each
+adopted connection is authenticated (see L{auth}) before the face hears of
+it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Callable
+
+from . import adoption, shutdown
+from ..io import kernel
+from ..core.auth import DEFAULT_TIMEOUT, AuthKey, Authenticator
+from .connection import Ending, FlowConnection
+from .demux import Demultiplexer
+from .options import FlowOptions
+from .errors import FakeTCPError, Problem
+from ..io.firewall import FirewallUnavailable, SilenceRule, netns_id, silencer
+from .loop import EventLoop, Timer
+from ..core.table import Role
+
+log = logging.getLogger(__name__)
+
+
+def listen_families(interface: str) -> tuple[int, list[int]]:
+    """
+    The family of the listener for C{interface}, and the families to
+    capture: both for the IPv6 wildcard, which is dual stack.
+
+    @raise OSError: C{interface} is not an IP address.
+    """
+    host = interface or "0.0.0.0"
+    if ":" not in host:
+        socket.inet_pton(socket.AF_INET, host)
+        return socket.AF_INET, [socket.AF_INET]
+    if socket.inet_pton(socket.AF_INET6, host) == bytes(16):
+        return socket.AF_INET6, [socket.AF_INET6, socket.AF_INET]
+    return socket.AF_INET6, [socket.AF_INET6]
+
+
+class Listener:
+    """
+    A fake-TCP listening port, face-neutral.
+
+    @ivar port: the port number (the actual one after binding to 0).
+    @ivar demuxes: the demultiplexer of each address family listened on.
+    @ivar rules: the silencing rules this listener holds.
+    @ivar auth: the pre-shared key connections must prove, or L{None}.
+    @ivar authenticating: connections waiting for their client's proof.
+    """
+
+    #: Most connections accepted per wake-up.
+    acceptsPerRead = 64
+    #: Seconds accepting pauses when the process is out of descriptors or
+    #: memory: the listener stays readable meanwhile, and retrying at once
+    #: would spin (and log) as fast as the loop turns.
+    acceptPause = 1.0
+    #: Most connections waiting for their client's proof at once; past it a
+    #: new connection is reset at once (counted as C{auth-pending-limit}).
+    #: Each waits at most the authentication timeout, so connections that
+    #: never prove anything cannot pile up beyond this.
+    authPendingLimit = 256
+
+    def __init__(
+        self,
+        loop: EventLoop,
+        port: int,
+        interface: str,
+        backlog: int,
+        options: FlowOptions,
+        make: adoption.ConnectionMaker,
+        on_connection: Callable[[FlowConnection], None],
+        auth: AuthKey | None = None,
+        auth_timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        """
+        @param make: makes the face's connection object for a new flow.
+        @param on_connection: called with each new connection, to attach
+            the application (or L{FlowConnection.refuse} it); with C{auth},
+            only once its client proved the key.
+        @param auth: the key clients must prove, or L{None} for none (the
+            wire is then exactly tcpraw's).
+        @param auth_timeout: seconds after adoption a client's proof may
+            take.
+        """
+        self.loop = loop
+        self.port = port
+        self.interface = interface
+        self.backlog = backlog
+        self.options = options
+        self.make = make
+        self.on_connection = on_connection
+        self.auth = auth
+        self.auth_timeout = auth_timeout
+        self.authenticating: set[FlowConnection] = set()
+        self.listener: socket.socket | None = None
+        self.demuxes: dict[int, Demultiplexer] = {}
+        self.rules: list[SilenceRule] = []
+        self.on_closed: Callable[[], None] | None = None
+        self._closing = False
+        self._accept_timer: Timer | None = None
+        self._namespace = netns_id()
+
+    def start(self) -> None:
+        """
+        Bind, install the silencing rules, open the captures, then listen:
+        the captures exist before the first handshake can start.
+
+        @raise FakeTCPError: naming the problem.
+        """
+        self._namespace = netns_id()
+        if not kernel.has_privileges():
+            raise FakeTCPError(Problem.PERMISSION)
+        try:
+            family, families = listen_families(self.interface)
+        except OSError as failure:
+            raise FakeTCPError(Problem.ADDRESS_NOT_AVAILABLE, f"{self.interface!r} is not an IP address") from failure
+        host = self.interface or "0.0.0.0"
+        listener = None
+        try:
+            listener = kernel.stream_socket(family, self.options.mark)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                try:
+                    listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if len(families) == 2 else 1)
+                except OSError:
+                    families = [socket.AF_INET6]
+            listener.bind((host, self.port))
+            self.port = listener.getsockname()[1]
+            for each in families:
+                rule = SilenceRule(each, self.port, mark=self.options.mark)
+                silencer.acquire(rule)
+                self.rules.append(rule)
+            for each in families:
+                demux = Demultiplexer(self.loop, each, self.port, Role.SERVER, self.options)
+                demux.on_released = self._maybeFinish
+                demux.on_handshake = self._accept
+                self.demuxes[each] = demux
+            listener.listen(self.backlog)
+        except FirewallUnavailable as failure:
+            self._release(listener)
+            raise FakeTCPError(Problem.FIREWALL, failure) from failure
+        except OSError as failure:
+            self._release(listener)
+            raise FakeTCPError.from_os_error(failure) from failure
+        except BaseException:
+            self._release(listener)
+            raise
+        self.listener = listener
+        shutdown.track_listener(self)
+        listener_fd = listener.fileno()
+        self._listener_fd = listener_fd
+        self.loop.add_reader(listener_fd, self._accept)
+
+    def _release(self, listener: socket.socket | None) -> None:
+        if listener is not None:
+            kernel.close_silently(listener)
+        for demux in self.demuxes.values():
+            demux.close()
+        self.demuxes.clear()
+        for rule in self.rules:
+            silencer.release(rule, self._namespace)
+        self.rules.clear()
+
+    def _accept(self) -> None:
+        listener = self.listener
+        if listener is None or self._accept_timer is not None:
+            return
+        for _ in range(self.acceptsPerRead):
+            try:
+                sock, _address = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as failure:
+                if failure.errno in (errno.ECONNABORTED, errno.EPERM):
+                    continue
+                # Out of descriptors or memory: the kernel keeps the
+                # connection queued; pause, then try again.
+                self._pauseAccepting(failure)
+                return
+            self._accepted(sock)
+
+    def _pauseAccepting(self, failure: OSError) -> None:
+        if self._accept_timer is not None or self.listener is None:
+            return
+        log.warning(
+            "cannot accept on fake-TCP port %d: %s; pausing accepts for %g s",
+            self.port,
+            failure.strerror,
+            self.acceptPause,
+        )
+        self.loop.remove_reader(self._listener_fd)
+        self._accept_timer = self.loop.call_later(self.acceptPause, self._resumeAccepting)
+
+    def _resumeAccepting(self) -> None:
+        self._accept_timer = None
+        if self.listener is not None:
+            self.loop.add_reader(self._listener_fd, self._accept)
+            self._accept()
+
+    def _accepted(self, sock: socket.socket) -> None:
+        try:
+            sock.setblocking(False)
+            adoption.silence(sock)
+            key = adoption.flow_key(sock)
+        except OSError:
+            # Reset by the peer before we could look at it.
+            kernel.close_silently(sock)
+            return
+        demux = self.demuxes.get(socket.AF_INET if len(key.local_addr) == 4 else socket.AF_INET6)
+        if demux is None:
+            kernel.close_silently(sock)
+            return
+        adoption.adopt(demux, sock, key, self.make, self._adopted, lambda: kernel.close_silently(sock))
+
+    def _adopted(self, connection: FlowConnection) -> None:
+        if self.auth is None:
+            self.on_connection(connection)
+            return
+        if len(self.authenticating) >= self.authPendingLimit:
+            connection.demux.count_drop("auth-pending-limit")
+            connection.refuse()
+            return
+        flow = connection.flow
+        assert flow.local_isn is not None and flow.remote_isn is not None
+        self.authenticating.add(connection)
+        authenticator = Authenticator(
+            self.auth, Role.SERVER, flow.local_isn, flow.remote_isn, self.loop.seconds(), self.auth_timeout
+        )
+        connection.authenticate(authenticator, self._authenticated)
+
+    def _authenticated(self, connection: FlowConnection, accepted: bool) -> None:
+        self.authenticating.discard(connection)
+        if accepted:
+            self.on_connection(connection)
+
+    def close(self) -> None:
+        """
+        Stop accepting.  Connections already made go on; the captures and
+        rules go when the last of them ends, then L{on_closed} is called.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        # Connections still proving the key were never accepted as far as
+        # the application knows: reset them now rather than let them finish
+        # into a port that stopped accepting.  (While the listener is still
+        # set, their release cannot finish the close half-way.)
+        for connection in list(self.authenticating):
+            connection.cancel_authentication()
+        self.authenticating.clear()
+        listener, self.listener = self.listener, None
+        if self._accept_timer is not None:
+            if self._accept_timer.active():
+                self._accept_timer.cancel()
+            self._accept_timer = None
+        if listener is not None:
+            self.loop.remove_reader(self._listener_fd)
+            # Handshakes the kernel finished but nobody accepted are reset
+            # by their (marked, so silenced) sockets.
+            kernel.close_silently(listener)
+        self._maybeFinish()
+
+    def _maybeFinish(self) -> None:
+        if not self._closing or self.listener is not None:
+            return
+        if any(demux.transports or not demux.quiescent for demux in self.demuxes.values()):
+            return
+        self._release(None)
+        closed, self.on_closed = self.on_closed, None
+        if closed is not None:
+            closed()
+
+    def abort_all(self) -> None:
+        """
+        Reset every connection of this listener (a server shutting down).
+        """
+        for demux in list(self.demuxes.values()):
+            for connection in list(demux.transports.values()):
+                connection.send_rst()
+                connection.end(Ending.ABORTED)

@@ -1,0 +1,154 @@
+# -*- test-case-name: tests.test_endpoints -*-
+"""
+What both faces take from their users: the tunables of a port's or a
+connection's flows, the conversion of endpoint-style arguments (strings
+from endpoint strings, or values) into them, the key, and address
+formatting for logs and errors.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+
+from ..core.auth import DEFAULT_TIMEOUT, AuthKey, auth_key
+from ..core.table import TableLimits
+from ..io.firewall import DEFAULT_MARK
+
+
+@dataclass(slots=True)
+class FlowOptions:
+    """
+    Tunables of the flows of a port or connection.
+
+    @ivar idle_timeout: seconds without a segment from the peer after which
+        a flow ends with C{TimeoutError}; 0 never.
+    @ivar keepalive: seconds between bare-ACK keepalives on a flow that sent
+        nothing; 0 sends none.
+    @ivar default_keepalive: the interval C{setTcpKeepAlive(True)} uses.
+    @ivar mark: the firewall mark of the silenced kernel sockets.
+    @ivar timestamps: whether segments carry TCP timestamps when the
+        kernel's handshake agreed on them (12 bytes of each segment; off,
+        segments carry no options, as tcpraw 1.2.25's and phantun's).
+    @ivar limits: bounds of the flow table.
+    """
+
+    idle_timeout: float = 180.0
+    keepalive: float = 0.0
+    default_keepalive: float = 10.0
+    mark: int = DEFAULT_MARK
+    timestamps: bool = True
+    limits: TableLimits = field(default_factory=TableLimits)
+
+
+#: How endpoint strings say yes and no.
+_BOOLEANS = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
+
+
+def boolean_argument(name: str, value: bool | str) -> bool:
+    """
+    A yes/no endpoint argument: a bool, or one of yes/no, true/false,
+    on/off, 1/0 (any case).
+
+    @raise ValueError: for anything else, naming the argument.
+    """
+    if isinstance(value, bool):
+        return value
+    found = _BOOLEANS.get(str(value).strip().lower())
+    if found is None:
+        raise ValueError(f"{name} must be yes or no, not {value!r}")
+    return found
+
+
+def flow_options(
+    idleTimeout: float | str | None = None,
+    keepalive: float | str | None = None,
+    mark: int | str | None = None,
+    timestamps: bool | str | None = None,
+) -> FlowOptions:
+    """
+    L{FlowOptions} from endpoint arguments (strings from endpoint strings).
+    """
+    options = FlowOptions()
+    if timestamps is not None:
+        options.timestamps = boolean_argument("timestamps", timestamps)
+    if idleTimeout is not None:
+        options.idle_timeout = float(idleTimeout)
+    if keepalive is not None:
+        options.keepalive = float(keepalive)
+    if mark is not None:
+        options.mark = int(mark, 0) if isinstance(mark, str) else int(mark)
+    return options
+
+
+def auth_from(key: str | bytes | None, keyFile: str | None) -> AuthKey | None:
+    """
+    The L{AuthKey} of endpoint arguments, or L{None}.
+
+    @raise ValueError: both given, or an empty or unreadable key.
+    """
+    if key is None and keyFile is None:
+        return None
+    return auth_key(key, keyFile)
+
+
+def auth_timeout(authTimeout: float | str | None) -> float:
+    """
+    The seconds a peer's proof may take: C{authTimeout}, or the default.
+
+    @raise ValueError: not a positive number.
+    """
+    if authTimeout is None:
+        return DEFAULT_TIMEOUT
+    value = float(authTimeout)
+    if not value > 0:
+        raise ValueError(f"authTimeout must be positive, not {authTimeout!r}")
+    return value
+
+
+def redact(description: str) -> str:
+    """
+    An endpoint string fit for logs: the value of every C{key=} field is
+    replaced by C{***} (a C{keyFile=} path is kept; it is no secret).
+
+    Fields are found as Twisted finds them: separated by colons that no
+    backslash escapes.
+    """
+    fields: list[str] = []
+    current: list[str] = []
+    escaped = False
+    for char in description:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            current.append(char)
+            escaped = True
+        elif char == ":":
+            fields.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    fields.append("".join(current))
+    return ":".join("key=***" if field.startswith("key=") else field for field in fields)
+
+
+def host_port(host: str, port: int) -> str:
+    """
+    C{host:port}, with brackets around an IPv6 host: how logs and errors
+    show an address.
+    """
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def is_ip_address(host: str) -> bool:
+    """
+    Whether C{host} is an IPv4 or IPv6 address (not a name to resolve).
+    """
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+            return True
+        except OSError:
+            pass
+    return False

@@ -1,0 +1,55 @@
+# -*- test-case-name: tests.test_integration -*-
+"""
+Leaving nothing behind when the program ends without closing its ports and
+connections: the reactor shutting down, or the interpreter exiting.
+
+Captures and listeners register here while they are open.  Shutting down
+resets every connection (its peer learns at once), closes every kernel
+socket while the silencing rules still drop what the kernel says on
+closing, and only then removes the rules.
+"""
+
+from __future__ import annotations
+
+import atexit
+import weakref
+from typing import Any, Protocol
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+_captures: weakref.WeakSet[Any] = weakref.WeakSet()
+_listeners: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def track_capture(demux: _Closable) -> None:
+    """
+    Close C{demux} (and its connections) at shutdown if still open.
+    """
+    _captures.add(demux)
+
+
+def track_listener(listener: Any) -> None:
+    """
+    Reset the connections of C{listener} and close it at shutdown.
+    """
+    _listeners.add(listener)
+
+
+def shutdown() -> None:
+    """
+    Close everything still open, then remove the silencing rules.
+    """
+    from ..io.firewall import silencer
+
+    for listener in list(_listeners):
+        listener.abort_all()
+        listener.close()
+    for demux in list(_captures):
+        demux.close()
+    silencer.release_all()
+
+
+atexit.register(shutdown)

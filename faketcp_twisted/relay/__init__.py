@@ -1,0 +1,4 @@
+"""
+C{twistd faketcp-relay}: UDP <-> fake-TCP, its command line, services,
+counters and metrics.
+"""

@@ -1,0 +1,150 @@
+# -*- test-case-name: tests.test_integration -*-
+"""
+The Twisted listening port: an L{IListeningPort} over the shared
+L{Listener}, building one protocol per connection from a factory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from ..core.auth import DEFAULT_TIMEOUT, AuthKey
+from ..engine.connection import FlowConnection
+from ..engine.demux import Demultiplexer
+from ..engine.options import FlowOptions
+from ..engine.errors import FakeTCPError
+from .errors import twisted_listen_error
+from ..engine.listener import Listener
+from .reactor import loop_for
+from .transport import FakeTCPTransport
+
+
+@implementer(IListeningPort)
+class FakeTCPPort:
+    """
+    A fake-TCP listening port.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        port: int,
+        factory: Any,
+        interface: str = "",
+        backlog: int = 50,
+        options: FlowOptions | None = None,
+        auth: AuthKey | None = None,
+        auth_timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        """
+        @param auth: the key clients must prove before the factory builds
+            their protocol, or L{None}.
+        @param auth_timeout: seconds a client's proof may take.
+        """
+        self.reactor = reactor
+        self.factory = factory
+        self.interface = interface
+        self.connected = False
+        self._listener = Listener(
+            loop_for(reactor),
+            port,
+            interface,
+            backlog,
+            options or FlowOptions(),
+            FakeTCPTransport,
+            self._connection,
+            auth=auth,
+            auth_timeout=auth_timeout,
+        )
+        self._stopped: defer.Deferred[None] | None = None
+
+    @property
+    def port(self) -> int:
+        """
+        The port number listened on.
+        """
+        return self._listener.port
+
+    @property
+    def demuxes(self) -> dict[int, Demultiplexer]:
+        """
+        The demultiplexer of each address family listened on.
+        """
+        return self._listener.demuxes
+
+    def startListening(self) -> None:
+        """
+        Start listening.
+
+        @raise CannotListenError: a subclass naming the reason.
+        """
+        try:
+            self._listener.start()
+        except FakeTCPError as failure:
+            raise twisted_listen_error(self.interface, self._listener.port, failure) from failure
+        self.connected = True
+        self.factory.doStart()
+        self.log.info(
+            "{factory} listening on fake-TCP {host}:{port}",
+            factory=type(self.factory).__name__,
+            host=self.interface or "0.0.0.0",
+            port=self.port,
+        )
+
+    def _connection(self, connection: FlowConnection) -> None:
+        assert isinstance(connection, FakeTCPTransport)
+        protocol = self.factory.buildProtocol(connection.getPeer())
+        if protocol is None:
+            connection.refuse()
+            return
+        connection.makeConnection(protocol)
+
+    def stopListening(self) -> defer.Deferred[None]:
+        """
+        Stop accepting.  Connections already made go on, as with Twisted's
+        TCP ports; the captures and silencing rules go when the last of them
+        ends.
+        """
+        if self._stopped is None:
+            stopped = self._stopped = defer.Deferred()
+            if self.connected:
+                self.connected = False
+                self.factory.doStop()
+            self._listener.close()
+            self.reactor.callLater(0, stopped.callback, None)
+        return self._stopped
+
+    loseConnection = stopListening
+
+    def abortConnections(self) -> None:
+        """
+        Reset every connection this port accepted (a server shutting down:
+        its peers learn at once instead of at their idle timeout).
+        """
+        self._listener.abort_all()
+
+    def getHost(self) -> IPv4Address | IPv6Address:
+        """
+        The address listened on, of type C{"TCP"}.
+        """
+        host = self.interface or "0.0.0.0"
+        if ":" in host:
+            return IPv6Address("TCP", host, self.port)
+        return IPv4Address("TCP", host, self.port)
+
+    def logPrefix(self) -> str:
+        """
+        The prefix of log lines about this port.
+        """
+        return f"FakeTCPPort {self.port}"
+
+    def __repr__(self) -> str:
+        return f"<FakeTCPPort {self.interface or '0.0.0.0'}:{self.port}>"
