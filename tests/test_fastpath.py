@@ -681,6 +681,47 @@ class _SocketTests:
         self.assertEqual([each.payload for each in segments], [b"0", b"2"])
 
 
+    def test_linkLocalSourceKeepsScope(self) -> None:
+        """
+        A datagram from a link-local IPv6 address comes with the source
+        C{socket.recvfrom} gives, scope id included (Python keeps the scope
+        there, not as a C{%interface} suffix of the host, so a reply sent
+        to this tuple leaves on the right link).
+        """
+        ifname = self.lab.client_if
+        with netlab.in_namespace(self.lab.C):
+            shown = self.lab.run(self.lab.C, "ip", "-6", "-o", "addr", "show", "dev", ifname, "scope", "link").stdout
+            link_local = shown.split("inet6 ", 1)[1].split("/", 1)[0]
+            receiver = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            sender = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        self.addCleanup(receiver.close)
+        self.addCleanup(sender.close)
+        with netlab.in_namespace(self.lab.C):
+            scope = socket.if_nametoindex(ifname)
+            receiver.bind((link_local, 0, 0, scope))
+            sender.bind((link_local, 0, 0, scope))
+            receiver.setblocking(False)
+            target = receiver.getsockname()
+            for payload in (b"one", b"two"):
+                sender.sendto(payload, target)
+            deadline = time.monotonic() + 2
+            got: tuple[list[bytes], Any] = ([], [])
+            while len(got[0]) < 1 and time.monotonic() < deadline:
+                got = self.implementation.receive_datagrams(receiver, 8, True)
+                time.sleep(0.01)
+            sender.sendto(b"three", target)
+            time.sleep(0.05)
+            expected = receiver.recvfrom(100)
+        self.assertEqual(got[0][:1], [b"one"])
+        source = got[1][0]
+        self.assertEqual(source, expected[1])
+        self.assertEqual(source[3], scope)
+        with netlab.in_namespace(self.lab.C):
+            receiver.sendto(b"back", source)
+            sender.settimeout(2)
+            self.assertEqual(sender.recv(100), b"back")
+
+
 class PythonSocketTests(_SocketTests, SynchronousTestCase):
     implementation = fastpath.PYTHON
 
