@@ -715,6 +715,23 @@ class ClientHandshakeTests(SynchronousTestCase):
         self.assertEqual(first, second)
         self.assertEqual(list(self.table.embryos), [CLIENT_KEY])
 
+    def test_forgedSynAckChangesNothing(self) -> None:
+        """
+        A second SYN-ACK with other numbers (forged, before adoption) is
+        dropped as C{bad-syn} and unanswered: the first SYN-ACK's numbers
+        stand, as the kernel's do.
+        """
+        self.table.receive_unadopted(CLIENT_KEY, self.synack(), 0.0)
+        for forged in (
+            self.synack(server_isn=SERVER_ISN + 12345),
+            self.synack(client_isn=CLIENT_ISN + 7),
+        ):
+            self.assertIsNone(self.table.receive_unadopted(CLIENT_KEY, forged, 0.5))
+        self.assertEqual(self.table.drops["bad-syn"], 2)
+        embryo = self.table.embryos[CLIENT_KEY]
+        self.assertEqual((embryo.local_isn, embryo.remote_isn), (CLIENT_ISN, SERVER_ISN))
+        self.assertIsNotNone(self.table.receive_unadopted(CLIENT_KEY, self.synack(), 1.0))
+
     def test_adopt(self) -> None:
         """
         The adopted client flow starts after both ISNs and gets the data

@@ -247,6 +247,14 @@ class FlowTable:
                     return None
                 if embryo is None:
                     embryo = self._embryo(key, now)
+                elif embryo.remote_isn is not None and (
+                    segment.seq != embryo.remote_isn or segment.ack != (embryo.local_isn or 0) + 1 & _MASK
+                ):
+                    # The first SYN-ACK's numbers stand, as for the kernel
+                    # (which answers another with a challenge ACK): a forged
+                    # one must not change them before adoption.
+                    self.drops["bad-syn"] += 1
+                    return None
                 if embryo is not None:
                     embryo.remote_isn = segment.seq
                     embryo.local_isn = (segment.ack - 1) & _MASK
