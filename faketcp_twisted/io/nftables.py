@@ -27,26 +27,25 @@ own, answered synchronously by the kernel.  Not pyroute2's
 L{NFTables<pyroute2.nftables.main.NFTables>}: it drives its socket with an
 asyncio event loop of its own and fails inside a running one (the asyncio
 reactor), and its C{table("add", flags=...)} takes C{flags} as the netlink
-header's flags, so it cannot set the owner flag.  The table and its chain
-are pyroute2's nf_tables message classes.  The rules are encoded here, by a
-few lines of struct packing: pyroute2's generic attribute encoder takes
-about 2 ms of CPU for a rule of 14 expressions, this one about 70 us, and
-tests.test_nftables checks that both give the same bytes.
+header's flags, so it cannot set the owner flag.  Nor pyroute2's message
+classes: every message (table, chain, rules, the probes that explain a
+refusal) is encoded here, by a few lines of struct packing, and the module
+imports nothing beyond the standard library.  Importing pyroute2 costs about
+170 ms, which the first connection of a process would pay; its generic
+attribute encoder takes about 2 ms of CPU for a rule of 14 expressions, this
+one about 70 us.  tests.test_nftables checks that both give the same bytes.
 """
 
 from __future__ import annotations
 
 import errno
-import importlib
 import ipaddress
 import os
 import socket
 import struct
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from types import ModuleType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     # Only for annotations: firewall.py is to import this module as one of
@@ -69,16 +68,22 @@ CHAIN: Final = "output"
 
 # Constants of the kernel's uapi (linux/netlink.h, linux/netfilter.h,
 # linux/netfilter/nfnetlink.h, linux/netfilter/nf_tables.h), spelled here
-# because the rule messages are encoded without pyroute2.  tests.test_nftables
-# checks them against pyroute2's definitions where it has one (the owner flag
-# and the batch markers it has not; the latter are literals in its code), and
-# the encoded messages byte for byte against pyroute2's encoding.
+# because the messages are encoded without pyroute2.  tests.test_nftables
+# checks them against pyroute2's definitions where it has one (the owner
+# flag, the output hook's number and the batch markers it has not; the
+# latter are literals in its code), and the encoded messages byte for byte
+# against pyroute2's encoding.
+NETLINK_NETFILTER: Final = 12
 NFT_TABLE_F_OWNER: Final = 0x2
 NFNL_MSG_BATCH_BEGIN: Final = 0x10  # NLMSG_MIN_TYPE
 NFNL_MSG_BATCH_END: Final = 0x11
 NFNL_SUBSYS_NFTABLES: Final = 10
+NFT_MSG_NEWTABLE: Final = 0
+NFT_MSG_GETTABLE: Final = 1
+NFT_MSG_NEWCHAIN: Final = 3
 NFT_MSG_NEWRULE: Final = 6
 NFT_MSG_DELRULE: Final = 8
+NFT_MSG_GETGEN: Final = 16
 NFPROTO_INET: Final = 1
 NFPROTO_IPV4: Final = 2
 NFPROTO_IPV6: Final = 10
@@ -86,6 +91,7 @@ NLM_F_REQUEST: Final = 0x1
 NLM_F_ACK: Final = 0x4
 NLM_F_ECHO: Final = 0x8
 NLM_F_APPEND: Final = 0x800
+NLM_F_EXCL: Final = 0x200
 NLM_F_CREATE: Final = 0x400
 NFT_REG_VERDICT: Final = 0
 NFT_REG_1: Final = 1
@@ -94,6 +100,15 @@ NFT_META_MARK: Final = 3
 NFT_META_NFPROTO: Final = 15
 NFT_META_L4PROTO: Final = 16
 # Attribute numbers of the messages encoded here.
+NFTA_TABLE_NAME: Final = 1
+NFTA_TABLE_FLAGS: Final = 2
+NFTA_CHAIN_TABLE: Final = 1
+NFTA_CHAIN_NAME: Final = 3
+NFTA_CHAIN_HOOK: Final = 4
+NFTA_CHAIN_POLICY: Final = 5
+NFTA_CHAIN_TYPE: Final = 7
+NFTA_HOOK_HOOKNUM: Final = 1
+NFTA_HOOK_PRIORITY: Final = 2
 NFTA_RULE_TABLE: Final = 1
 NFTA_RULE_CHAIN: Final = 2
 NFTA_RULE_HANDLE: Final = 3
@@ -146,41 +161,6 @@ class NftablesUnavailable(RuntimeError):
     nftables cannot be used here: its one-line message says what is missing
     and how to get it.
     """
-
-
-@dataclass(frozen=True, slots=True)
-class _Pyroute2:
-    """
-    The parts of pyroute2 this module uses, imported on first use so that
-    L{describe} works, and L{OwnedTable} fails clearly, without pyroute2.
-    """
-
-    netlink: ModuleType
-    nfnetlink: ModuleType
-    nftsocket: ModuleType
-
-
-_pyroute2_lock = threading.Lock()
-_pyroute2_cache: list[_Pyroute2] = []
-
-
-def _pyroute2() -> _Pyroute2:
-    with _pyroute2_lock:
-        if not _pyroute2_cache:
-            try:
-                # importlib rather than import statements: pyroute2 has no
-                # type information, and a module object's attributes are Any.
-                loaded = _Pyroute2(
-                    netlink=importlib.import_module("pyroute2.netlink"),
-                    nfnetlink=importlib.import_module("pyroute2.netlink.nfnetlink"),
-                    nftsocket=importlib.import_module("pyroute2.netlink.nfnetlink.nftsocket"),
-                )
-            except ImportError as error:
-                raise NftablesUnavailable(
-                    f"pyroute2 is missing or incomplete ({error}); install it: pip install 'pyroute2>=0.9'"
-                ) from error
-            _pyroute2_cache.append(loaded)
-        return _pyroute2_cache[0]
 
 
 def _kernel_release() -> tuple[int, int]:
@@ -315,7 +295,7 @@ def describe_table(table: str = TABLE_PREFIX) -> list[str]:
     ]
 
 
-# -- the rule messages, encoded by hand ------------------------------------------
+# -- the messages, encoded by hand ----------------------------------------------
 
 
 def _attr(kind: int, payload: bytes) -> bytes:
@@ -414,6 +394,41 @@ def _message(kind: int, flags: int, sequence: int, family: int, attributes: byte
     return header + _NFGENMSG.pack(family, NFNETLINK_V0, res_id) + attributes
 
 
+def _new_table(name: str, sequence: int) -> bytes:
+    # EXCL: a table of that name, ours or not, is an error, not a reuse.
+    flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+    attributes = _string(NFTA_TABLE_NAME, name) + _be32(NFTA_TABLE_FLAGS, NFT_TABLE_F_OWNER)
+    return _message((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE, flags, sequence, NFPROTO_INET, attributes)
+
+
+def _new_chain(table: str, sequence: int) -> bytes:
+    # The base chain: type filter hook output priority 0; policy accept.
+    # The priority is a signed 32-bit number.
+    flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+    hook = _be32(NFTA_HOOK_HOOKNUM, NF_INET_LOCAL_OUT) + _attr(NFTA_HOOK_PRIORITY, struct.pack("!i", 0))
+    attributes = (
+        _string(NFTA_CHAIN_TABLE, table)
+        + _string(NFTA_CHAIN_NAME, CHAIN)
+        + _attr(NFTA_CHAIN_HOOK, hook)
+        + _be32(NFTA_CHAIN_POLICY, NF_ACCEPT)
+        + _string(NFTA_CHAIN_TYPE, "filter")
+    )
+    return _message((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWCHAIN, flags, sequence, NFPROTO_INET, attributes)
+
+
+def _get_table(name: str, sequence: int) -> bytes:
+    # A probe: whether a table of that name exists (in family inet).
+    attributes = _string(NFTA_TABLE_NAME, name)
+    flags = NLM_F_REQUEST | NLM_F_ACK
+    return _message((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE, flags, sequence, NFPROTO_INET, attributes)
+
+
+def _get_generation(sequence: int) -> bytes:
+    # A probe: the ruleset's generation, the cheapest nf_tables request.
+    flags = NLM_F_REQUEST | NLM_F_ACK
+    return _message((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN, flags, sequence, NFPROTO_UNSPEC, b"")
+
+
 def _new_rule(table: str, rule: SilenceRule, sequence: int) -> bytes:
     # ECHO: the kernel sends the rule back with its handle, which is what
     # deleting it takes.
@@ -491,19 +506,18 @@ class OwnedTable:
         Create the table and its chain, in one netlink batch.
 
         @param name: the table's name; by default C{faketcp_twisted_PID}.
-        @raise NftablesUnavailable: pyroute2, the kernel or the permissions
-            are lacking (the message says which).
+        @raise NftablesUnavailable: the kernel or the permissions are
+            lacking (the message says which).
         @raise RuntimeError: the kernel refused for another reason, for
             example a table of that name exists.
         """
-        self._p = _pyroute2()
         self.name = name if name is not None else f"{TABLE_PREFIX}_{os.getpid()}"
         self.netns = os.stat("/proc/thread-self/ns/net").st_ino
         self._lock = threading.Lock()
         self._handles: dict[SilenceRule, int] = {}
         self._sequence = 0
         try:
-            self._socket: socket.socket | None = _open_socket(self._p.netlink.NETLINK_NETFILTER)
+            self._socket: socket.socket | None = _open_socket(NETLINK_NETFILTER)
         except OSError as error:
             raise _explain("socket", error.errno or 0, True, _kernel_release()) from error
         try:
@@ -520,52 +534,10 @@ class OwnedTable:
 
     # -- the messages ------------------------------------------------------
 
-    def _pyroute2_message(self, cls: Any, kind: int, flags: int, attrs: list[Any]) -> _Encoder:
-        """
-        An encoder of a pyroute2 nf_tables message of class C{cls}.
-        """
-        nftsocket, nfnetlink = self._p.nftsocket, self._p.nfnetlink
-
-        def encode(sequence: int) -> bytes:
-            msg = cls()
-            msg["nfgen_family"] = nftsocket.NFPROTO_INET
-            msg["version"] = NFNETLINK_V0
-            msg["res_id"] = 0
-            msg["attrs"] = attrs
-            msg["header"]["type"] = (nfnetlink.NFNL_SUBSYS_NFTABLES << 8) | kind
-            msg["header"]["flags"] = self._p.netlink.NLM_F_REQUEST | self._p.netlink.NLM_F_ACK | flags
-            msg["header"]["sequence_number"] = sequence
-            msg.encode()
-            return bytes(msg.data)
-
-        return encode
-
     def _create(self) -> None:
-        netlink, nftsocket = self._p.netlink, self._p.nftsocket
-        create = netlink.NLM_F_CREATE | netlink.NLM_F_EXCL
-        table = self._pyroute2_message(
-            nftsocket.nft_table_msg,
-            nftsocket.NFT_MSG_NEWTABLE,
-            create,
-            [["NFTA_TABLE_NAME", self.name], ["NFTA_TABLE_FLAGS", NFT_TABLE_F_OWNER]],
-        )
-        chain = self._pyroute2_message(
-            nftsocket.nft_chain_msg,
-            nftsocket.NFT_MSG_NEWCHAIN,
-            create,
-            [
-                ["NFTA_CHAIN_TABLE", self.name],
-                ["NFTA_CHAIN_NAME", CHAIN],
-                [
-                    "NFTA_CHAIN_HOOK",
-                    {"attrs": [["NFTA_HOOK_HOOKNUM", NF_INET_LOCAL_OUT], ["NFTA_HOOK_PRIORITY", 0]]},
-                ],
-                ["NFTA_CHAIN_POLICY", NF_ACCEPT],
-                ["NFTA_CHAIN_TYPE", "filter"],
-            ],
-        )
+        name = self.name
         try:
-            self._batch([table, chain])
+            self._batch([lambda sequence: _new_table(name, sequence), lambda sequence: _new_chain(name, sequence)])
         except _Refused as refused:
             code = refused.code
             # Another socket's owned table of this name answers EPERM, an
@@ -717,20 +689,16 @@ class OwnedTable:
             except (BlockingIOError, InterruptedError):
                 return
 
-    def _answered(self, msg: Any, kind: int, family: int) -> bool:
+    def _answered(self, encode: _Encoder) -> bool:
         """
-        Whether the kernel answers the request C{msg} with what was asked
-        (rather than an error): a probe, run only to explain a refusal.
+        Whether the kernel answers the request C{encode} makes with what was
+        asked (rather than an error): a probe, run only to explain a refusal.
         """
         assert self._socket is not None
-        msg["nfgen_family"] = family
-        msg["header"]["type"] = (self._p.nfnetlink.NFNL_SUBSYS_NFTABLES << 8) | kind
-        msg["header"]["flags"] = self._p.netlink.NLM_F_REQUEST | self._p.netlink.NLM_F_ACK
-        msg["header"]["sequence_number"] = sequence = self._next_sequence()
-        msg.encode()
+        sequence = self._next_sequence()
         self._discard_pending()
         try:
-            self._socket.send(bytes(msg.data))
+            self._socket.send(encode(sequence))
             while True:
                 for kind, number, payload in self._receive():
                     if number != sequence:
@@ -748,17 +716,14 @@ class OwnedTable:
         Whether the kernel answers nf_tables requests at all (the ruleset's
         generation, the cheapest one).
         """
-        nftsocket = self._p.nftsocket
-        return self._answered(nftsocket.nft_gen_msg(), nftsocket.NFT_MSG_GETGEN, NFPROTO_UNSPEC)
+        return self._answered(_get_generation)
 
     def _table_exists(self) -> bool:
         """
         Whether this namespace has a table of our name already.
         """
-        nftsocket = self._p.nftsocket
-        msg = nftsocket.nft_table_msg()
-        msg["attrs"] = [["NFTA_TABLE_NAME", self.name]]
-        return self._answered(msg, nftsocket.NFT_MSG_GETTABLE, nftsocket.NFPROTO_INET)
+        name = self.name
+        return self._answered(lambda sequence: _get_table(name, sequence))
 
 
 class _Refused(Exception):
