@@ -1,14 +1,22 @@
-# -*- test-case-name: tests.test_firewall -*-
+# -*- test-case-name: tests.test_integration,tests.test_relay_tap,tests.test_hardening,tests.test_nftables -*-
 """
-The silencing rules: one iptables OUTPUT rule per listening port or per
-remote destination, that drops every non-SYN segment of the kernel's marked
-sockets.
+The silencing rules: one rule per listening port or per remote destination,
+that drops every non-SYN segment of the kernel's marked sockets.
 
-Rules are written with python-iptables (the legacy tables), shared and
-reference-counted within the process, and removed when their last user
-goes.  Each carries a comment naming the owning process and its start time,
-so a later start can recognise and sweep the rules of a process that was
-killed before it could remove them.
+Two backends hold them:
+
+  - C{nftables}: one table per process and network namespace, owned by
+    the netlink socket that made it (L{faketcp_twisted.io.nftables}): the
+    kernel deletes it when the process ends, however it ends.  Needs
+    nf_tables and Linux 5.12.
+  - C{iptables}: python-iptables on the legacy tables, one rule per user.
+    Each rule carries a comment naming the owning process and its start
+    time, so that a later start recognises and sweeps the rules of a
+    process that was killed before it could remove them.
+
+C{auto} takes nftables where the kernel can, else iptables.  Either way
+rules are shared and reference-counted within the process, and removed when
+their last user goes.
 """
 
 from __future__ import annotations
@@ -28,9 +36,14 @@ DEFAULT_MARK = 0x46540000
 _OWNER = re.compile(COMMENT_PREFIX + r" pid=(\d+) start=(\d+)")
 
 
+#: The backends a port or connection may ask for (see the module docstring).
+BACKENDS = ("auto", "nftables", "iptables")
+
+
 class FirewallUnavailable(RuntimeError):
     """
-    python-iptables or the kernel's legacy iptables support is missing.
+    The rules cannot be installed: the backend asked for (or, for C{auto},
+    both) is missing, with a one-line reason and its fix.
     """
 
 
@@ -90,7 +103,7 @@ def _comment(pid: int | None = None) -> str:
 
 def _iptc() -> Any:
     try:
-        import iptc  # type: ignore[import-untyped]
+        import iptc
     except Exception as error:  # a missing libxtables raises from ctypes
         raise FirewallUnavailable(
             f"python-iptables cannot load the iptables libraries ({error}); "
@@ -170,43 +183,88 @@ class _InNamespace:
 
 class Silencer:
     """
-    The process's silencing rules, reference-counted per network namespace.
+    The process's silencing rules, reference-counted per network namespace,
+    in whichever backend each was installed.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # (namespace, rule) -> [users, namespace fd]
-        self._rules: dict[tuple[int, SilenceRule], list[int]] = {}
+        # (namespace, rule) -> [users, namespace fd or -1, backend]
+        self._rules: dict[tuple[int, SilenceRule], list[Any]] = {}
+        # The nftables table of each namespace, while it holds rules.
+        self._tables: dict[int, Any] = {}
+        #: Why nftables could not be had here, once C{auto} found out.
+        self.nftables_unavailable: str | None = None
 
-    def acquire(self, rule: SilenceRule) -> None:
+    def acquire(self, rule: SilenceRule, backend: str = "iptables") -> str:
         """
         Install C{rule} in the current network namespace, or count one more
-        user of it.  Installing first sweeps stale rules (namespace
-        identities are inode numbers, which the kernel reuses, so there is
-        no remembering which namespaces were swept).
+        user of it (in the backend it is already in).
 
-        @raise FirewallUnavailable: the rule cannot be written.
+        @param backend: one of L{BACKENDS}.
+        @return: the backend that holds the rule.
+        @raise FirewallUnavailable: the rule cannot be installed.
+        @raise ValueError: an unknown backend.
         """
-        iptc = _iptc()
+        if backend not in BACKENDS:
+            raise ValueError(f"firewall must be one of {', '.join(BACKENDS)}, not {backend!r}")
         namespace = netns_id()
         with self._lock:
             entry = self._rules.get((namespace, rule))
             if entry is not None:
                 entry[0] += 1
-                return
-            sweep(iptc)
-            chain = _chain(iptc, rule.family)
+                return str(entry[2])
+            if backend != "iptables" and (backend == "nftables" or self.nftables_unavailable is None):
+                try:
+                    self._nftables_add(namespace, rule)
+                except FirewallUnavailable as refusal:
+                    if backend == "nftables":
+                        raise
+                    self.nftables_unavailable = str(refusal)
+                else:
+                    self._rules[(namespace, rule)] = [1, -1, "nftables"]
+                    return "nftables"
             try:
-                chain.insert_rule(_build(iptc, rule))
-            except Exception as error:
-                raise FirewallUnavailable(f"cannot install {rule.describe()}: {error}") from error
+                self._iptables_add(rule)
+            except FirewallUnavailable as refusal:
+                if backend == "auto" and self.nftables_unavailable is not None:
+                    raise FirewallUnavailable(
+                        f"no firewall to silence the kernel's sockets: nftables: {self.nftables_unavailable}; "
+                        f"iptables: {refusal}"
+                    ) from refusal
+                raise
             fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-            self._rules[(namespace, rule)] = [1, fd]
+            self._rules[(namespace, rule)] = [1, fd, "iptables"]
+            return "iptables"
+
+    def _nftables_add(self, namespace: int, rule: SilenceRule) -> None:
+        from . import nftables
+
+        table = self._tables.get(namespace)
+        try:
+            if table is None:
+                table = self._tables[namespace] = nftables.OwnedTable()
+            table.add(rule)
+        except nftables.NftablesUnavailable as refusal:
+            raise FirewallUnavailable(str(refusal)) from refusal
+        except (OSError, RuntimeError, ValueError) as failure:
+            raise FirewallUnavailable(f"cannot install {nftables.describe(rule)}: {failure}") from failure
+
+    def _iptables_add(self, rule: SilenceRule) -> None:
+        iptc = _iptc()
+        sweep(iptc)
+        chain = _chain(iptc, rule.family)
+        try:
+            chain.insert_rule(_build(iptc, rule))
+        except Exception as error:
+            raise FirewallUnavailable(f"cannot install {rule.describe()}: {error}") from error
 
     def release(self, rule: SilenceRule, namespace: int | None = None) -> None:
         """
         Drop one user of C{rule}; the last one removes it, in the namespace
-        where it was installed.
+        where it was installed (and a namespace's nftables table goes with
+        its last rule: the table's socket would keep a deleted namespace
+        alive).
         """
         namespace = netns_id() if namespace is None else namespace
         with self._lock:
@@ -217,6 +275,15 @@ class Silencer:
             if entry[0] > 0:
                 return
             del self._rules[(namespace, rule)]
+            if entry[2] == "nftables":
+                table = self._tables[namespace]
+                try:
+                    table.remove(rule)
+                finally:
+                    if not table.rules():
+                        del self._tables[namespace]
+                        table.close()
+                return
             fd = entry[1]
             try:
                 with _InNamespace(fd):
@@ -236,7 +303,8 @@ class Silencer:
             try:
                 self.release(rule, namespace)
             except Exception:
-                # Exiting: a rule left here is swept by the next start.
+                # Exiting: an iptables rule left here is swept by the next
+                # start; an nftables table goes with the process anyway.
                 pass
 
     def installed(self) -> list[SilenceRule]:
@@ -245,6 +313,16 @@ class Silencer:
         """
         with self._lock:
             return [rule for (_ns, rule) in self._rules]
+
+    def backend_of(self, rule: SilenceRule, namespace: int | None = None) -> str | None:
+        """
+        The backend holding C{rule} in C{namespace} (default: the current
+        one), or L{None}.
+        """
+        namespace = netns_id() if namespace is None else namespace
+        with self._lock:
+            entry = self._rules.get((namespace, rule))
+            return None if entry is None else str(entry[2])
 
 
 def _delete_matching(iptc: Any, family: int, comment: str, rule: SilenceRule | None) -> int:
