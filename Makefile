@@ -1,10 +1,11 @@
 # The two commands of the README: `make demo` and `make test`.  Both set up
 # what they need first (Debian packages, a virtualenv with the package).
+# `make lint` runs the static checks CI runs before the tests.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test demo bench clean
+.PHONY: setup lint test demo bench clean
 
 setup: $(VENV)/.installed
 
@@ -17,6 +18,12 @@ $(VENV)/.installed: setup.cfg setup.py pyproject.toml faketcp_twisted/io/_fastpa
 	# (optional: without a compiler the pure-Python path is used).
 	$(PY) setup.py --quiet build_ext --inplace
 	touch $@
+
+# ruff on everything Python in the checkout, mypy --strict on what
+# pyproject.toml names (the package, the lab, the plugins, the benchmarks).
+lint: setup
+	$(PY) -m ruff check faketcp_twisted lab tests twisted benchmarks
+	$(PY) -m mypy
 
 # Trial runs from the checkout, so the code under test is this tree's.
 # The second run repeats the transport's integration tests on Twisted's

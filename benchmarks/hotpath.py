@@ -19,6 +19,7 @@ payloads, as the project's benchmark and udp2raw's anchor figures use.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import socket
 import statistics
@@ -30,10 +31,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from faketcp_twisted.io import fastpath  # noqa: E402
 from faketcp_twisted.core import segment  # noqa: E402
 from faketcp_twisted.core.flow import Flow, FlowKey  # noqa: E402
 from faketcp_twisted.core.segment import ACK, PSH  # noqa: E402
+from faketcp_twisted.io import fastpath  # noqa: E402
 
 PAYLOAD = bytes(range(256)) * 4 + bytes(176)  # 1200 bytes
 SRC = socket.inet_pton(socket.AF_INET, "198.18.0.1")
@@ -113,8 +114,8 @@ def syscall_steps() -> dict[str, dict[str, float]]:
     Send and receive syscalls in a two-host lab: C sends raw segments to S,
     where a capture with the project's filter queues them.
     """
-    from lab import netlab
     from faketcp_twisted.io.capture import Capture
+    from lab import netlab
 
     lab = netlab.two_hosts()
     results: dict[str, dict[str, float]] = {"python": {}, "c": {}}
@@ -139,9 +140,16 @@ def syscall_steps() -> dict[str, dict[str, float]]:
         for implementation in fastpath.available():
             fastpath.use(implementation)
             row = results[implementation.name]
-            sink = [(fastpath.build_segment(template_sink, i, 0, PSH | ACK, PAYLOAD), ("198.18.99.1", 0)) for i in range(batch)]
-            row["send, no receiver (sendto each | sendmmsg)"] = per_call(lambda: fastpath.send_batch(sender.sender, sink, 0), 300) / batch
-            peer = [(fastpath.build_segment(template_peer, i, 0, PSH | ACK, PAYLOAD), ("198.18.0.2", 0)) for i in range(batch)]
+            sink = [
+                (fastpath.build_segment(template_sink, i, 0, PSH | ACK, PAYLOAD), ("198.18.99.1", 0))
+                for i in range(batch)
+            ]
+            send_to_sink = functools.partial(fastpath.send_batch, sender.sender, sink, 0)
+            row["send, no receiver (sendto each | sendmmsg)"] = per_call(send_to_sink, 300) / batch
+            peer = [
+                (fastpath.build_segment(template_peer, i, 0, PSH | ACK, PAYLOAD), ("198.18.0.2", 0))
+                for i in range(batch)
+            ]
             # Through the veth to S (whose softirq work runs in this thread:
             # its capture, and IP up to finding no socket), and S's capture
             # queue drained between rounds.
@@ -189,8 +197,8 @@ def kernel_work(lab: Any, sender: Any) -> dict[str, float]:
     the receiver's softirq runs in the sender's syscall, so the sender's
     time per packet includes S's whole receive path.
     """
-    from lab import netlab
     from faketcp_twisted.engine.demux import mute
+    from lab import netlab
 
     fastpath.use(fastpath.C or fastpath.PYTHON)
     lab.iptables(lab.S, "-A", "OUTPUT", "-p", "tcp", "--sport", "9192", "!", "--tcp-flags", "SYN", "SYN", "-j", "DROP")
@@ -204,7 +212,10 @@ def kernel_work(lab: Any, sender: Any) -> dict[str, float]:
     server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     local_port = client.getsockname()[1]
     template = fastpath.segment_template(SRC, DST, local_port, 9192, 0xFFFF)
-    batch = [(fastpath.build_segment(template, (1 << 31) + i * 1200, 0, PSH | ACK, PAYLOAD), ("198.18.0.2", 0)) for i in range(64)]
+    batch = [
+        (fastpath.build_segment(template, (1 << 31) + i * 1200, 0, PSH | ACK, PAYLOAD), ("198.18.0.2", 0))
+        for i in range(64)
+    ]
     results = {}
     for label in ("unmuted", "muted", "muted, raw-table drop"):
         if label == "muted":
@@ -262,7 +273,9 @@ def main() -> None:
     if not options.no_syscalls and os.geteuid() == 0:
         for name, row in syscall_steps().items():
             for step, value in row.items():
-                table.setdefault(step, {})["c" if name == "kernel" and fastpath.C else "python" if name == "kernel" else name] = value
+                table.setdefault(step, {})[
+                    "c" if name == "kernel" and fastpath.C else "python" if name == "kernel" else name
+                ] = value
     for step, value in loop_costs().items():
         table.setdefault(step, {})["python"] = value
     print(f"{'step (us per packet, median)':52} {'python':>9} {'c':>9}")

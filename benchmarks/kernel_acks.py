@@ -69,13 +69,17 @@ def rule_drops(lab: netlab.Lab, ns: str) -> int:
 @defer.inlineCallbacks
 def measure(reactor: Any, mute: bool) -> Any:
     if not mute:
-        demux.mute = lambda sock: None  # type: ignore[assignment]
+        demux.mute = lambda sock: False
     lab = netlab.two_hosts()
     try:
         with netlab.in_namespace(lab.S):
-            port = yield serverFromString(reactor, "faketcp:9191:interface=0.0.0.0").listen(Factory.forProtocol(Counter))
+            port = yield serverFromString(reactor, "faketcp:9191:interface=0.0.0.0").listen(
+                Factory.forProtocol(Counter)
+            )
         with netlab.in_namespace(lab.C):
-            client = yield clientFromString(reactor, f"faketcp:host={lab.server4}:port=9191").connect(Factory.forProtocol(Protocol))
+            client = yield clientFromString(reactor, f"faketcp:host={lab.server4}:port=9191").connect(
+                Factory.forProtocol(Protocol)
+            )
         yield task.deferLater(reactor, 0.3, lambda: None)
         before, dropped = nstat(lab, lab.S), rule_drops(lab, lab.S)
         datagram = b"x" * 1200

@@ -68,12 +68,15 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ParamSpec, TypeVar
 
 from lab import bench_report, netlab
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 #: Format of the JSON report; bump on incompatible changes.
 SCHEMA = "lab.bench/1"
@@ -560,7 +563,12 @@ def check_relay(env: dict[str, str]) -> list[str]:
         raise Skip(f"relay plugin {plugin.relative_to(SOURCE_ROOT)} not found: faketcp-relay is not written yet")
     twistd = twistd_command()
     probe = subprocess.run(
-        [*twistd, "faketcp-relay", "--help"], capture_output=True, text=True, env=env, timeout=60, cwd=tempfile.gettempdir()
+        [*twistd, "faketcp-relay", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        cwd=tempfile.gettempdir(),
     )
     if probe.returncode != 0:
         tail = (probe.stdout + probe.stderr).strip().splitlines()[-2:]
@@ -743,7 +751,9 @@ class Bench:
         try:
             report = json.loads(measured.output)
         except ValueError:
-            step["error"] = f"iperf3 exited {measured.returncode} without a JSON report: {measured.output.strip()[-300:]}"
+            step["error"] = (
+                f"iperf3 exited {measured.returncode} without a JSON report: {measured.output.strip()[-300:]}"
+            )
             return step
         if report.get("error") or "sum_sent" not in report.get("end", {}):
             step["error"] = f"iperf3: {report.get('error') or 'no totals in its report'}"
@@ -789,9 +799,11 @@ class Bench:
         }
         active: list[Tunnel] = []
 
-        def attempt(tunnel: Tunnel, what: str, action: Any) -> Any:
+        def attempt(
+            tunnel: Tunnel, what: str, action: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs
+        ) -> _R | None:
             try:
-                return action()
+                return action(*args, **kwargs)
             except (StepError, netlab.LabError, OSError) as failure:
                 results[tunnel.name].update(status="failed", note=f"{what}: {failure}")
                 _progress(f"{tunnel.name}: FAILED ({what}): {failure}")
@@ -804,29 +816,27 @@ class Bench:
         try:
             for tunnel in tunnels:
                 active.append(tunnel)
-                attempt(tunnel, "start", lambda: self._start(tunnel))
+                attempt(tunnel, "start", self._start, tunnel)
                 results[tunnel.name]["commands"] = dict(tunnel.commands)
             rounds = range(self.options.repeat)
             for round_ in rounds:
                 for tunnel in list(active):
                     _progress(f"{tunnel.name}: round trips at {self.options.rtt_rate:g} datagrams/s ...")
                     wait = READY_SECONDS if round_ == 0 else 0.0
-                    rtt = attempt(tunnel, "round trips", lambda: self.ping(tunnel, f"rtt-{round_}", wait=wait))
+                    rtt = attempt(tunnel, "round trips", self.ping, tunnel, f"rtt-{round_}", wait=wait)
                     if rtt is not None:
                         rtt["round"] = round_
                         results[tunnel.name].setdefault("rtt_rounds", []).append(rtt)
                         _progress(f"{tunnel.name}: {bench_report.rtt_line(rtt)}")
             for tunnel in list(active):
-                attempt(tunnel, "iperf3 server", lambda: self.start_iperf3(tunnel))
+                attempt(tunnel, "iperf3 server", self.start_iperf3, tunnel)
             ladder: list[float | None] = list(self.options.rates)
             if self.options.max_step:
                 ladder.append(None)
             for rate in ladder:
                 for round_ in rounds:
                     for tunnel in list(active):
-                        step = attempt(
-                            tunnel, f"step {rate or 'max'}", lambda: self._checked_step(tunnel, rate, round_)
-                        )
+                        step = attempt(tunnel, f"step {rate or 'max'}", self._checked_step, tunnel, rate, round_)
                         if step is not None:
                             results[tunnel.name]["steps"].append(step)
                             _progress(f"{tunnel.name}: {bench_report.step_line(step)}")
@@ -947,7 +957,9 @@ class Bench:
         try:
             answer: dict[str, Any] = json.loads(line)
         except ValueError:
-            raise StepError(f"idle-flow holder gave no answer to 'open {count}' within {timeout:g} s: {line!r}") from None
+            raise StepError(
+                f"idle-flow holder gave no answer to 'open {count}' within {timeout:g} s: {line!r}"
+            ) from None
         return answer
 
 
@@ -990,7 +1002,10 @@ def _source_digest() -> str:
 def _source_revision() -> str | None:
     try:
         head = subprocess.run(
-            ["git", "-C", str(SOURCE_ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10
+            ["git", "-C", str(SOURCE_ROOT), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -1176,7 +1191,9 @@ def parse_options(argv: list[str]) -> Options:
         default=list(DEFAULT_TUNNELS),
         help=f"default {','.join(DEFAULT_TUNNELS)}; also twisted-udp (a plain UDP relay pair on Twisted's reactor)",
     )
-    parser.add_argument("--rates", type=_parse_rates, help="Mbit/s ladder, default " + ",".join(map(str, DEFAULT_RATES)))
+    parser.add_argument(
+        "--rates", type=_parse_rates, help="Mbit/s ladder, default " + ",".join(map(str, DEFAULT_RATES))
+    )
     parser.add_argument("--no-max", action="store_true", help="skip the unlimited (iperf3 -b 0) step")
     parser.add_argument(
         "--repeat", type=int, default=1, metavar="N",
@@ -1186,10 +1203,18 @@ def parse_options(argv: list[str]) -> Options:
     parser.add_argument("--size", type=int, default=1200, help="datagram size in bytes (default 1200)")
     parser.add_argument("--rtt-rate", type=float, default=10000.0, help="datagrams/s for round trips (default 10000)")
     parser.add_argument("--rtt-seconds", type=float, help="seconds of round trips (default: --seconds)")
-    parser.add_argument("--idle-flows", type=int, default=0, metavar="N", help="also hold N idle flows on the relay server")
-    parser.add_argument("--quick", action="store_true", help=f"one rate ({QUICK_RATES[0]} Mbit/s) and max, {QUICK_SECONDS:g} s each")
-    parser.add_argument("--json", type=Path, dest="json_path", help="report path (default bench-results/bench-TIME.json)")
-    parser.add_argument("--plot", type=Path, dest="plot_path", help="PNG of delivered vs offered load (needs matplotlib)")
+    parser.add_argument(
+        "--idle-flows", type=int, default=0, metavar="N", help="also hold N idle flows on the relay server"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help=f"one rate ({QUICK_RATES[0]} Mbit/s) and max, {QUICK_SECONDS:g} s each"
+    )
+    parser.add_argument(
+        "--json", type=Path, dest="json_path", help="report path (default bench-results/bench-TIME.json)"
+    )
+    parser.add_argument(
+        "--plot", type=Path, dest="plot_path", help="PNG of delivered vs offered load (needs matplotlib)"
+    )
     parser.add_argument("--base-port", type=int, default=27100, help="first of the ports used (default 27100)")
     parser.add_argument("--udp2raw-tarball", type=Path, default=UDP2RAW_TARBALL, help="udp2raw source to build")
     parser.add_argument("--udp2raw-binary", type=Path, help="use this udp2raw instead of building one")
@@ -1230,7 +1255,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     options = parse_options(argv)
     if os.geteuid() != 0:
-        print("the benchmark creates network namespaces, raw sockets and firewall rules: run it as root", file=sys.stderr)
+        print(
+            "the benchmark creates network namespaces, raw sockets and firewall rules: run it as root", file=sys.stderr
+        )
         return 1
     missing = [tool for tool in ("iperf3", "ip", "iptables", "ss") if shutil.which(tool) is None]
     if missing:

@@ -22,15 +22,16 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.internet import defer, stdio, task
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
+
+from faketcp_twisted.tx.transport import FakeTCPTransport
 
 #: Connection attempts in flight at once: enough to open 10,000 flows in
 #: seconds, and half of what a faketcp server keeps half-open per remote
@@ -57,22 +58,26 @@ class IdleFlow(Protocol):
 
     def connectionMade(self) -> None:
         self.holder.live += 1
-        self.transport.write(b"idle flow hello")
+        self._transport().write(b"idle flow hello")
 
     def dataReceived(self, data: bytes) -> None:
         if not self.replied.called:
             self.replied.callback(None)
+
+    def _transport(self) -> FakeTCPTransport:
+        # What the faketcp: endpoint connects this protocol to.
+        transport = self.transport
+        assert isinstance(transport, FakeTCPTransport)
+        return transport
 
     def give_up(self) -> None:
         """
         End a flow whose hello was never echoed.
         """
         self.given_up = True
-        transport = self.transport
-        assert transport is not None
-        transport.abortConnection()  # type: ignore[attr-defined]  # an ITCPTransport
+        self._transport().abortConnection()
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.holder.live -= 1
         if not self.given_up:
             self.holder.lost += 1
@@ -103,7 +108,7 @@ class Holder:
     async def _attempt(self, semaphore: defer.DeferredSemaphore) -> IdleFlow | None:
         await semaphore.acquire()
         try:
-            flow = await self.endpoint.connect(Factory.forProtocol(lambda: IdleFlow(self)))
+            flow: IdleFlow = await self.endpoint.connect(Factory.forProtocol(lambda: IdleFlow(self)))
         except Exception as failure:
             name = type(failure).__name__
             self.errors[name] = self.errors.get(name, 0) + 1
@@ -163,14 +168,20 @@ class Commands(LineReceiver):
     def lineReceived(self, line: bytes) -> None:
         words = line.decode().split()
         if len(words) != 2 or words[0] != "open" or not words[1].isdigit():
-            self.sendLine(json.dumps({"error": f"unknown command {line!r}"}).encode())
+            self._reply({"error": f"unknown command {line!r}"})
             return
         count = int(words[1])
         # One command at a time, in order.
-        self.queue.addCallback(lambda _: defer.ensureDeferred(self.holder.open(count)))
-        self.queue.addCallback(lambda answer: self.sendLine(json.dumps(answer).encode()))
+        self.queue.addCallback(lambda _: defer.ensureDeferred(self._open(count)))
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    async def _open(self, count: int) -> None:
+        self._reply(await self.holder.open(count))
+
+    def _reply(self, answer: dict[str, Any]) -> None:
+        # Twisted's LineReceiver.sendLine is not annotated.
+        self.sendLine(json.dumps(answer).encode())  # type: ignore[no-untyped-call]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self.done.called:
             self.done.callback(None)
 
@@ -189,9 +200,9 @@ def _raise_file_limit(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> NoReturn:
     """
-    Hold flows to C{--host}:C{--port} until stdin closes.
+    Hold flows to C{--host}:C{--port} until stdin closes, then exit.
     """
     parser = argparse.ArgumentParser(prog="python -m lab.bench_idle", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", required=True)
@@ -210,8 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         return done
 
     task.react(run)
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

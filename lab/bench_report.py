@@ -148,10 +148,11 @@ def targets(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     relay = results.get("faketcp-relay", {}).get("summary") or {}
     peer = results.get("udp2raw", {}).get("summary") or {}
     best = relay.get("best_lossless_mbps")
+    udp2raw = peer.get("best_lossless_mbps")
     out: dict[str, Any] = {
         "relay_400mbps_at_0.1pct_loss": None if best is None else best >= 400,
-        "relay_at_least_udp2raw": None if best is None or not peer.get("best_lossless_mbps") else best >= peer["best_lossless_mbps"],
-        "relay_1.5x_udp2raw": None if best is None or not peer.get("best_lossless_mbps") else best >= 1.5 * peer["best_lossless_mbps"],
+        "relay_at_least_udp2raw": None if best is None or not udp2raw else best >= udp2raw,
+        "relay_1.5x_udp2raw": None if best is None or not udp2raw else best >= 1.5 * udp2raw,
         "relay_rtt_added_p50_under_200us": None if "rtt_added_p50_us" not in relay else relay["rtt_added_p50_us"] < 200,
     }
     if "idle_server_rss_mb" in relay:
@@ -200,7 +201,8 @@ def step_line(step: dict[str, Any]) -> str:
         return f"{step['label']:>5}  ERROR {step['error']}"
     return (
         f"{step['label']:>5}  offered {step['offered_mbps']:7.1f} Mbit/s {step['offered_pps']:7d}/s"
-        f"  delivered {step['delivered_mbps']:7.1f} Mbit/s {step['delivered_pps']:7d}/s  loss {100 * step['loss']:6.2f}%"
+        f"  delivered {step['delivered_mbps']:7.1f} Mbit/s {step['delivered_pps']:7d}/s"
+        f"  loss {100 * step['loss']:6.2f}%"
     )
 
 
@@ -278,7 +280,8 @@ def format_report(report: dict[str, Any]) -> str:
             continue
         best = f"{_mbps(s.get('best_lossless_mbps'))} ({s.get('best_lossless_step', '-')})"
         per = (
-            f"{s['tunnel_us_per_packet']:.1f} ({s['tunnel-client_us_per_packet']:.1f}+{s['tunnel-server_us_per_packet']:.1f})"
+            f"{s['tunnel_us_per_packet']:.1f} "
+            f"({s['tunnel-client_us_per_packet']:.1f}+{s['tunnel-server_us_per_packet']:.1f})"
             if "tunnel_us_per_packet" in s
             else "-"
         )
@@ -301,12 +304,16 @@ def format_report(report: dict[str, Any]) -> str:
                 f"  server: flows {idle['server_before'].get('flows')} -> {idle['server_after'].get('flows')}, "
                 f"RSS {idle['server_before']['rss_mb']:.1f} MB -> {idle['server_after']['rss_mb']:.1f} MB "
                 f"({idle.get('rss_kb_per_flow')} kB per flow; at {idle['flows']} flows "
-                f"{idle.get('rss_mb_projected')} MB), fds {idle['server_before']['fds']} -> {idle['server_after']['fds']}",
+                f"{idle.get('rss_mb_projected')} MB), "
+                f"fds {idle['server_before']['fds']} -> {idle['server_after']['fds']}",
                 f"  active flow with 1 / {idle['flows']} idle: max {_mbps(w['max'].get('delivered_mbps'))} / "
                 f"{_mbps(wi['max'].get('delivered_mbps'))} Mbit/s, RTT p50 {w['rtt']['rtt_us']['p50']:.1f} / "
-                f"{wi['rtt']['rtt_us']['p50']:.1f} us, p99 {w['rtt']['rtt_us']['p99']:.1f} / {wi['rtt']['rtt_us']['p99']:.1f} us",
-                f"  CPU s in those max steps, 1 / {idle['flows']} idle: relay server {_cpu(w['max']['cpu_s'], 'tunnel-server')}"
-                f" / {_cpu(wi['max']['cpu_s'], 'tunnel-server')}, relay client {_cpu(w['max']['cpu_s'], 'tunnel-client')}"
+                f"{wi['rtt']['rtt_us']['p50']:.1f} us, "
+                f"p99 {w['rtt']['rtt_us']['p99']:.1f} / {wi['rtt']['rtt_us']['p99']:.1f} us",
+                f"  CPU s in those max steps, 1 / {idle['flows']} idle: "
+                f"relay server {_cpu(w['max']['cpu_s'], 'tunnel-server')}"
+                f" / {_cpu(wi['max']['cpu_s'], 'tunnel-server')}, "
+                f"relay client {_cpu(w['max']['cpu_s'], 'tunnel-client')}"
                 f" / {_cpu(wi['max']['cpu_s'], 'tunnel-client')}, holder {_cpu(w['max']['cpu_s'], 'idle-holder')}"
                 f" / {_cpu(wi['max']['cpu_s'], 'idle-holder')}, rest {_cpu(w['max']['cpu_s'], 'rest')}"
                 f" / {_cpu(wi['max']['cpu_s'], 'rest')}",

@@ -73,7 +73,7 @@ def _tight_timers() -> None:
         pass
 
 
-def percentile(ordered: list[int] | array, fraction: float) -> float:
+def percentile(ordered: list[int] | array[int], fraction: float) -> float:
     """
     The value at C{fraction} (0..1) of an ascending sequence (nearest rank).
 
@@ -112,35 +112,39 @@ def forward(listen: tuple[str, int], to: tuple[str, int]) -> None:
     driven by Twisted's reactor (a wake-up, a read and a write per hop), for
     the benchmark's C{twisted-udp} tunnel.
     """
-    from twisted.internet import reactor
+    from twisted.internet import reactor as installed
     from twisted.internet.protocol import DatagramProtocol
+    from twisted.internet.udp import Port
+
+    reactor: Any = installed
 
     class Reply(DatagramProtocol):
-        def __init__(self, listening: DatagramProtocol, source: Any) -> None:
+        def __init__(self, listening: Listening, source: Any) -> None:
             self.listening = listening
             self.source = source
+            self.port: Port = reactor.listenUDP(0, self)
+            self.port.connect(*to)
 
         def datagramReceived(self, datagram: bytes, address: Any) -> None:
-            self.listening.transport.write(datagram, self.source)
+            self.listening.port.write(datagram, self.source)
 
     class Listening(DatagramProtocol):
         def __init__(self) -> None:
             self.replies: dict[Any, Reply] = {}
+            self.port: Port = reactor.listenUDP(listen[1], self, interface=listen[0])
 
         def datagramReceived(self, datagram: bytes, source: Any) -> None:
             reply = self.replies.get(source)
             if reply is None:
                 reply = self.replies[source] = Reply(self, source)
-                port = reactor.listenUDP(0, reply)  # type: ignore[attr-defined]
-                port.connect(*to)
             try:
-                reply.transport.write(datagram)
+                reply.port.write(datagram)
             except OSError:
                 pass  # a refused datagram must not end the relay
 
-    reactor.listenUDP(listen[1], Listening(), interface=listen[0])  # type: ignore[attr-defined]
+    Listening()
     print("ready", flush=True)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -172,7 +176,7 @@ class Pinger:
         self.received = 0
         self.send_errors = 0
         self.schedule_resets = 0
-        self.rtts_ns: array = array("q")
+        self.rtts_ns: array[int] = array("q")
         self._buffer = bytearray(65536)
 
     def wait_ready(self, seconds: float) -> bool:

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_demo -*-
 """
 The README's first command, C{make demo}: the relay pair between two
-network namespaces, carrying a UDP ping-pong, with a live line per second.
+network namespaces, carrying a UDP ping-pong, with a live line per second::
 
     client namespace                          server namespace
     UDP pinger -> faketcp-relay (client) ==fake-TCP==> faketcp-relay (server) -> UDP echo
@@ -124,7 +124,9 @@ class Relay:
         argv = ["ip", "netns", "exec", namespace, _twistd(), "-n", "--pidfile=", f"--logfile={self.log_path}",
                 "faketcp-relay", *args]  # fmt: skip
         self.command = " ".join(["twistd -n faketcp-relay", *args])
-        self.process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=directory)
+        self.process = subprocess.Popen(
+            argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=directory
+        )
 
     def log(self) -> str:
         """
@@ -285,7 +287,11 @@ async def run_demo(reactor: Any, seconds: float, rate: int, size: int) -> None:
         _clean_up(lab, relays, directory)
         if not shutting_down:
             reactor.removeSystemEventTrigger(trigger)
-    mine = [name for name in os.listdir("/run/netns") if name in lab.namespaces.values()] if os.path.isdir("/run/netns") else []
+    mine = (
+        [name for name in os.listdir("/run/netns") if name in lab.namespaces.values()]
+        if os.path.isdir("/run/netns")
+        else []
+    )
     host_rules = subprocess.run(["iptables-legacy-save"], capture_output=True, text=True, check=False).stdout
     print(
         f"namespaces left: {len(mine)}; rules left on the host: "
@@ -304,8 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print(
-            "the demo creates network namespaces, raw sockets and firewall rules: run it as root "
-            "(sudo make demo)",
+            "the demo creates network namespaces, raw sockets and firewall rules: run it as root (sudo make demo)",
             file=sys.stderr,
         )
         return 1

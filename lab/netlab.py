@@ -1,24 +1,29 @@
-"""Throwaway network labs (network namespaces + veth pairs) for integration tests.
+# -*- test-case-name: tests.test_netlab -*-
+"""
+Throwaway network labs (network namespaces and veth pairs) for the
+integration tests, the demo and the benchmark.
 
 Every lab lives in its own set of network namespaces, so tests can create
 raw sockets, install firewall rules and route packets without touching the
-host.  All of this needs root (``CAP_NET_ADMIN`` + ``CAP_SYS_ADMIN``).
+host.  All of this needs root (C{CAP_NET_ADMIN} and C{CAP_SYS_ADMIN}).
 
 Conventions
------------
-* Addresses come only from the benchmarking ranges 198.18.0.0/15 and
-  2001:2::/48 (RFC 2544 / RFC 5180).
-* Every namespace is called ``ftt-<pid>-<lab number>-<role>`` (for example
-  ``ftt-1234-1-c``), where ``<pid>`` is the creating process.
-  :func:`sweep_stale` removes namespaces whose creator is dead; it runs
-  automatically whenever a lab is built.
-* Interface names are short: ``<this side>-<other side>`` (``c-s``, ``r-c``...).
-* Checksum offload (``ethtool -K IFACE tx off``) is disabled on every veth end,
-  so packets made by the kernel carry real checksums on the wire.
-* IPv6 duplicate address detection is disabled, so IPv6 addresses are
-  usable as soon as the topology function returns.
+===========
 
-Typical use in a ``twisted.trial`` test::
+  - Addresses come only from the benchmarking ranges 198.18.0.0/15 and
+    2001:2::/48 (RFC 2544 / RFC 5180).
+  - Every namespace is called C{ftt-<pid>-<lab number>-<role>} (for example
+    C{ftt-1234-1-c}), where C{<pid>} is the creating process.
+    L{sweep_stale} removes namespaces whose creator is dead; it runs
+    whenever a lab is built.
+  - Interface names are short: C{<this side>-<other side>} (C{c-s},
+    C{r-c}...).
+  - Checksum offload (C{ethtool -K IFACE tx off}) is disabled on every veth
+    end, so packets made by the kernel carry real checksums on the wire.
+  - IPv6 duplicate address detection is disabled, so IPv6 addresses are
+    usable as soon as the topology function returns.
+
+Typical use in a C{twisted.trial} test::
 
     from lab import netlab
 
@@ -30,15 +35,16 @@ Typical use in a ``twisted.trial`` test::
         reactor.connectTCP(lab.server4, port.getHost().port, client_factory)
 
 Topologies
-----------
-:func:`two_hosts`::
+==========
+
+L{two_hosts}::
 
     C [c-s] 198.18.0.1/24  <--veth-->  198.18.0.2/24 [s-c] S
             2001:2::1/64                2001:2::2/64
                                         (+ 198.18.0.3 / 2001:2::3 with
                                          extra_server_addresses=1, ...)
 
-:func:`routed_nat`::
+L{routed_nat}::
 
     C [c-r] ------------------ [r-c] R [r-s] ------------------ [s-r] S
       198.18.1.2/24     198.18.1.1/24   198.19.0.1/24      198.19.0.2/24
@@ -48,13 +54,15 @@ Topologies
     without NAT (S sees 2001:2:0:1::2).
 
 Caveats
--------
-* pyroute2 0.9 drives netlink through asyncio internally: the topology
-  functions use its *synchronous* ``IPRoute`` and therefore must not be called
-  from inside a running asyncio event loop (Twisted trial's default reactor is
-  fine).  A :class:`RuntimeError` is raised if one is detected.
-* IPv6 MLD reports are sent with hop limit 1; always restrict hop-limit
-  counters to the protocol of interest (``-p tcp -m hl --hl-eq 1``).
+=======
+
+  - pyroute2 0.9 drives netlink through asyncio internally: the topology
+    functions use its I{synchronous} C{IPRoute} and therefore must not be
+    called from inside a running asyncio event loop (Twisted trial's
+    default reactor is fine).  A L{RuntimeError} is raised if one is
+    detected.
+  - IPv6 MLD reports are sent with hop limit 1; always restrict hop-limit
+    counters to the protocol of interest (C{-p tcp -m hl --hl-eq 1}).
 """
 
 from __future__ import annotations
@@ -99,7 +107,9 @@ _COUNT_PREFIX: Final = "ftt-count-"
 
 
 class LabError(RuntimeError):
-    """A lab could not be built or a lab helper command failed."""
+    """
+    A lab could not be built or a lab helper command failed.
+    """
 
 
 # --------------------------------------------------------------------------
@@ -118,17 +128,20 @@ def _setns_fd(fd: int) -> None:
 
 @contextlib.contextmanager
 def in_namespace(name: str) -> Iterator[None]:
-    """Switch the *current thread* into network namespace ``name``.
+    """
+    Switch the I{current thread} into network namespace C{name}.
 
-    Sockets created inside the ``with`` block (and child processes started
-    from it) live in ``name``; sockets keep their namespace after the block
+    Sockets created inside the C{with} block (and child processes started
+    from it) live in C{name}; sockets keep their namespace after the block
     ends.  The thread's original namespace is always restored, even if the
     block raises.  Blocks can be nested.
 
-    This is what ``netns.pushns``/``netns.popns`` do, but with a per-call
-    saved descriptor of ``/proc/thread-self/ns/net``: pyroute2 keeps a
-    process-global stack and saves ``/proc/self/ns/net`` (the *main* thread's
-    namespace), which is wrong when used from other threads.
+    This is what C{netns.pushns}/C{netns.popns} do, but with a per-call
+    saved descriptor of C{/proc/thread-self/ns/net}: pyroute2 keeps a
+    process-global stack and saves C{/proc/self/ns/net} (the I{main}
+    thread's namespace), which is wrong when used from other threads.
+
+    @raise LabError: there is no namespace C{name}.
     """
     saved = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -164,7 +177,11 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _remove_namespace(name: str) -> bool:
-    """Remove namespace ``name``; return False if it did not exist."""
+    """
+    Remove namespace C{name}.
+
+    @return: whether it existed.
+    """
     try:
         netns.remove(name)
     except FileNotFoundError:
@@ -177,9 +194,11 @@ def _remove_namespace(name: str) -> bool:
 
 
 def sweep_stale() -> list[str]:
-    """Remove ``ftt-<pid>-*`` namespaces whose ``<pid>`` is not running.
+    """
+    Remove C{ftt-<pid>-*} namespaces whose C{<pid>} is not running: the
+    leftovers of crashed test runs.
 
-    These are leftovers of crashed test runs.  Returns the removed names.
+    @return: the removed names.
     """
     removed = []
     for name in sorted(netns.listnetns()):
@@ -209,7 +228,9 @@ def _next_lab_number() -> int:
 
 @atexit.register
 def _destroy_all_labs() -> None:
-    """atexit safety net: tear down labs a test forgot to destroy."""
+    """
+    The atexit safety net: tear down labs a test forgot to destroy.
+    """
     with _labs_lock:
         # Skip labs inherited by a forked child: they belong to the parent.
         labs = [lab for lab in _live_labs.values() if lab.pid == os.getpid()]
@@ -230,13 +251,13 @@ def _ensure_no_running_loop() -> None:
 
 
 class Lab:
-    """A set of network namespaces made by one topology function.
+    """
+    A set of network namespaces made by one topology function.
 
-    Attributes:
-        pid: pid of the creating process.
-        number: lab number, unique within the process.
-        namespaces: role (``"C"``, ``"S"``, ``"R"``) -> namespace name.
-        destroyed: whether :meth:`destroy` has run.
+    @ivar pid: the pid of the creating process.
+    @ivar number: the lab number, unique within the process.
+    @ivar namespaces: role (C{"C"}, C{"S"}, C{"R"}) -> namespace name.
+    @ivar destroyed: whether L{destroy} has run.
     """
 
     def __init__(self, roles: Sequence[str]) -> None:
@@ -270,9 +291,12 @@ class Lab:
                 _write_sysctl("net/ipv6/conf/default/router_solicitations", "0")
 
     def destroy(self) -> None:
-        """Remove every namespace of this lab (veths vanish with them).
+        """
+        Remove every namespace of this lab (veths vanish with them).
 
-        Idempotent; safe to register with ``addCleanup`` and to call again.
+        Idempotent; safe to register with C{addCleanup} and to call again.
+
+        @raise LabError: a namespace could not be removed.
         """
         errors = []
         for name in list(self._created):
@@ -295,7 +319,9 @@ class Lab:
         self.destroy()
 
     def in_namespace(self, ns: str) -> contextlib.AbstractContextManager[None]:
-        """Same as module-level :func:`in_namespace`; ``ns`` may be a role."""
+        """
+        The module-level L{in_namespace}; C{ns} may be a role.
+        """
         return in_namespace(self._ns(ns))
 
     def _ns(self, ns: str) -> str:
@@ -306,10 +332,14 @@ class Lab:
     def run(
         self, ns: str, *argv: str, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``ip netns exec NS argv...`` and return the completed process.
+        """
+        Run C{ip netns exec NS argv...}, its output captured as text.
 
-        Output is captured as text.  With ``check`` a non-zero exit status
-        raises :class:`LabError` carrying stderr.
+        @param ns: a namespace name or a role.
+        @param check: whether a non-zero exit status is an error.
+        @return: the completed process.
+        @raise LabError: with C{check}, a non-zero exit status (the message
+            carries stderr).
         """
         cmd = ["ip", "netns", "exec", self._ns(ns), *argv]
         proc = subprocess.run(
@@ -321,10 +351,35 @@ class Lab:
             )
         return proc
 
+    def silencing_rules(self, ns: str) -> list[str]:
+        """
+        The project's silencing rules in a namespace, in both backends: the
+        iptables lines (legacy tables, both families) that carry its
+        comment, and the rules of its nftables tables (C{faketcp_twisted_*}),
+        one line each, prefixed with the table's name.
+
+        @param ns: a namespace name or a role.
+        """
+        found = []
+        for save in ("iptables-legacy-save", "ip6tables-legacy-save"):
+            output = self.run(ns, save, check=False).stdout
+            found += [line for line in output.splitlines() if "faketcp_twisted" in line]
+        listed = self.run(ns, "nft", "list", "ruleset", check=False).stdout
+        table = None
+        for line in listed.splitlines():
+            words = line.split()
+            if words[:1] == ["table"]:
+                table = words[2] if len(words) > 2 and words[2].startswith("faketcp_twisted") else None
+            elif table is not None and words and words[-1] == "drop":
+                found.append(f"{table}: {line.strip()}")
+        return found
+
     def iptables(
         self, ns: str, *args: str, v6: bool = False
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``iptables ARGS`` (``ip6tables`` if ``v6``) inside ``ns``."""
+        """
+        Run C{iptables ARGS} (C{ip6tables} if C{v6}) inside C{ns}.
+        """
         return self.run(ns, "ip6tables" if v6 else "iptables", "-w", *args)
 
     # -- counters ----------------------------------------------------------
@@ -337,15 +392,18 @@ class Lab:
         v6: bool = False,
         chain: str = "PREROUTING",
     ) -> None:
-        """Start counting packets matching ``match_args`` inside ``ns``.
+        """
+        Start counting packets matching C{match_args} inside C{ns}.
 
-        Inserts at the top of the ``raw`` table's ``chain`` (PREROUTING:
+        Inserts at the top of the C{raw} table's C{chain} (PREROUTING:
         packets arriving at the namespace; OUTPUT: packets it sends) a rule
         without a target, so it only counts and never changes a verdict.
-        Examples: ``["-p", "tcp", "--tcp-flags", "RST", "RST"]``,
-        ``["-p", "tcp", "-m", "ttl", "--ttl-eq", "1"]`` (IPv4) or
-        ``["-p", "tcp", "-m", "hl", "--hl-eq", "1"]`` (IPv6).
-        Read it with :meth:`read_count`.
+        Read it with L{read_count}.
+
+        @param match_args: for example C{["-p", "tcp", "--tcp-flags", "RST",
+            "RST"]}, C{["-p", "tcp", "-m", "ttl", "--ttl-eq", "1"]} (IPv4)
+            or C{["-p", "tcp", "-m", "hl", "--hl-eq", "1"]} (IPv6).
+        @raise ValueError: a bad C{name}, or one already counting in C{ns}.
         """
         if not _COUNTER_NAME_RE.match(name):
             raise ValueError(f"counter name must match {_COUNTER_NAME_RE.pattern}")
@@ -362,17 +420,25 @@ class Lab:
         self._counters[key] = chain
 
     def read_count(self, ns: str, name: str, v6: bool = False) -> int:
-        """Packets counted so far by the rule from :meth:`count_packets`."""
+        """
+        Packets counted so far by the rule from L{count_packets}.
+
+        @raise KeyError: no such counter.
+        """
         if (self._ns(ns), name, v6) not in self._counters:
             raise KeyError(f"no counter {name!r} in {ns} (v6={v6})")
         return self._read_comment_counter(ns, "raw", _COUNT_PREFIX + name, v6)
 
     def conntrack_invalid_drops(self, ns: str, v6: bool = False) -> int:
-        """Packets dropped by the ``--ctstate INVALID`` FORWARD rule in ``ns``."""
+        """
+        Packets dropped by the C{--ctstate INVALID} FORWARD rule in C{ns}.
+        """
         return self._read_comment_counter(ns, "filter", _INVALID_COMMENT, v6)
 
     def loss_drops(self, ns: str, v6: bool = False) -> int:
-        """Packets dropped by the random-loss FORWARD rule in ``ns``."""
+        """
+        Packets dropped by the random-loss FORWARD rule in C{ns}.
+        """
         return self._read_comment_counter(ns, "filter", _LOSS_COMMENT, v6)
 
     def _read_comment_counter(
@@ -397,7 +463,9 @@ class Lab:
     def _veth(
         self, ns_a: str, if_a: str, ns_b: str, if_b: str
     ) -> None:
-        """Create veth ``if_a`` in ``ns_a`` paired with ``if_b`` in ``ns_b``."""
+        """
+        Create veth C{if_a} in C{ns_a} paired with C{if_b} in C{ns_b}.
+        """
         with IPRoute(netns=ns_a, flags=0) as ipr:
             ipr.link(
                 "add",
@@ -418,7 +486,9 @@ class Lab:
         addresses: Sequence[tuple[str, int]],
         gateways: Sequence[str] = (),
     ) -> None:
-        """Bring ``lo`` and ``ifname`` up, add addresses and default routes."""
+        """
+        Bring C{lo} and C{ifname} up, add addresses and default routes.
+        """
         with IPRoute(netns=ns, flags=0) as ipr:
             lo = ipr.link_lookup(ifname="lo")[0]
             idx = ipr.link_lookup(ifname=ifname)[0]
@@ -436,7 +506,11 @@ class Lab:
 
 
     def _wait_links_up(self, timeout: float = 5.0) -> None:
-        """Wait until every veth end reports operstate UP (carrier on)."""
+        """
+        Wait until every veth end reports operstate UP (carrier on).
+
+        @raise LabError: one did not within C{timeout} seconds.
+        """
         deadline = time.monotonic() + timeout
         for ns, ifname in self._links:
             with IPRoute(netns=ns, flags=0) as ipr:
@@ -456,7 +530,9 @@ def _write_sysctl(path: str, value: str) -> None:
 
 
 def _build(lab: Lab, body: Callable[[], None]) -> None:
-    """Run ``body()`` after creating the namespaces; destroy on failure."""
+    """
+    Run C{body()} after creating the namespaces; destroy them on failure.
+    """
     try:
         lab._create_namespaces()
         body()
@@ -473,16 +549,21 @@ def _build(lab: Lab, body: Callable[[], None]) -> None:
 
 
 class TwoHostsLab(Lab):
-    """Client ``C`` and server ``S`` joined by one veth pair.
+    """
+    Client C{C} and server C{S} joined by one veth pair.
 
-    Attributes (namespace names, interfaces, addresses):
-        C, S: namespace names.
-        client_if (``"c-s"``, in C), server_if (``"s-c"``, in S).
-        client4 = 198.18.0.1, server4 = 198.18.0.2 (prefixlen4 = 24).
-        client6 = 2001:2::1, server6 = 2001:2::2 (prefixlen6 = 64).
-        server4_extra, server6_extra: additional server addresses
-            (198.18.0.3, 2001:2::3, then .4/::4, ...), on-link for C.
-        server4_all, server6_all: primary plus extra server addresses.
+    @ivar C: the client's namespace name.
+    @ivar S: the server's namespace name.
+    @ivar client_if: C{"c-s"}, in C.
+    @ivar server_if: C{"s-c"}, in S.
+    @ivar client4: 198.18.0.1 (prefix length L{prefixlen4}, 24).
+    @ivar server4: 198.18.0.2.
+    @ivar client6: 2001:2::1 (prefix length L{prefixlen6}, 64).
+    @ivar server6: 2001:2::2.
+    @ivar server4_extra: additional server addresses (198.18.0.3, then .4,
+        ...), on-link for C.
+    @ivar server6_extra: additional server addresses (2001:2::3, then ::4,
+        ...), on-link for C.
     """
 
     prefixlen4: Final = 24
@@ -509,10 +590,16 @@ class TwoHostsLab(Lab):
 
     @property
     def server4_all(self) -> list[str]:
+        """
+        The server's IPv4 addresses: L{server4}, then L{server4_extra}.
+        """
         return [self.server4, *self.server4_extra]
 
     @property
     def server6_all(self) -> list[str]:
+        """
+        The server's IPv6 addresses: L{server6}, then L{server6_extra}.
+        """
         return [self.server6, *self.server6_extra]
 
     def _setup(self) -> None:
@@ -531,11 +618,14 @@ class TwoHostsLab(Lab):
 
 
 def two_hosts(extra_server_addresses: int = 0) -> TwoHostsLab:
-    """Build the two-host lab; see :class:`TwoHostsLab` for the addresses.
+    """
+    Build the two-host lab; see L{TwoHostsLab} for the addresses.
 
-    ``extra_server_addresses=1`` gives the server a second address pair
-    (198.18.0.3 and 2001:2::3), so a server listening on the wildcard address
-    can be reached through two different local addresses.
+    @param extra_server_addresses: more address pairs for the server: 1
+        gives it 198.18.0.3 and 2001:2::3, so a server listening on the
+        wildcard address can be reached through two different local
+        addresses.
+    @raise LabError: the lab could not be built (what was made is removed).
     """
     lab = TwoHostsLab(extra_server_addresses)
     _build(lab, lab._setup)
@@ -548,28 +638,37 @@ def two_hosts(extra_server_addresses: int = 0) -> TwoHostsLab:
 
 
 class RoutedNatLab(Lab):
-    """Client ``C`` -- router/NAT ``R`` -- server ``S``.
-
-    Attributes:
-        C, R, S: namespace names.
-        client_if ``"c-r"`` (C), router_client_if ``"r-c"`` (R),
-        router_server_if ``"r-s"`` (R), server_if ``"s-r"`` (S).
-        client4 = 198.18.1.2/24 (gw router_client4 = 198.18.1.1)
-        router_server4 = 198.19.0.1/24, server4 = 198.19.0.2/24 (gw .1)
-        client6 = 2001:2:0:1::2/64 (gw router_client6 = 2001:2:0:1::1)
-        router_server6 = 2001:2:0:2::1/64, server6 = 2001:2:0:2::2/64
-        nat_address4: what S sees as the client's IPv4 (= router_server4).
-        loss: random drop probability of R's FORWARD loss rule (0 = none).
+    """
+    Client C{C} -- router/NAT C{R} -- server C{S}.
 
     In R (iptables and ip6tables unless noted), in FORWARD order:
-    ``-m conntrack --ctstate INVALID -j DROP`` (counter:
-    :meth:`conntrack_invalid_drops`), then if ``loss > 0``
-    ``-m statistic --mode random --probability LOSS -j DROP`` (both
-    directions, counter: :meth:`loss_drops`); IPv4 only:
-    ``-t nat POSTROUTING -o r-s -j MASQUERADE``.  IPv6 is routed, not NATed.
+    C{-m conntrack --ctstate INVALID -j DROP} (counter:
+    L{conntrack_invalid_drops}), then if C{loss > 0}
+    C{-m statistic --mode random --probability LOSS -j DROP} (both
+    directions, counter: L{loss_drops}); IPv4 only:
+    C{-t nat POSTROUTING -o r-s -j MASQUERADE}.  IPv6 is routed, not NATed.
 
-    :meth:`cut` takes the path down (a DROP rule at the top of R's FORWARD
-    chain, both families) and :meth:`restore` brings it back.
+    L{cut} takes the path down (a DROP rule at the top of R's FORWARD
+    chain, both families) and L{restore} brings it back.
+
+    @ivar C: the client's namespace name.
+    @ivar R: the router's namespace name.
+    @ivar S: the server's namespace name.
+    @ivar client_if: C{"c-r"}, in C.
+    @ivar router_client_if: C{"r-c"}, in R.
+    @ivar router_server_if: C{"r-s"}, in R.
+    @ivar server_if: C{"s-r"}, in S.
+    @ivar client4: 198.18.1.2/24, with L{router_client4} as its gateway.
+    @ivar router_client4: 198.18.1.1/24.
+    @ivar router_server4: 198.19.0.1/24, the server's gateway.
+    @ivar server4: 198.19.0.2/24.
+    @ivar client6: 2001:2:0:1::2/64, with L{router_client6} as its gateway.
+    @ivar router_client6: 2001:2:0:1::1/64.
+    @ivar router_server6: 2001:2:0:2::1/64, the server's gateway.
+    @ivar server6: 2001:2:0:2::2/64.
+    @ivar nat_address4: what S sees as the client's IPv4 address
+        (L{router_server4}).
+    @ivar loss: the drop probability of R's FORWARD loss rule (0: none).
     """
 
     prefixlen4: Final = 24
@@ -596,28 +695,33 @@ class RoutedNatLab(Lab):
         self.server6: str = "2001:2:0:2::2"
         self.nat_address4: str = self.router_server4
         self.loss: float = loss
-        #: Whether the path is cut now (see :meth:`cut`).
+        #: Whether the path is cut now (see L{cut}).
         self.is_cut: bool = False
         #: Packets R dropped during the cuts restored so far (IPv4 + IPv6).
         self.cut_dropped: int = 0
 
     def conntrack_invalid_drops(self, ns: str | None = None, v6: bool = False) -> int:
-        """INVALID-drop counter of ``ns`` (default: the router R)."""
+        """
+        The INVALID-drop counter of C{ns} (default: the router R).
+        """
         return super().conntrack_invalid_drops(ns or self.R, v6=v6)
 
     def loss_drops(self, ns: str | None = None, v6: bool = False) -> int:
-        """Random-loss drop counter of ``ns`` (default: the router R)."""
+        """
+        The random-loss drop counter of C{ns} (default: the router R).
+        """
         return super().loss_drops(ns or self.R, v6=v6)
 
     def cut(self) -> None:
-        """Take the path down: R drops every forwarded packet, both ways.
+        """
+        Take the path down: R drops every forwarded packet, both ways.
 
-        Inserts ``-m comment --comment ftt-cut -j DROP`` at the top of R's
+        Inserts C{-m comment --comment ftt-cut -j DROP} at the top of R's
         FORWARD chain (iptables and ip6tables), ahead of the INVALID and
         loss rules.  Nothing reaches the other side and nothing tells the
         hosts (no ICMP).  R's conntrack still sees the packets (it runs
         before FORWARD), as a NAT router before a broken link would.
-        Idempotent; undo with :meth:`restore`.
+        Idempotent; undo with L{restore}.
         """
         if self.is_cut:
             return
@@ -630,9 +734,10 @@ class RoutedNatLab(Lab):
         self.is_cut = True
 
     def restore(self) -> None:
-        """Bring the path back after :meth:`cut` (idempotent).
+        """
+        Bring the path back after L{cut} (idempotent).
 
-        Adds what the cut rules dropped to :attr:`cut_dropped`, then deletes
+        Adds what the cut rules dropped to L{cut_dropped}, then deletes
         them.
         """
         for v6 in (False, True):
@@ -652,7 +757,9 @@ class RoutedNatLab(Lab):
         self.is_cut = False
 
     def cut_drops(self) -> int:
-        """Packets dropped by cuts so far, the current one included."""
+        """
+        Packets dropped by cuts so far, the current one included.
+        """
         current = 0
         for v6 in (False, True):
             with contextlib.suppress(KeyError):
@@ -712,10 +819,12 @@ class RoutedNatLab(Lab):
 
 
 def routed_nat(loss: float = 0.0) -> RoutedNatLab:
-    """Build the client/NAT-router/server lab; see :class:`RoutedNatLab`.
+    """
+    Build the client/NAT-router/server lab; see L{RoutedNatLab}.
 
-    ``loss`` > 0 makes R drop forwarded packets (both directions, IPv4 and
-    IPv6) at random with that probability.
+    @param loss: more than 0 makes R drop forwarded packets (both
+        directions, IPv4 and IPv6) at random with that probability.
+    @raise LabError: the lab could not be built (what was made is removed).
     """
     lab = RoutedNatLab(loss)
     _build(lab, lab._setup)

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 
 from twisted.internet import reactor
 from twisted.internet.endpoints import clientFromString, serverFromString
@@ -36,7 +37,6 @@ from faketcp_twisted.tx.endpoints import (
     FakeTCPServerEndpoint,
     FakeTCPServerParser,
 )
-
 from tests.support import LabTestCase, RecordingFactory, require_root
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,6 +116,133 @@ class ParsingTests(SynchronousTestCase):
         error = self.assertRaises(ValueError, clientFromString, reactor, "faketcp:port=9191")
         self.assertIn("host=", str(error))
 
+    def test_converted_values(self) -> None:
+        """
+        Every argument reaches the endpoint converted: numbers, a hex mark,
+        yes/no, and a bindAddress with a port (bracketed for IPv6).
+        """
+        server = serverFromString(
+            reactor, "faketcp:0:backlog=0:idleTimeout=0:keepalive=0.5:mark=255:authTimeout=2:timestamps=OFF"
+        )
+        self.assertEqual((server._port, server._backlog, server._auth_timeout), (0, 0, 2.0))
+        options = server._options
+        self.assertEqual(
+            (options.idle_timeout, options.keepalive, options.mark, options.timestamps), (0.0, 0.5, 255, False)
+        )
+        client = clientFromString(
+            reactor, r"faketcp:host=198.18.0.2:port=65535:timeout=0.25:bindAddress=198.18.0.1\:5000:timestamps=yes"
+        )
+        self.assertEqual((client._port, client._timeout, client._bindAddress), (65535, 0.25, ("198.18.0.1", 5000)))
+        self.assertTrue(client._options.timestamps)
+        client = clientFromString(reactor, r"faketcp:host=2001\:2\:\:2:port=9191:bindAddress=[2001\:2\:\:1]\:5000")
+        self.assertEqual(client._bindAddress, ("2001:2::1", 5000))
+
+
+class BadArgumentTests(SynchronousTestCase):
+    """
+    A bad argument in an endpoint string is a ValueError with a one-line
+    message naming it and quoting the value, raised while parsing.
+    """
+
+    def assertRefused(self, parse: Callable[..., object], description: str, *expected: str) -> None:
+        """
+        Parsing C{description} raises a one-line ValueError that starts with
+        C{faketcp:} and contains every C{expected} text.
+        """
+        error = self.assertRaises(ValueError, parse, reactor, description)
+        message = str(error)
+        self.assertTrue(message.startswith("faketcp: "), message)
+        self.assertNotIn("\n", message)
+        for text in expected:
+            self.assertIn(text, message)
+
+    def test_server_port(self) -> None:
+        """
+        The port is a number from 0 to 65535.
+        """
+        for value in ("abc", "-1", "65536", "1.5", ""):
+            self.assertRefused(
+                serverFromString, f"faketcp:{value}", f"port must be a number from 0 to 65535, not {value!r}"
+            )
+
+    def test_client_port(self) -> None:
+        """
+        A client's port is a number from 1 to 65535: port 0 reaches no one.
+        """
+        for value in ("abc", "0", "65536"):
+            self.assertRefused(
+                clientFromString,
+                f"faketcp:host=198.18.0.2:port={value}",
+                f"port must be a number from 1 to 65535, not {value!r}",
+            )
+
+    def test_backlog(self) -> None:
+        """
+        The backlog is a number from 0 to 65535.
+        """
+        for value in ("many", "-5", "70000"):
+            self.assertRefused(serverFromString, f"faketcp:9191:backlog={value}", "backlog", repr(value))
+
+    def test_seconds(self) -> None:
+        """
+        idleTimeout and keepalive are 0 or more seconds; the client's
+        timeout and authTimeout on either side are more than 0.  None of
+        them is infinite or NaN.
+        """
+        for name in ("idleTimeout", "keepalive"):
+            for value in ("soon", "-1", "inf", "nan"):
+                self.assertRefused(serverFromString, f"faketcp:9191:{name}={value}", f"{name} must", repr(value))
+                self.assertRefused(
+                    clientFromString, f"faketcp:host=198.18.0.2:port=9191:{name}={value}", f"{name} must", repr(value)
+                )
+        for value in ("soon", "0", "-1", "inf"):
+            self.assertRefused(
+                clientFromString,
+                f"faketcp:host=198.18.0.2:port=9191:timeout={value}",
+                f"timeout must be a positive number of seconds, not {value!r}",
+            )
+            self.assertRefused(serverFromString, f"faketcp:9191:key=k:authTimeout={value}", "authTimeout", repr(value))
+            self.assertRefused(
+                clientFromString, f"faketcp:host=198.18.0.2:port=9191:key=k:authTimeout={value}", "authTimeout"
+            )
+
+    def test_mark(self) -> None:
+        """
+        The mark is a 32-bit number, decimal or 0x hex.
+        """
+        for value in ("red", "-1", "0x100000000", "0xfg"):
+            self.assertRefused(serverFromString, f"faketcp:9191:mark={value}", "mark must be a number", repr(value))
+            self.assertRefused(clientFromString, f"faketcp:host=198.18.0.2:port=9191:mark={value}", "mark", repr(value))
+
+    def test_timestamps(self) -> None:
+        """
+        timestamps is yes or no (or true/false, on/off, 1/0).
+        """
+        self.assertRefused(
+            serverFromString, "faketcp:9191:timestamps=maybe", "timestamps must be yes or no, not 'maybe'"
+        )
+        self.assertRefused(clientFromString, "faketcp:host=198.18.0.2:port=9191:timestamps=2", "timestamps", "'2'")
+
+    def test_bind_address(self) -> None:
+        """
+        bindAddress is HOST, HOST:PORT or [IPV6]:PORT, with a port up to
+        65535.
+        """
+        for value in (r"198.18.0.1\:x", r"198.18.0.1\:70000", r"\:5000", "[2001", r"[2001\:2\:\:1]5000", ""):
+            self.assertRefused(
+                clientFromString, f"faketcp:host=198.18.0.2:port=9191:bindAddress={value}", "bindAddress must be"
+            )
+
+    def test_unknown_or_missing(self) -> None:
+        """
+        An unknown argument, a server string without a port, and a client
+        string without host or port are refused by name.
+        """
+        self.assertRefused(serverFromString, "faketcp:9191:colour=blue", "colour")
+        self.assertRefused(clientFromString, "faketcp:host=198.18.0.2:port=9191:colour=blue", "colour")
+        self.assertRefused(serverFromString, "faketcp:interface=0.0.0.0", "port")
+        self.assertRefused(clientFromString, "faketcp:host=:port=9191", "host=", "port=")
+
 
 class InterfaceTests(LabTestCase):
     """
@@ -152,7 +279,9 @@ _TRY_LISTEN = textwrap.dedent(
         try:
             for attempt in (
                 lambda: serverFromString(reactor, "faketcp:9191").listen(Factory.forProtocol(Protocol)),
-                lambda: clientFromString(reactor, "faketcp:host=127.0.0.1:port=9191").connect(Factory.forProtocol(Protocol)),
+                lambda: clientFromString(reactor, "faketcp:host=127.0.0.1:port=9191").connect(
+                    Factory.forProtocol(Protocol)
+                ),
             ):
                 yield attempt().addCallbacks(lambda r: print("unexpected success", r), show)
         finally:

@@ -195,7 +195,7 @@ class TwoHostsTests(unittest.TestCase):
                 with netlab.in_namespace(self.lab.S):
                     inner = _ns_inode()
                 self.assertNotEqual(inner, _ns_inode())
-                1 / 0
+                raise ZeroDivisionError("inside the namespaces")
         self.assertEqual(_ns_inode(), before)
         self.assertRaises(netlab.LabError, netlab.in_namespace("ftt-missing").__enter__)
         self.assertEqual(_ns_inode(), before)

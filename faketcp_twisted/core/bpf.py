@@ -167,7 +167,7 @@ class Program:
     A classic BPF program under construction, with named jump targets.
 
     Counting relative offsets by hand is how filters get subtly broken when
-    an instruction is added; here jumps name labels and L{assemble} counts.
+    an instruction is added; here jumps name labels and L{assemble} counts::
 
         p = Program()
         p.stmt(BPF_LD | BPF_B | BPF_ABS, 9)

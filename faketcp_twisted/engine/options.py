@@ -1,8 +1,8 @@
 # -*- test-case-name: tests.test_endpoints -*-
 """
 What both faces take from their users: the tunables of a port's or a
-connection's flows, the conversion of endpoint-style arguments (strings
-from endpoint strings, or values) into them, the key, and address
+connection's flows made from endpoint-style arguments (values: the Twisted
+face's parsers convert endpoint strings first), the key, and address
 formatting for logs and errors.
 """
 
@@ -41,43 +41,24 @@ class FlowOptions:
     limits: TableLimits = field(default_factory=TableLimits)
 
 
-#: How endpoint strings say yes and no.
-_BOOLEANS = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
-
-
-def boolean_argument(name: str, value: bool | str) -> bool:
-    """
-    A yes/no endpoint argument: a bool, or one of yes/no, true/false,
-    on/off, 1/0 (any case).
-
-    @raise ValueError: for anything else, naming the argument.
-    """
-    if isinstance(value, bool):
-        return value
-    found = _BOOLEANS.get(str(value).strip().lower())
-    if found is None:
-        raise ValueError(f"{name} must be yes or no, not {value!r}")
-    return found
-
-
 def flow_options(
-    idleTimeout: float | str | None = None,
-    keepalive: float | str | None = None,
-    mark: int | str | None = None,
-    timestamps: bool | str | None = None,
+    idleTimeout: float | None = None,
+    keepalive: float | None = None,
+    mark: int | None = None,
+    timestamps: bool | None = None,
 ) -> FlowOptions:
     """
-    L{FlowOptions} from endpoint arguments (strings from endpoint strings).
+    L{FlowOptions} from endpoint arguments; L{None} keeps the default.
     """
     options = FlowOptions()
     if timestamps is not None:
-        options.timestamps = boolean_argument("timestamps", timestamps)
+        options.timestamps = timestamps
     if idleTimeout is not None:
         options.idle_timeout = float(idleTimeout)
     if keepalive is not None:
         options.keepalive = float(keepalive)
     if mark is not None:
-        options.mark = int(mark, 0) if isinstance(mark, str) else int(mark)
+        options.mark = mark
     return options
 
 
@@ -92,7 +73,7 @@ def auth_from(key: str | bytes | None, keyFile: str | None) -> AuthKey | None:
     return auth_key(key, keyFile)
 
 
-def auth_timeout(authTimeout: float | str | None) -> float:
+def auth_timeout(authTimeout: float | None) -> float:
     """
     The seconds a peer's proof may take: C{authTimeout}, or the default.
 
@@ -100,10 +81,9 @@ def auth_timeout(authTimeout: float | str | None) -> float:
     """
     if authTimeout is None:
         return DEFAULT_TIMEOUT
-    value = float(authTimeout)
-    if not value > 0:
+    if not authTimeout > 0:
         raise ValueError(f"authTimeout must be positive, not {authTimeout!r}")
-    return value
+    return float(authTimeout)
 
 
 def redact(description: str) -> str:

@@ -546,7 +546,7 @@ static int
 check_configured(void)
 {
     if (segment_type == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "faketcp_twisted._fastpath is not configured");
+        PyErr_SetString(PyExc_RuntimeError, "faketcp_twisted.io._fastpath is not configured");
         return -1;
     }
     return 0;
@@ -1192,7 +1192,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
-    "faketcp_twisted._fastpath",
+    "faketcp_twisted.io._fastpath",
     "The per-packet hot path in C; use faketcp_twisted.fastpath, not this.",
     -1,
     methods,

@@ -18,9 +18,10 @@ C{sendmmsg} with the C fast path, see L{fastpath}).
 from __future__ import annotations
 
 import socket
+from typing import Any
 
-from . import fastpath
 from ..core.bpf import attach_filter, capture_filter
+from . import fastpath
 
 ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
@@ -124,7 +125,7 @@ def _set_buffer(sock: socket.socket, option: int, size: int) -> None:
         sock.setsockopt(socket.SOL_SOCKET, option, size)
 
 
-def sockaddr(family: int, packed: bytes) -> tuple:
+def sockaddr(family: int, packed: bytes) -> tuple[Any, ...]:
     """
     The socket address a raw socket sends to, from a packed IP address.
     """

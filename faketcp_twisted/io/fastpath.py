@@ -349,7 +349,7 @@ PYTHON = Implementation(
 
 def _load_c() -> Implementation | None:
     try:
-        from . import _fastpath  # type: ignore[attr-defined]
+        from . import _fastpath
     except ImportError:
         return None
     _fastpath.configure(Segment, FlowKey, MalformedSegment)
@@ -402,7 +402,8 @@ def use(implementation: Implementation | str) -> Implementation:
     if isinstance(implementation, str):
         found = [each for each in available() if each.name == implementation]
         if not found:
-            raise LookupError(f"no {implementation!r} fast path here (available: {[each.name for each in available()]})")
+            names = [each.name for each in available()]
+            raise LookupError(f"no {implementation!r} fast path here (available: {names})")
         implementation = found[0]
     previous = active
     active = implementation

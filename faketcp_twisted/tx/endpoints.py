@@ -5,23 +5,30 @@ Endpoints and the C{faketcp:} endpoint string parsers.
 Server::
 
     faketcp:PORT[:interface=ADDR][:backlog=N][:idleTimeout=S][:keepalive=S][:mark=M]
-        [:key=SECRET | :keyFile=PATH][:authTimeout=S]
+        [:key=SECRET | :keyFile=PATH][:authTimeout=S][:timestamps=yes|no]
 
 Client::
 
-    faketcp:host=HOST:port=PORT[:timeout=S][:bindAddress=ADDR][:idleTimeout=S][:keepalive=S][:mark=M]
-        [:key=SECRET | :keyFile=PATH][:authTimeout=S]
+    faketcp:host=HOST:port=PORT[:timeout=S][:bindAddress=ADDR[:PORT]][:idleTimeout=S][:keepalive=S][:mark=M]
+        [:key=SECRET | :keyFile=PATH][:authTimeout=S][:timestamps=yes|no]
 
 Colons inside values are escaped with a backslash (C{interface=\\:\\:},
-C{key=a\\:b}).  With C{key} or C{keyFile}, connections are authenticated
-with that pre-shared key (see L{faketcp_twisted.core.auth}); a key on a command
-line is visible to every local user through C{ps}, a key file is not.
+C{key=a\\:b}; an IPv6 C{bindAddress} with a port is bracketed:
+C{bindAddress=[2001\\:2\\:\\:1]\\:5000}).  The parsers convert every
+argument before an endpoint is made: a bad one is a L{ValueError} with a
+one-line message naming it.
+
+With C{key} or C{keyFile}, connections are authenticated with that
+pre-shared key (see L{faketcp_twisted.core.auth}); a key on a command line
+is visible to every local user through C{ps}, a key file is not.
 This module imports nothing heavy at import time: the plugin loads it on
 every C{serverFromString} call, for every prefix.
 """
 
 from __future__ import annotations
 
+import inspect
+import math
 import socket
 from typing import Any
 
@@ -55,8 +62,8 @@ class FakeTCPServerEndpoint:
         mark: int | None = None,
         key: str | bytes | None = None,
         keyFile: str | None = None,
-        authTimeout: float | str | None = None,
-        timestamps: bool | str | None = None,
+        authTimeout: float | None = None,
+        timestamps: bool | None = None,
     ) -> None:
         """
         @param port: the TCP port (0 picks a free one).
@@ -77,7 +84,7 @@ class FakeTCPServerEndpoint:
             handshake agreed on them (default yes; they take 12 bytes of
             each segment's payload room: see the README).
         @raise ValueError: both C{key} and C{keyFile}, or an empty or
-            unreadable key, or a C{timestamps} that is not yes or no.
+            unreadable key, or an C{authTimeout} that is not positive.
         """
         self._reactor = reactor
         self._port = port
@@ -104,7 +111,12 @@ class FakeTCPServerEndpoint:
             auth=self._auth,
             auth_timeout=self._auth_timeout,
         )
-        return defer.execute(lambda: (port.startListening(), port)[1])
+
+        def listening() -> FakeTCPPort:
+            port.startListening()
+            return port
+
+        return defer.execute(listening)
 
 
 @implementer(IStreamClientEndpoint)
@@ -125,8 +137,8 @@ class FakeTCPClientEndpoint:
         mark: int | None = None,
         key: str | bytes | None = None,
         keyFile: str | None = None,
-        authTimeout: float | str | None = None,
-        timestamps: bool | str | None = None,
+        authTimeout: float | None = None,
+        timestamps: bool | None = None,
     ) -> None:
         """
         @param host: an IP address, or a name resolved with getaddrinfo.
@@ -142,7 +154,7 @@ class FakeTCPClientEndpoint:
         @param authTimeout: seconds the server's proof may take (default 5).
         @param timestamps: as for L{FakeTCPServerEndpoint}.
         @raise ValueError: both C{key} and C{keyFile}, or an empty or
-            unreadable key, or a C{timestamps} that is not yes or no.
+            unreadable key, or an C{authTimeout} that is not positive.
         """
         self._reactor = reactor
         self._host = host
@@ -189,15 +201,13 @@ class FakeTCPClientEndpoint:
         from ..engine.connector import Connector
         from .errors import twisted_connect_error
         from .reactor import loop_for
-        from .transport import FakeTCPTransport
+        from .transport import connect_protocol
 
         def connected(connection: Any) -> None:
-            protocol = protocolFactory.buildProtocol(connection.getPeer())
+            protocol = connect_protocol(connection, protocolFactory)
             if protocol is None:
-                connection.refuse()
                 result.errback(ConnectError(string="the factory built no protocol"))
                 return
-            connection.makeConnection(protocol)
             result.callback(protocol)
 
         def failed(failure: Any) -> None:
@@ -216,7 +226,6 @@ class FakeTCPClientEndpoint:
             self._timeout,
             self._bindAddress,
             self._options,
-            FakeTCPTransport,
             connected,
             failed,
             auth=self._auth,
@@ -224,6 +233,88 @@ class FakeTCPClientEndpoint:
         )
         connector.start()
         return result
+
+
+#: How endpoint strings say yes and no.
+_BOOLEANS = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
+
+
+def _integer(name: str, text: str, low: int, high: int, base: int = 10) -> int:
+    """
+    A whole-number argument from C{low} to C{high}.
+
+    @param base: as for L{int} (0 also takes C{0x} hex and C{0o} octal).
+    @raise ValueError: anything else, naming the argument.
+    """
+    try:
+        value = int(text, base)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        shown = f"{low} to {high:#x}" if base == 0 else f"{low} to {high}"
+        raise ValueError(f"faketcp: {name} must be a number from {shown}, not {text!r}")
+    return value
+
+
+def _seconds(name: str, text: str, positive: bool) -> float:
+    """
+    A number of seconds: more than 0 if C{positive}, else 0 or more.
+
+    @raise ValueError: anything else (also infinity and NaN), naming the
+        argument.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        wanted = "a positive number of seconds" if positive else "a number of seconds, 0 or more"
+        raise ValueError(f"faketcp: {name} must be {wanted}, not {text!r}")
+    return value
+
+
+def _boolean(name: str, text: str) -> bool:
+    """
+    A yes/no argument: yes/no, true/false, on/off or 1/0, in any case.
+
+    @raise ValueError: anything else, naming the argument.
+    """
+    value = _BOOLEANS.get(text.strip().lower())
+    if value is None:
+        raise ValueError(f"faketcp: {name} must be yes or no, not {text!r}")
+    return value
+
+
+def _bind_address(text: str) -> tuple[str, int]:
+    """
+    A C{bindAddress}: C{HOST}, C{HOST:PORT}, or C{[IPV6]:PORT} (a bare IPv6
+    address has no port).  No port is port 0, any free one.
+
+    @raise ValueError: anything else, naming the argument.
+    """
+    host, port = text, "0"
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            host = ""
+        port = rest[1:] if rest else "0"
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    if host and port.isascii() and port.isdigit() and int(port) <= 65535:
+        return host, int(port)
+    raise ValueError(f"faketcp: bindAddress must be HOST, HOST:PORT or [IPV6]:PORT (PORT up to 65535), not {text!r}")
+
+
+def _check_arguments(parse: Any, reactor: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """
+    Check that an endpoint string's arguments fit C{parse}'s parameters.
+
+    @raise ValueError: an unknown argument, one too many, or a missing one.
+    """
+    try:
+        inspect.signature(parse).bind(reactor, *args, **kwargs)
+    except TypeError as error:
+        raise ValueError(f"faketcp: {error}") from None
 
 
 @implementer(IPlugin, IStreamServerEndpointStringParser)
@@ -250,22 +341,26 @@ class FakeTCPServerParser:
     ) -> FakeTCPServerEndpoint:
         return FakeTCPServerEndpoint(
             reactor,
-            int(port),
+            _integer("port", port, 0, 65535),
             interface,
-            int(backlog),
-            idleTimeout,
-            keepalive,
-            mark,
+            _integer("backlog", backlog, 0, 65535),
+            None if idleTimeout is None else _seconds("idleTimeout", idleTimeout, positive=False),
+            None if keepalive is None else _seconds("keepalive", keepalive, positive=False),
+            None if mark is None else _integer("mark", mark, 0, 0xFFFFFFFF, base=0),
             key=key,
             keyFile=keyFile,
-            authTimeout=authTimeout,
-            timestamps=timestamps,
+            authTimeout=None if authTimeout is None else _seconds("authTimeout", authTimeout, positive=True),
+            timestamps=None if timestamps is None else _boolean("timestamps", timestamps),
         )
 
     def parseStreamServer(self, reactor: Any, *args: Any, **kwargs: Any) -> FakeTCPServerEndpoint:
         """
         Make a L{FakeTCPServerEndpoint} from the parsed string.
+
+        @raise ValueError: an argument that is unknown, missing or not
+            valid, with a one-line message naming it.
         """
+        _check_arguments(self._parseServer, reactor, args, kwargs)
         return self._parseServer(reactor, *args, **kwargs)
 
 
@@ -292,25 +387,29 @@ class FakeTCPClientParser:
         authTimeout: str | None = None,
         timestamps: str | None = None,
     ) -> FakeTCPClientEndpoint:
-        if host is None or port is None:
-            raise ValueError("faketcp client endpoints need host= and port=")
+        if not host or port is None:
+            raise ValueError("faketcp: client endpoints need host= and port=")
         return FakeTCPClientEndpoint(
             reactor,
             host,
-            int(port),
-            float(timeout),
-            bindAddress,
-            idleTimeout,
-            keepalive,
-            mark,
+            _integer("port", port, 1, 65535),
+            _seconds("timeout", timeout, positive=True),
+            None if bindAddress is None else _bind_address(bindAddress),
+            None if idleTimeout is None else _seconds("idleTimeout", idleTimeout, positive=False),
+            None if keepalive is None else _seconds("keepalive", keepalive, positive=False),
+            None if mark is None else _integer("mark", mark, 0, 0xFFFFFFFF, base=0),
             key=key,
             keyFile=keyFile,
-            authTimeout=authTimeout,
-            timestamps=timestamps,
+            authTimeout=None if authTimeout is None else _seconds("authTimeout", authTimeout, positive=True),
+            timestamps=None if timestamps is None else _boolean("timestamps", timestamps),
         )
 
     def parseStreamClient(self, reactor: Any, *args: Any, **kwargs: Any) -> FakeTCPClientEndpoint:
         """
         Make a L{FakeTCPClientEndpoint} from the parsed string.
+
+        @raise ValueError: an argument that is unknown, missing or not
+            valid, with a one-line message naming it.
         """
+        _check_arguments(self._parseClient, reactor, args, kwargs)
         return self._parseClient(reactor, *args, **kwargs)

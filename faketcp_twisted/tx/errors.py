@@ -17,7 +17,8 @@ class FakeTCPListenError(error.CannotListenError):
     """
 
     def __init__(self, interface: str, port: int, cause: FakeTCPError) -> None:
-        super().__init__(interface, port, str(cause))
+        # Twisted's CannotListenError.__init__ is not annotated.
+        super().__init__(interface, port, str(cause))  # type: ignore[no-untyped-call]
         self.cause = cause
 
 
