@@ -28,8 +28,6 @@ from typing import Any
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from faketcp_twisted import aio
-from faketcp_twisted.io import kernel
-from lab import netlab
 from faketcp_twisted.aio.errors import (
     FakeTCPConnectionRefusedError,
     FakeTCPFirewallError,
@@ -40,7 +38,9 @@ from faketcp_twisted.aio.errors import (
     asyncio_error,
 )
 from faketcp_twisted.engine.errors import FakeTCPError, Problem
+from faketcp_twisted.io import kernel
 from faketcp_twisted.io.firewall import silencer
+from lab import netlab
 from tests.support import kernel_sockets, require_root, silencing_rules
 
 uvloop: Any
@@ -241,7 +241,9 @@ class AioLabTestCase(SynchronousTestCase):
 
     # -- opening, with cleanups ------------------------------------------
 
-    async def listen(self, factory: Callable[[], Any], host: str | None = "0.0.0.0", ns: str | None = None, **arguments: Any) -> aio.AioServer:
+    async def listen(
+        self, factory: Callable[[], Any], host: str | None = "0.0.0.0", ns: str | None = None, **arguments: Any
+    ) -> aio.AioServer:
         """
         An asyncio fake-TCP server in the server's namespace.
         """
@@ -257,7 +259,9 @@ class AioLabTestCase(SynchronousTestCase):
         server.abort_clients()
         await within(server.wait_closed())
 
-    async def connect(self, factory: Callable[[], Any], host: str | None = None, ns: str | None = None, **arguments: Any) -> tuple[Any, Any]:
+    async def connect(
+        self, factory: Callable[[], Any], host: str | None = None, ns: str | None = None, **arguments: Any
+    ) -> tuple[Any, Any]:
         """
         An asyncio fake-TCP connection from the client's namespace.
         """
@@ -302,7 +306,7 @@ class AioLabTestCase(SynchronousTestCase):
             process.stdin.close()
             try:
                 await within(process.wait(), 10)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 process.kill()
                 await process.wait()
 
@@ -453,7 +457,7 @@ class EchoTests(AioLabTestCase):
         async def test() -> None:
             await self.listen(ProtocolFactory(echo=True))
             pairs = [await self.connect(Recorder) for _ in range(8)]
-            self.assertEqual(len({id(transport.demux) for transport, _ in pairs}), 1)
+            self.assertEqual(len({id(transport.connection.demux) for transport, _ in pairs}), 1)
             for index, (transport, _client) in enumerate(pairs):
                 for n in range(5):
                     transport.write(b"client %d message %d" % (index, n))
@@ -763,10 +767,10 @@ class WriteBufferTests(AioLabTestCase):
         async def test() -> None:
             await self.listen(ProtocolFactory())
             transport, client = await self.connect(Recorder)
-            transport.congestion_changed(True)
-            transport.congestion_changed(True)
+            transport.connection.congestion_changed(True)
+            transport.connection.congestion_changed(True)
             self.assertEqual(client.writing, ["pause"])
-            transport.congestion_changed(False)
+            transport.connection.congestion_changed(False)
             self.assertEqual(client.writing, ["pause", "resume"])
 
         self.run_async(test)

@@ -24,18 +24,19 @@ from twisted.trial.unittest import SynchronousTestCase
 from faketcp_twisted.core.auth import (
     DEFAULT_TIMEOUT,
     PROOF_SIZE,
-    AuthKey,
     Authenticator,
+    AuthKey,
     AuthState,
     Refusal,
     RefusalLog,
     auth_key,
 )
-from faketcp_twisted.engine.connection import Ending, FlowConnection
-from faketcp_twisted.engine.options import redact
 from faketcp_twisted.core.flow import Flow, FlowKey
 from faketcp_twisted.core.segment import parse_packet
 from faketcp_twisted.core.table import Role
+from faketcp_twisted.engine.connection import Ending, FlowConnection
+from faketcp_twisted.engine.contracts import Connection
+from faketcp_twisted.engine.options import FlowOptions, redact
 from tests.test_flow import CLIENT_ADDR, CLIENT_ISN, CLIENT_PORT, MSS, SERVER_ADDR, SERVER_ISN, SERVER_PORT
 
 KEY = AuthKey.from_text("correct horse battery staple")
@@ -442,49 +443,53 @@ class _Loop:
 
 class _Demux:
     """
-    Just enough of a demultiplexer for one connection: what it transmits
-    is collected, what it counts is kept.
+    The engine's L{Demux} contract in memory, for one connection: what it
+    transmits is collected, what it counts is kept.
     """
 
     def __init__(self, loop: _Loop, role: Role) -> None:
         self.loop = loop
         self.role = role
+        self.options = FlowOptions()
         self.sent: list[bytes] = []
         self.drops: Counter[str] = Counter()
         self.detached = False
         self.congested = False
+        self.backlog_bytes = 0
 
     def sockaddr(self, packed: bytes) -> tuple[str, int]:
         return (socket.inet_ntop(socket.AF_INET, packed), 0)
 
-    def transmit(self, packet: bytes, address: tuple[str, int]) -> None:
+    def transmit(self, packet: bytes, address: tuple[Any, ...]) -> None:
         self.sent.append(packet)
 
-    def count_drop(self, reason: str) -> None:
-        self.drops[reason] += 1
+    def count_drop(self, reason: str, count: int = 1) -> None:
+        self.drops[reason] += count
 
-    def detach(self, connection: FlowConnection) -> None:
+    def detach(self, connection: Connection) -> None:
         self.detached = True
 
 
-class _Connection(FlowConnection):
+class _Face:
     """
-    A connection that records what its face would have been told.
+    The engine's L{Face} contract, recording what a connection tells it.
     """
 
-    def __init__(self, demux: Any, flow: Flow) -> None:
-        super().__init__(demux, flow, socket.socket())
+    def __init__(self) -> None:
         self.delivered: list[bytes] = []
         self.endings: list[Ending] = []
 
-    def _deliver(self, payload: bytes) -> None:
+    def deliver(self, payload: bytes) -> None:
         self.delivered.append(payload)
 
-    def _peerFinished(self) -> None:
+    def peer_finished(self) -> None:
         self.endings.append(Ending.DONE)
 
-    def _ended(self, ending: Ending, failure: object) -> None:
+    def connection_ended(self, ending: Ending, failure: object) -> None:
         self.endings.append(ending)
+
+    def congestion_changed(self, congested: bool) -> None:
+        pass
 
 
 class ConnectionAuthTests(SynchronousTestCase):
@@ -504,25 +509,36 @@ class ConnectionAuthTests(SynchronousTestCase):
         server_flow = Flow.from_handshake(
             FlowKey(SERVER_ADDR, SERVER_PORT, CLIENT_ADDR, CLIENT_PORT), SERVER_ISN, CLIENT_ISN, MSS, 0.0
         )
-        self.client = _Connection(self.client_demux, client_flow)
-        self.server = _Connection(self.server_demux, server_flow)
+        self.client = FlowConnection(self.client_demux, client_flow, socket.socket())
+        self.server = FlowConnection(self.server_demux, server_flow, socket.socket())
         for connection in (self.client, self.server):
             self.addCleanup(connection.socket.close)
+        self.faces = {"client": _Face(), "server": _Face()}
         self.results: list[tuple[str, bool]] = []
 
     def done(self, name: str) -> Any:
+        """
+        What the connection's owner does once authentication is over: bind
+        a face to an accepted connection, and start it.
+        """
+
         def record(connection: FlowConnection, accepted: bool) -> None:
             self.results.append((name, accepted))
             if accepted:
+                connection.bind(self.faces[name])
                 connection.start()
 
         return record
 
     def start(self, client_key: AuthKey = KEY, server_key: AuthKey = KEY) -> None:
-        self.server.authenticate(Authenticator(server_key, Role.SERVER, SERVER_ISN, CLIENT_ISN, 0.0), self.done("server"))
-        self.client.authenticate(Authenticator(client_key, Role.CLIENT, CLIENT_ISN, SERVER_ISN, 0.0), self.done("client"))
+        self.server.authenticate(
+            Authenticator(server_key, Role.SERVER, SERVER_ISN, CLIENT_ISN, 0.0), self.done("server")
+        )
+        self.client.authenticate(
+            Authenticator(client_key, Role.CLIENT, CLIENT_ISN, SERVER_ISN, 0.0), self.done("client")
+        )
 
-    def cross(self, demux: _Demux, to: _Connection, drop: int = 0) -> None:
+    def cross(self, demux: _Demux, to: FlowConnection, drop: int = 0) -> None:
         """
         Hand what C{demux} sent to C{to}, losing its first C{drop} data
         segments.
@@ -547,8 +563,8 @@ class ConnectionAuthTests(SynchronousTestCase):
         self.assertEqual(self.results, [("server", True), ("client", True)])
         self.client.send(b"hello")
         self.cross(self.client_demux, self.server)
-        self.assertEqual(self.server.delivered, [b"hello"])
-        self.assertEqual(self.client.delivered, [])
+        self.assertEqual(self.faces["server"].delivered, [b"hello"])
+        self.assertEqual(self.faces["client"].delivered, [])
         self.assertFalse(self.client.authenticating)
 
     def test_lostServerProof(self) -> None:
@@ -561,14 +577,14 @@ class ConnectionAuthTests(SynchronousTestCase):
         self.cross(self.client_demux, self.server)
         self.server.send(b"greeting")
         self.cross(self.server_demux, self.client, drop=1)
-        self.assertEqual(self.client.delivered, [])
+        self.assertEqual(self.faces["client"].delivered, [])
         self.clock.advance(0.2)
         self.cross(self.client_demux, self.server)
         self.server.send(b"second")
         self.cross(self.server_demux, self.client)
         self.assertEqual(self.results, [("server", True), ("client", True)])
-        self.assertEqual(self.client.delivered, [b"greeting", b"second"])
-        self.assertEqual(self.server.delivered, [])
+        self.assertEqual(self.faces["client"].delivered, [b"greeting", b"second"])
+        self.assertEqual(self.faces["server"].delivered, [])
 
     def test_earlyAfterProofKeptForStart(self) -> None:
         """
@@ -585,7 +601,7 @@ class ConnectionAuthTests(SynchronousTestCase):
         self.server_demux.sent = []
         self.client.authenticate(client_auth, self.done("client"))
         self.assertEqual(self.results, [("server", True), ("client", True)])
-        self.assertEqual(self.client.delivered, [b"data"])
+        self.assertEqual(self.faces["client"].delivered, [b"data"])
 
     def test_wrongKeyResets(self) -> None:
         """
@@ -597,11 +613,11 @@ class ConnectionAuthTests(SynchronousTestCase):
         self.assertEqual(self.results, [("server", False)])
         self.assertEqual(self.server_demux.drops["auth-bad-proof"], 1)
         self.assertTrue(self.server_demux.detached)
-        self.assertEqual(self.server.endings, [])
+        self.assertEqual(self.faces["server"].endings, [])
         self.cross(self.server_demux, self.client)
         self.assertEqual(self.results, [("server", False), ("client", False)])
         self.assertEqual(self.client_demux.drops["auth-closed"], 1)
-        self.assertEqual(self.client.endings, [])
+        self.assertEqual(self.faces["client"].endings, [])
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_timeout(self) -> None:

@@ -25,12 +25,12 @@ from hypothesis import given, settings, strategies as st
 from twisted.protocols.wire import Echo
 from twisted.trial.unittest import SynchronousTestCase
 
-from faketcp_twisted.io import fastpath
-from lab import netlab
 from faketcp_twisted.core import segment
 from faketcp_twisted.core.segment import ACK, FIN, PSH, RST, SYN, FlowKey, MalformedSegment
-from tests.support import LabTestCase, RecordingFactory, require_root, wait_until
+from faketcp_twisted.io import fastpath
+from lab import netlab
 from tests import test_integration
+from tests.support import LabTestCase, RecordingFactory, require_root, wait_until
 from tests.test_segment import KNOWN_IPV4_DATA, KNOWN_IPV4_SYN, KNOWN_IPV6_DATA, KNOWN_IPV6_FIN, reference_sum
 
 SRC4 = socket.inet_pton(socket.AF_INET, "192.0.2.1")
@@ -65,7 +65,14 @@ def golden_inputs() -> list[tuple[tuple[bytes, bytes, int, int, int, int], tuple
     for i in range(300):
         d = hashlib.sha512(b"golden %d" % i).digest()
         size = 4 if d[0] & 1 else 16
-        template = (d[1 : 1 + size], d[17 : 17 + size], int.from_bytes(d[33:35], "big"), int.from_bytes(d[35:37], "big"), int.from_bytes(d[37:39], "big"), d[39])
+        template = (
+            d[1 : 1 + size],
+            d[17 : 17 + size],
+            int.from_bytes(d[33:35], "big"),
+            int.from_bytes(d[35:37], "big"),
+            int.from_bytes(d[37:39], "big"),
+            d[39],
+        )
         fields = (int.from_bytes(d[40:44], "big"), int.from_bytes(d[44:48], "big"), d[48])
         length = d[51] % 4 if d[50] < 64 else int.from_bytes(d[52:54], "big") % 1501
         inputs.append((template, fields, (d * (length // 64 + 1))[:length]))
@@ -77,7 +84,9 @@ def golden_inputs() -> list[tuple[tuple[bytes, bytes, int, int, int, int], tuple
 #: timestamps: the option-less form must keep giving exactly these bytes.
 GOLDEN_PLAIN_DIGEST = "c8dc6d248fdf258af8d9608ee8febbe53b3720c8fcfe949ca7ccb16c1c25ca1f"
 #: Two of those packets written out.
-GOLDEN_PLAIN_IPV4 = bytes.fromhex("4500002b0000400040060000c6120001c61200029c4001bb010203040a0b0c0d5018ffffe21e0000686921")
+GOLDEN_PLAIN_IPV4 = bytes.fromhex(
+    "4500002b0000400040060000c6120001c61200029c4001bb010203040a0b0c0d5018ffffe21e0000686921"
+)
 GOLDEN_PLAIN_IPV6 = bytes.fromhex(
     "600000000014060120010002000000000000000000000001200100020000000000000000000000029c4001bbffffffff000000005011ffffd1cf0000"
 )
@@ -106,10 +115,29 @@ def _implementation_tests(implementation: fastpath.Implementation | None, name: 
         if implementation is None:
             skip = "the C fast path is not built (python setup.py build_ext --inplace)"
 
-        @given(st.one_of(addresses4, addresses6), u16, u16, u32, u32, st.integers(0, 0xFF), u16, st.integers(0, 0xFF), st.binary(max_size=1500))
+        @given(
+            st.one_of(addresses4, addresses6),
+            u16,
+            u16,
+            u32,
+            u32,
+            st.integers(0, 0xFF),
+            u16,
+            st.integers(0, 0xFF),
+            st.binary(max_size=1500),
+        )
         @settings(max_examples=300, deadline=None)
         def test_buildMatchesCodec(
-            self, addresses: tuple[bytes, bytes], sport: int, dport: int, seq: int, ack: int, flags: int, window: int, ttl: int, payload: bytes
+            self,
+            addresses: tuple[bytes, bytes],
+            sport: int,
+            dport: int,
+            seq: int,
+            ack: int,
+            flags: int,
+            window: int,
+            ttl: int,
+            payload: bytes,
         ) -> None:
             """
             A segment built from a flow's template is, byte for byte, the one
@@ -133,10 +161,14 @@ def _implementation_tests(implementation: fastpath.Implementation | None, name: 
             parsed = segment.parse_packet(built, True)
             self.assertEqual((parsed.payload, parsed.seq, parsed.ack), (payload, 7, 9))
             header = 20 if len(src) == 4 else 40
-            pseudo = src + dst + (
-                bytes([0, 6]) + (len(built) - header).to_bytes(2, "big")
-                if len(src) == 4
-                else (len(built) - header).to_bytes(4, "big") + bytes([0, 0, 0, 6])
+            pseudo = (
+                src
+                + dst
+                + (
+                    bytes([0, 6]) + (len(built) - header).to_bytes(2, "big")
+                    if len(src) == 4
+                    else (len(built) - header).to_bytes(4, "big") + bytes([0, 0, 0, 6])
+                )
             )
             self.assertEqual(reference_sum(pseudo + built[header:]), 0xFFFF)
 
@@ -176,7 +208,19 @@ def _implementation_tests(implementation: fastpath.Implementation | None, name: 
             self.assertRaises(ValueError, build, template6, 0, 0, ACK, bytes(65535 - 20 + 1))
             self.assertEqual(len(build(template6, 0, 0, ACK, bytes(65535 - 20))), 65535 + 40)
 
-        @given(st.one_of(addresses4, addresses6), u16, u16, u32, u32, st.integers(0, 0xFF), u16, st.integers(0, 0xFF), u32, u32, st.binary(max_size=1500))
+        @given(
+            st.one_of(addresses4, addresses6),
+            u16,
+            u16,
+            u32,
+            u32,
+            st.integers(0, 0xFF),
+            u16,
+            st.integers(0, 0xFF),
+            u32,
+            u32,
+            st.binary(max_size=1500),
+        )
         @settings(max_examples=300, deadline=None)
         def test_timestampedBuildMatchesCodec(
             self,
@@ -201,10 +245,22 @@ def _implementation_tests(implementation: fastpath.Implementation | None, name: 
             template = fastpath.segment_template(src, dst, sport, dport, window, ttl, timestamps=True)
             built = impl.build_segment(template, seq, ack, flags, payload, tsval, tsecr)
             option = timestamps_option(tsval, tsecr)
-            self.assertEqual(built, segment.build_packet(src, dst, sport, dport, seq, ack, flags, window, payload, ttl, option))
+            self.assertEqual(
+                built, segment.build_packet(src, dst, sport, dport, seq, ack, flags, window, payload, ttl, option)
+            )
             parsed = segment.parse_packet(built, True)
             self.assertEqual(
-                (parsed.src, parsed.dst, parsed.sport, parsed.dport, parsed.seq, parsed.ack, parsed.flags, parsed.window, parsed.ttl),
+                (
+                    parsed.src,
+                    parsed.dst,
+                    parsed.sport,
+                    parsed.dport,
+                    parsed.seq,
+                    parsed.ack,
+                    parsed.flags,
+                    parsed.window,
+                    parsed.ttl,
+                ),
                 (src, dst, sport, dport, seq, ack, flags, window, ttl),
             )
             self.assertEqual((parsed.payload, parsed.options), (payload, option))
@@ -215,7 +271,9 @@ def _implementation_tests(implementation: fastpath.Implementation | None, name: 
 
         @given(st.one_of(addresses4, addresses6), u32, u32, st.binary(max_size=1500))
         @settings(max_examples=200, deadline=None)
-        def test_timestampedSegmentsVerify(self, addresses: tuple[bytes, bytes], tsval: int, tsecr: int, payload: bytes) -> None:
+        def test_timestampedSegmentsVerify(
+            self, addresses: tuple[bytes, bytes], tsval: int, tsecr: int, payload: bytes
+        ) -> None:
             """
             A timestamped segment's checksum covers the option: it verifies
             against the RFC 1071 reference loop with the option's 12 bytes in
@@ -228,8 +286,14 @@ def _implementation_tests(implementation: fastpath.Implementation | None, name: 
             tcp_length = 32 + len(payload)
             ip_length = int.from_bytes(built[2:4] if header == 20 else built[4:6], "big")
             self.assertEqual(ip_length, header + tcp_length if header == 20 else tcp_length)
-            pseudo = src + dst + (
-                bytes([0, 6]) + tcp_length.to_bytes(2, "big") if header == 20 else tcp_length.to_bytes(4, "big") + bytes([0, 0, 0, 6])
+            pseudo = (
+                src
+                + dst
+                + (
+                    bytes([0, 6]) + tcp_length.to_bytes(2, "big")
+                    if header == 20
+                    else tcp_length.to_bytes(4, "big") + bytes([0, 0, 0, 6])
+                )
             )
             self.assertEqual(reference_sum(pseudo + built[header:]), 0xFFFF)
             broken = bytearray(built)
@@ -248,7 +312,12 @@ def _implementation_tests(implementation: fastpath.Implementation | None, name: 
             self.assertEqual(build(plain4, 0x01020304, 0x0A0B0C0D, PSH | ACK, b"hi!", 5), GOLDEN_PLAIN_IPV4)
             self.assertEqual(build(plain4, 0x01020304, 0x0A0B0C0D, PSH | ACK, b"hi!", 5, 0xFFFFFFFF), GOLDEN_PLAIN_IPV4)
             plain6 = fastpath.segment_template(
-                bytes.fromhex("20010002000000000000000000000001"), bytes.fromhex("20010002000000000000000000000002"), 40000, 443, 0xFFFF, 1
+                bytes.fromhex("20010002000000000000000000000001"),
+                bytes.fromhex("20010002000000000000000000000002"),
+                40000,
+                443,
+                0xFFFF,
+                1,
             )
             self.assertEqual(build(plain6, 0xFFFFFFFF, 0, FIN | ACK, b""), GOLDEN_PLAIN_IPV6)
             self.assertEqual(build(plain6, 0xFFFFFFFF, 0, FIN | ACK, b"", 1, 2), GOLDEN_PLAIN_IPV6)
@@ -365,7 +434,9 @@ def _implementation_tests(implementation: fastpath.Implementation | None, name: 
             """
             parsed = impl.parse_packet(KNOWN_IPV6_DATA)
             self.assertIsInstance(parsed, segment.Segment)
-            self.assertEqual([type(value) for value in parsed], [bytes, bytes, int, int, int, int, int, int, bytes, bytes, int])
+            self.assertEqual(
+                [type(value) for value in parsed], [bytes, bytes, int, int, int, int, int, int, bytes, bytes, int]
+            )
 
         @given(st.binary(max_size=120), st.booleans())
         @settings(max_examples=500, deadline=None)
@@ -422,9 +493,20 @@ class CrossCheckTests(SynchronousTestCase):
         for _ in range(20000):
             size = chance.choice((4, 16))
             src, dst = os.urandom(size), os.urandom(size)
-            fields = (chance.randrange(1 << 32), chance.randrange(1 << 32), chance.choice((PSH | ACK, ACK, FIN | ACK, RST | ACK, SYN, chance.randrange(256))))
+            fields = (
+                chance.randrange(1 << 32),
+                chance.randrange(1 << 32),
+                chance.choice((PSH | ACK, ACK, FIN | ACK, RST | ACK, SYN, chance.randrange(256))),
+            )
             payload = os.urandom(chance.choice((0, 1, 2, 3, chance.randrange(1500))))
-            template = fastpath.segment_template(src, dst, chance.randrange(65536), chance.randrange(65536), chance.randrange(65536), chance.randrange(256))
+            template = fastpath.segment_template(
+                src,
+                dst,
+                chance.randrange(65536),
+                chance.randrange(65536),
+                chance.randrange(65536),
+                chance.randrange(256),
+            )
             built = c.build_segment(template, *fields, payload)
             self.assertEqual(built, python.build_segment(template, *fields, payload))
             broken = bytearray(built)
@@ -434,7 +516,9 @@ class CrossCheckTests(SynchronousTestCase):
                 del broken[chance.randrange(len(broken) + 1) :]
             for packet in (built, bytes(broken)):
                 for verify in (True, False):
-                    self.assertEqual(outcome(c.parse_packet, packet, verify), outcome(python.parse_packet, packet, verify))
+                    self.assertEqual(
+                        outcome(c.parse_packet, packet, verify), outcome(python.parse_packet, packet, verify)
+                    )
 
 
 class TemplateTests(SynchronousTestCase):
@@ -466,7 +550,9 @@ class TemplateTests(SynchronousTestCase):
         By default (and with C{timestamps=False}) the template is the
         option-less one.
         """
-        self.assertEqual(fastpath.segment_template(SRC4, DST4, 1, 2, 3), fastpath.segment_template(SRC4, DST4, 1, 2, 3, 64, False))
+        self.assertEqual(
+            fastpath.segment_template(SRC4, DST4, 1, 2, 3), fastpath.segment_template(SRC4, DST4, 1, 2, 3, 64, False)
+        )
         self.assertEqual(len(fastpath.segment_template(SRC6, DST6, 1, 2, 3)), 60)
 
 
@@ -495,9 +581,21 @@ class TimestampCrossCheckTests(SynchronousTestCase):
             size = chance.choice((4, 16))
             src, dst = os.urandom(size), os.urandom(size)
             template = fastpath.segment_template(
-                src, dst, chance.randrange(65536), chance.randrange(65536), chance.randrange(65536), chance.randrange(256), timestamps=True
+                src,
+                dst,
+                chance.randrange(65536),
+                chance.randrange(65536),
+                chance.randrange(65536),
+                chance.randrange(256),
+                timestamps=True,
             )
-            seq, ack, flags, tsval, tsecr = u32(), u32(), chance.choice((PSH | ACK, ACK, FIN | ACK, chance.randrange(256))), u32(), u32()
+            seq, ack, flags, tsval, tsecr = (
+                u32(),
+                u32(),
+                chance.choice((PSH | ACK, ACK, FIN | ACK, chance.randrange(256))),
+                u32(),
+                u32(),
+            )
             payload = os.urandom(chance.choice((0, 1, 2, 3, chance.randrange(1501))))
             built = c.build_segment(template, seq, ack, flags, payload, tsval, tsecr)
             self.assertEqual(built, python.build_segment(template, seq, ack, flags, payload, tsval, tsecr))
@@ -522,7 +620,9 @@ class SelectionTests(SynchronousTestCase):
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         for value, expected in (("1", "python"), ("", "c" if fastpath.C else "python")):
             env = dict(os.environ, FAKETCP_PURE_PYTHON=value, PYTHONPATH=root)
-            found = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True, cwd=root)
+            found = subprocess.run(
+                [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True, cwd=root
+            )
             self.assertEqual(found.stdout.strip(), expected)
 
     def test_useSwitchesModuleFunctions(self) -> None:
@@ -580,7 +680,10 @@ class _SocketTests:
 
     def packets(self, count: int, start: int = 0) -> list[fastpath.Outgoing]:
         address = (self.lab.server4, 0)
-        return [(fastpath.build_segment(self.template, start + i, 0, PSH | ACK, b"%d" % (start + i)), address) for i in range(count)]
+        return [
+            (fastpath.build_segment(self.template, start + i, 0, PSH | ACK, b"%d" % (start + i)), address)
+            for i in range(count)
+        ]
 
     def receive_all(self, expected: int) -> fastpath.Received:
         segments: list[segment.Segment] = []
@@ -643,12 +746,18 @@ class _SocketTests:
         """
         template = fastpath.segment_template(self.src, self.dst, 40000, 9191, 0xFFFF, timestamps=True)
         address = (self.lab.server4, 0)
-        items = [(self.implementation.build_segment(template, i, 0, PSH | ACK, b"%d" % i, 1000 + i, 0xFFFFFFFF - i), address) for i in range(5)]
+        items = [
+            (self.implementation.build_segment(template, i, 0, PSH | ACK, b"%d" % i, 1000 + i, 0xFFFFFFFF - i), address)
+            for i in range(5)
+        ]
         self.assertEqual(self.implementation.send_batch(self.sender.sender, items, 0), (5, []))
         segments, _keys, malformed = self.receive_all(5)
         self.assertEqual(malformed, [])
         self.assertEqual([each.payload for each in segments], [b"%d" % i for i in range(5)])
-        self.assertEqual([segment.parse_options(each.options).timestamp for each in segments], [(1000 + i, 0xFFFFFFFF - i) for i in range(5)])
+        self.assertEqual(
+            [segment.parse_options(each.options).timestamp for each in segments],
+            [(1000 + i, 0xFFFFFFFF - i) for i in range(5)],
+        )
 
     def test_budget(self) -> None:
         """
@@ -679,7 +788,6 @@ class _SocketTests:
         self.assertEqual((sent, errors), (3, [errno.ENETUNREACH]))
         segments, _keys, _malformed = self.receive_all(2)
         self.assertEqual([each.payload for each in segments], [b"0", b"2"])
-
 
     def test_linkLocalSourceKeepsScope(self) -> None:
         """
@@ -756,7 +864,7 @@ class BatchingTests(LabTestCase):
         # the flow holds datagrams back, which is not what is measured.
         client.transport.write(b"hello")
         await wait_until(lambda: client.received == [b"hello"])
-        demux = client.transport.demux
+        demux = client.transport.connection.demux
         return client, demux, _record_batches(demux)
 
     async def test_lonePacketLeavesAtOnce(self) -> None:
@@ -813,9 +921,12 @@ class BatchingTests(LabTestCase):
         """
         server = RecordingFactory(Echo)
         await self.listen(server)
-        clients = [await self.connect(RecordingFactory(), f"faketcp:host={self.lab.server4}:port={self.port}") for _ in range(5)]
-        demux = clients[0].transport.demux
-        self.assertTrue(all(client.transport.demux is demux for client in clients))
+        clients = [
+            await self.connect(RecordingFactory(), f"faketcp:host={self.lab.server4}:port={self.port}")
+            for _ in range(5)
+        ]
+        demux = clients[0].transport.connection.demux
+        self.assertTrue(all(client.transport.connection.demux is demux for client in clients))
         batches = _record_batches(demux)
         demux.timerSendsPerTick = 2
         now = demux.loop.seconds()
@@ -841,7 +952,7 @@ class BatchingTests(LabTestCase):
         """
         client, demux, _batches = await self._connected()
         before = {ns: _tcp_out_segments(self.lab, ns) for ns in (self.lab.S, self.lab.C)}
-        for i in range(200):
+        for _ in range(200):
             client.transport.write(b"x" * 1000)
         await wait_until(lambda: len(client.received) == 201)
         for ns in (self.lab.S, self.lab.C):

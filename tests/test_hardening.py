@@ -33,15 +33,15 @@ from twisted.internet.protocol import Factory
 from twisted.protocols.wire import Echo
 
 from faketcp_twisted import aio
-from lab import netlab
 from faketcp_twisted.core.auth import AuthState
-from faketcp_twisted.engine.options import FlowOptions
-from faketcp_twisted.tx.endpoints import FakeTCPClientEndpoint
 from faketcp_twisted.core.flow import FlowState
-from faketcp_twisted.tx.errors import AuthenticationError
-from faketcp_twisted.tx.port import FakeTCPPort
 from faketcp_twisted.core.segment import ACK, FIN, PSH, RST, SYN, MalformedSegment, parse_packet
 from faketcp_twisted.core.table import TableLimits
+from faketcp_twisted.engine.options import FlowOptions
+from faketcp_twisted.tx.endpoints import FakeTCPClientEndpoint
+from faketcp_twisted.tx.errors import AuthenticationError
+from faketcp_twisted.tx.port import FakeTCPPort
+from lab import netlab
 from tests import junk, test_aio
 from tests.support import (
     LabTestCase,
@@ -194,11 +194,13 @@ class HardeningTestCase(LabTestCase):
         of that client's flow.
         """
         port = await self.listen(server_factory or Factory.forProtocol(Echo), f"faketcp:{self.port}{options}")
-        client = await self.connect(RecordingFactory(TimedRecorder), f"faketcp:host={self.lab.server4}:port={self.port}{options}")
+        client = await self.connect(
+            RecordingFactory(TimedRecorder), f"faketcp:host={self.lab.server4}:port={self.port}{options}"
+        )
         local = client.transport.getHost().port
         demux = port.demuxes[socket.AF_INET]
-        await wait_until(lambda: any(key.remote_port == local for key in demux.transports))
-        (server_side,) = [each for key, each in demux.transports.items() if key.remote_port == local]
+        await wait_until(lambda: any(key.remote_port == local for key in demux.connections))
+        (server_side,) = [each for key, each in demux.connections.items() if key.remote_port == local]
         return port, client, server_side
 
     def assertArrivingThroughout(self, client: TimedRecorder, start: float, end: float) -> None:
@@ -266,7 +268,9 @@ class FuzzTests(HardeningTestCase):
         pinger.stop()
         await wait_until(lambda: len(client.received) == pinger.sent)
         self.assertArrivingThroughout(client, started, ended)
-        self.assertEqual(sorted(client.received, key=lambda d: int(d.split()[1])), [b"live %d" % n for n in range(pinger.sent)])
+        self.assertEqual(
+            sorted(client.received, key=lambda d: int(d.split()[1])), [b"live %d" % n for n in range(pinger.sent)]
+        )
 
         _packets, kernel_drops = capture_statistics(port)
         self.assertEqual(kernel_drops, 0, "the capture's buffer overflowed: the accounting below would not hold")
@@ -283,7 +287,16 @@ class FuzzTests(HardeningTestCase):
         # The table's reasons for dropping a segment of no flow (other
         # counters, such as orphan-reset-limited, annotate segments already
         # counted under one of these).
-        dropped = {"orphan", "time-wait", "bad-rst", "bad-syn", "embryo-out-of-window", "embryo-address-limit", "bad-options", "early-overflow"}
+        dropped = {
+            "orphan",
+            "time-wait",
+            "bad-rst",
+            "bad-syn",
+            "embryo-out-of-window",
+            "embryo-address-limit",
+            "bad-options",
+            "early-overflow",
+        }
         table_drops = sum(delta[reason] for reason in dropped)
         # Every segment of no flow is a drop; a SYN makes an embryo (a drop
         # only when a limit refuses it) whose end is counted in turn.
@@ -315,6 +328,7 @@ class InjectionTests(HardeningTestCase):
         flow = server_side.flow
         sport = client.transport.getHost().port
         high, ours = flow.rcv_high, flow.snd_nxt
+
         def counts() -> tuple[int, ...]:
             stats = flow.stats
             return (stats.rx_bad_rst, stats.rx_out_of_window, stats.rx_bad_ack, stats.rx_bad_syn)
@@ -341,9 +355,11 @@ class InjectionTests(HardeningTestCase):
         await wait_until(lambda: client.received == [b"before", b"after"])
         self.assertEqual(peer.received, [b"before", b"after"])
         self.assertFalse(peer.lost.called)
-        self.assertEqual([after - before for before, after in zip(stats_before, counts())], [3, 3, 1, 1])
+        self.assertEqual([after - before for before, after in zip(stats_before, counts(), strict=True)], [3, 3, 1, 1])
 
-        await self.junk("inject", segments=[{"sport": sport, "seq": flow.rcv_high, "ack": flow.snd_nxt, "flags": RST | ACK}])
+        await self.junk(
+            "inject", segments=[{"sport": sport, "seq": flow.rcv_high, "ack": flow.snd_nxt, "flags": RST | ACK}]
+        )
         reason = await peer.lost
         self.assertIsInstance(reason, error.ConnectionLost)
 
@@ -388,7 +404,9 @@ class BlindInjectionStatisticsTests(HardeningTestCase):
             arguments["ack"] = flow.snd_max
         await self.junk("blind", **arguments)
         # Every one was judged: refused, or (rarely) taken.
-        await wait_until(lambda: flow.stats.rx_refused - refused + self.blind(peer) >= BLIND_SEGMENTS * 0.99, timeout=10)
+        await wait_until(
+            lambda: flow.stats.rx_refused - refused + self.blind(peer) >= BLIND_SEGMENTS * 0.99, timeout=10
+        )
         return peer, client, server_side, self.blind(peer)
 
     @staticmethod
@@ -469,7 +487,9 @@ class FloodTests(HardeningTestCase):
         port = port or self.port
         for ns in (self.lab.S, self.lab.C):
             self.assertEqual(silencing_rules(self.lab, ns), [])
-            self.assertEqual([line for line in kernel_sockets(self.lab, ns, port) if not line.startswith("SYN-RECV")], [])
+            self.assertEqual(
+                [line for line in kernel_sockets(self.lab, ns, port) if not line.startswith("SYN-RECV")], []
+            )
 
     async def test_syn_flood(self) -> None:
         """
@@ -582,7 +602,7 @@ class ChurnTests(HardeningTestCase):
         self.addCleanup(anchor.transport.abortConnection)
         await sleep(0.2)
         server_demux = port.demuxes[socket.AF_INET]
-        client_demux = anchor.transport.demux
+        client_demux = anchor.transport.connection.demux
         descriptors = open_descriptors()
         started = time.monotonic()
         for first in range(0, self.cycles, self.batch):
@@ -599,7 +619,7 @@ class ChurnTests(HardeningTestCase):
         self.assertEqual(len(server_demux.table.flows), 1)
         self.assertEqual(len(client_demux.table.flows), 1)
         self.assertEqual(len(server_demux.table.embryos) + len(client_demux.table.embryos), 0)
-        self.assertEqual(len(server_demux.transports), 1)
+        self.assertEqual(len(server_demux.connections), 1)
         self.assertEqual(len(client_demux._closing_sockets) + len(server_demux._closing_sockets), 0)
         for ns in (self.lab.S, self.lab.C):
             self.assertEqual(len(silencing_rules(self.lab, ns)), 1)
@@ -694,9 +714,9 @@ class AuthTests(HardeningTestCase):
         server = RecordingFactory(EchoRecorder)
         port = await self.listen(server, self.keyed())
         client = await self.connect(RecordingFactory(), self.client())
-        self.assertIs(client.transport.auth.state, AuthState.ACCEPTED)
+        self.assertIs(client.transport.connection.auth.state, AuthState.ACCEPTED)
         peer = await server.new.get()
-        self.assertIs(peer.transport.auth.state, AuthState.ACCEPTED)
+        self.assertIs(peer.transport.connection.auth.state, AuthState.ACCEPTED)
         for n in range(20):
             client.transport.write(b"datagram %d" % n)
         await wait_until(lambda: len(client.received) == 20)
@@ -792,12 +812,12 @@ class AuthTests(HardeningTestCase):
         self.assertEqual(port.demuxes[socket.AF_INET].drops["auth-bad-proof"], 1)
         self.assertEqual(len(server.built), 1)
 
-        answers = peer.transport.auth.answers
+        answers = peer.transport.connection.auth.answers
         first.transport.write(proof)
         first.transport.write(b"real data")
         await wait_until(lambda: first.received == [b"real data"])
         self.assertEqual(peer.received, [b"real data"])
-        self.assertEqual(peer.transport.auth.answers, answers + 1)
+        self.assertEqual(peer.transport.connection.auth.answers, answers + 1)
 
     async def test_pending_bounded(self) -> None:
         """
@@ -871,7 +891,7 @@ class AuthTests(HardeningTestCase):
         server = RecordingFactory(Greeter)
         await self.listen(server, self.keyed())
         client = await self.connect(RecordingFactory(), self.client())
-        self.assertGreaterEqual(client.transport.auth.proofs_sent, 3)
+        self.assertGreaterEqual(client.transport.connection.auth.proofs_sent, 3)
         await wait_until(lambda: client.received[:1] == [b"welcome"])
         client.transport.write(b"thanks")
         await wait_until(lambda: client.received == [b"welcome", b"thanks"])
@@ -915,9 +935,9 @@ class AioAuthTests(test_aio.AioLabTestCase):
             factory = test_aio.ProtocolFactory(echo=True)
             await self.listen(factory, key=KEY)
             transport, protocol = await self.connect(test_aio.Recorder, key=KEY)
-            self.assertIs(transport.auth.state, AuthState.ACCEPTED)
+            self.assertIs(transport.connection.auth.state, AuthState.ACCEPTED)
             server_protocol = await test_aio.within(factory.new.get())
-            self.assertIs(server_protocol.transport.auth.state, AuthState.ACCEPTED)
+            self.assertIs(server_protocol.transport.connection.auth.state, AuthState.ACCEPTED)
             transport.write(b"keyed")
             await test_aio.wait_until(lambda: protocol.received == [b"keyed"])
             self.assertEqual(server_protocol.received, [b"keyed"])

@@ -14,7 +14,6 @@ from twisted.protocols.wire import Echo
 
 from faketcp_twisted.engine.demux import Demultiplexer
 from faketcp_twisted.tx.errors import PortInUseError
-
 from lab import netlab
 from tests.support import LabTestCase, Recorder, RecordingFactory, silencing_rules, sleep, wait_until
 
@@ -171,7 +170,7 @@ class EchoTests(LabTestCase):
         second.transport.write(b"two")
         await wait_until(lambda: first.received == [b"one"] and second.received == [b"two"])
         self.assertEqual(len(port.demuxes), 1)
-        hosts = sorted(t.getHost().host for t in port.demuxes[2].transports.values())
+        hosts = sorted(c.local_address[0] for c in port.demuxes[2].connections.values())
         self.assertEqual(hosts, sorted([self.lab.server4, self.lab.server4_extra[0]]))
 
 
@@ -185,7 +184,9 @@ class ProtocolTests(LabTestCase):
         LineReceiver on both ends.
         """
         await self.listen(Factory.forProtocol(LineEcho))
-        client = await self.connect(Factory.forProtocol(LineCollector), f"faketcp:host={self.lab.server4}:port={self.port}")
+        client = await self.connect(
+            Factory.forProtocol(LineCollector), f"faketcp:host={self.lab.server4}:port={self.port}"
+        )
         for n in range(10):
             client.sendLine(b"line %d" % n)
         await wait_until(lambda: len(client.lines) == 10)
@@ -373,8 +374,20 @@ class SilenceTests(LabTestCase):
         starts listening in that namespace.
         """
         self.lab.run(
-            self.lab.S, "iptables-legacy", "-A", "OUTPUT", "-p", "tcp", "--sport", "7777",
-            "-m", "comment", "--comment", "faketcp_twisted pid=999999 start=1", "-j", "DROP",
+            self.lab.S,
+            "iptables-legacy",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "--sport",
+            "7777",
+            "-m",
+            "comment",
+            "--comment",
+            "faketcp_twisted pid=999999 start=1",
+            "-j",
+            "DROP",
         )
         self.assertEqual(len(silencing_rules(self.lab, self.lab.S)), 1)
         await self.listen(Factory.forProtocol(Echo))
@@ -408,7 +421,9 @@ class ErrorTests(LabTestCase):
         from twisted.internet.endpoints import clientFromString
 
         with netlab.in_namespace(self.lab.C):
-            attempt = clientFromString(reactor, f"faketcp:host={self.lab.server4}:port=9").connect(Factory.forProtocol(Protocol))
+            attempt = clientFromString(reactor, f"faketcp:host={self.lab.server4}:port=9").connect(
+                Factory.forProtocol(Protocol)
+            )
         await self.assertFailure(attempt, error.ConnectionRefusedError)
         self.assertEqual(silencing_rules(self.lab, self.lab.C), [])
 
@@ -420,7 +435,9 @@ class ErrorTests(LabTestCase):
         from twisted.internet.endpoints import clientFromString
 
         with netlab.in_namespace(self.lab.C):
-            attempt = clientFromString(reactor, "faketcp:host=198.19.200.1:port=9").connect(Factory.forProtocol(Protocol))
+            attempt = clientFromString(reactor, "faketcp:host=198.19.200.1:port=9").connect(
+                Factory.forProtocol(Protocol)
+            )
         await self.assertFailure(attempt, error.NoRouteError)
 
     async def test_timeout(self) -> None:
@@ -432,7 +449,9 @@ class ErrorTests(LabTestCase):
 
         self.lab.iptables(self.lab.S, "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "DROP")
         with netlab.in_namespace(self.lab.C):
-            attempt = clientFromString(reactor, f"faketcp:host={self.lab.server4}:port=9:timeout=1").connect(Factory.forProtocol(Protocol))
+            attempt = clientFromString(reactor, f"faketcp:host={self.lab.server4}:port=9:timeout=1").connect(
+                Factory.forProtocol(Protocol)
+            )
         await self.assertFailure(attempt, error.TimeoutError)
         self.assertEqual(silencing_rules(self.lab, self.lab.C), [])
 
@@ -463,7 +482,7 @@ class NatLossTests(LabTestCase):
                 client.transport.write(b"%d:%d:" % (n, i) + b"p" * 1100)
             # Roughly 90% make the round trip; demand a clear majority each
             # round, so a flow that stops after the first loss fails.
-            await wait_until(lambda: len(client.received) - before >= per_round * 0.75, timeout=10)
+            await wait_until(lambda before=before: len(client.received) - before >= per_round * 0.75, timeout=10)
         self.assertGreater(self.lab.loss_drops(), 0)
         self.assertEqual(self.lab.conntrack_invalid_drops(), 0)
 

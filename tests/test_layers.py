@@ -63,7 +63,17 @@ class LayerTests(TestCase):
         """
         modules = [
             f"faketcp_twisted.engine.{name}"
-            for name in ("loop", "options", "demux", "connection", "listener", "connector", "adoption", "errors", "shutdown")
+            for name in (
+                "loop",
+                "options",
+                "demux",
+                "connection",
+                "listener",
+                "connector",
+                "adoption",
+                "errors",
+                "shutdown",
+            )
         ]
         self.assertEqual(imported_after(modules), set())
 

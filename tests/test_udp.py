@@ -17,11 +17,11 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from faketcp_twisted.io import fastpath
 from faketcp_twisted.engine.demux import coalesced_sends
 from faketcp_twisted.engine.options import host_port
-from faketcp_twisted.tx.reactor import loop_for
+from faketcp_twisted.io import fastpath
 from faketcp_twisted.relay.udp import DatagramSocket
+from faketcp_twisted.tx.reactor import loop_for
 from tests.support import wait_until
 
 
@@ -38,7 +38,9 @@ def _pair(family: int = socket.AF_INET) -> tuple[socket.socket, socket.socket]:
     return receiver, sender
 
 
-def _receive_all(implementation: fastpath.Implementation, sock: socket.socket, budget: int, expected: int) -> tuple[list[bytes], list[Any]]:
+def _receive_all(
+    implementation: fastpath.Implementation, sock: socket.socket, budget: int, expected: int
+) -> tuple[list[bytes], list[Any]]:
     datagrams: list[bytes] = []
     sources: list[Any] = []
     for _ in range(200):
@@ -323,7 +325,13 @@ class _DatagramSocketTests:
         """
         udp = self._bind()
         raised = self.assertRaises(
-            OSError, DatagramSocket.bind, loop_for(reactor), udp.socket.getsockname(), lambda d, s: None, self._error, 65536
+            OSError,
+            DatagramSocket.bind,
+            loop_for(reactor),
+            udp.socket.getsockname(),
+            lambda d, s: None,
+            self._error,
+            65536,
         )
         self.assertEqual(raised.errno, errno.EADDRINUSE)
 

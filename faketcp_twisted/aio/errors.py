@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import errno
 
-from ..engine.errors import NEEDS_PRIVILEGE, FakeTCPError, Problem
+from ..engine.errors import FakeTCPError, Problem
 
 
 class FakeTCPOSError(OSError):

@@ -1,19 +1,26 @@
 # -*- test-case-name: tests.test_aio -*-
 """
-L{EventLoop} over an asyncio event loop (uvloop's too).
+What the asyncio face asks of an asyncio event loop (uvloop's too): the
+engine's L{EventLoop} over it, and name resolution.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from ..engine.loop import EventLoop, Timer, cached_adapter
+from ..engine.options import is_ip_address
+
+__all__ = ["AsyncioLoop", "loop_for", "resolve"]
 
 
 class _AsyncioTimer:
-    def __init__(self, loop: asyncio.AbstractEventLoop, delay: float, callback: Callable[..., object], args: tuple[Any, ...]) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, delay: float, callback: Callable[..., object], args: tuple[Any, ...]
+    ) -> None:
         self._fired = False
         self._callback = callback
         self._handle = loop.call_later(delay, self._fire, *args)
@@ -61,3 +68,19 @@ def loop_for(loop: asyncio.AbstractEventLoop) -> EventLoop:
     The adapter of an asyncio loop (one per loop, see L{cached_adapter}).
     """
     return cached_adapter(loop, AsyncioLoop)
+
+
+async def resolve(loop: asyncio.AbstractEventLoop, host: str, port: int, family: int, passive: bool = False) -> str:
+    """
+    The first address of C{host}; IP addresses are used as they are, with
+    no turn of the loop (so sockets are made in the caller's namespace).
+
+    @raise OSError: the name does not resolve.
+    """
+    if is_ip_address(host):
+        return host
+    flags = socket.AI_PASSIVE if passive else 0
+    answers = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM, flags=flags)
+    if not answers:
+        raise OSError(f"getaddrinfo({host!r}) returned an empty list")
+    return cast(str, answers[0][4][0])

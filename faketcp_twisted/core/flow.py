@@ -17,10 +17,10 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ..io import fastpath as _fastpath
-from .segment import ACK, FIN, PSH, RST, SYN, MalformedOptions, Segment, seq_after, timestamp_value
+
 # FlowKey lives with the codec (the C fast path makes keys while it parses);
 # this is still its home for every other module.
-from .segment import FlowKey as FlowKey
+from .segment import ACK, FIN, PSH, RST, SYN, FlowKey as FlowKey, MalformedOptions, Segment, seq_after, timestamp_value
 
 _MASK = 0xFFFFFFFF
 _SPACE = 1 << 32
@@ -573,6 +573,15 @@ class Flow:
         End the flow for idleness.
         """
         self._end(EndReason.IDLE)
+
+    def abandon(self) -> None:
+        """
+        End the flow with nothing more sent: its connection let go of it
+        (after this side's FIN, without waiting for the peer's; or with no
+        application left to serve it).  It counts as closed by this side
+        (L{EndReason.LOCAL_FIN}) unless it had already ended otherwise.
+        """
+        self._end(EndReason.LOCAL_FIN)
 
     def _end(self, reason: EndReason) -> None:
         if self.end_reason is None:

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_integration -*-
 """
 Adoption: turning a kernel socket the kernel has just accepted or
-connected into a flow with a transport and a protocol.
+connected into a flow with its L{FlowConnection}, routed by the
+demultiplexer (the owner then binds a face to it).
 
 The capture usually read the handshake before the reactor reports the
 socket, but not always (both become readable in one wake-up, in no
@@ -14,13 +15,10 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 
+from ..core.flow import FlowKey
 from ..io import kernel
 from .connection import FlowConnection
 from .demux import Demultiplexer
-from ..core.flow import Flow, FlowKey
-
-#: Makes a face's connection object for an adopted flow.
-ConnectionMaker = Callable[[Demultiplexer, Flow, socket.socket], FlowConnection]
 
 #: Seconds to wait for the capture to show a handshake the kernel finished.
 HANDSHAKE_WAIT = 3.0
@@ -66,26 +64,25 @@ def adopt(
     demux: Demultiplexer,
     sock: socket.socket,
     key: FlowKey,
-    make: ConnectionMaker,
     start: Callable[[FlowConnection], None],
     give_up: Callable[[], None],
 ) -> None:
     """
     Adopt the flow of C{sock} now if its handshake was seen, else when it
-    is; call C{start} with the connection C{make} made for it, or
-    C{give_up} at the deadline.
+    is; call C{start} with its new connection, or C{give_up} at the
+    deadline.
     """
     table = demux.table
     if not table.handshake_known(key):
         demux.doRead()
     if table.handshake_known(key):
-        start(_connection(demux, sock, key, make))
+        start(_connection(demux, sock, key))
         return
     deadline = demux.loop.seconds() + HANDSHAKE_WAIT
 
     def waiter() -> bool:
         if table.handshake_known(key):
-            start(_connection(demux, sock, key, make))
+            start(_connection(demux, sock, key))
             return True
         if demux.loop.seconds() >= deadline:
             demux.count_drop("handshake-unseen")
@@ -96,7 +93,7 @@ def adopt(
     demux.wait_for(waiter)
 
 
-def _connection(demux: Demultiplexer, sock: socket.socket, key: FlowKey, make: ConnectionMaker) -> FlowConnection:
+def _connection(demux: Demultiplexer, sock: socket.socket, key: FlowKey) -> FlowConnection:
     info = kernel.kernel_tcp_info(sock)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SILENCED_RECEIVE_BUFFER)
@@ -130,7 +127,7 @@ def _connection(demux: Demultiplexer, sock: socket.socket, key: FlowKey, make: C
     # Announce this side's scaled window at once: until the peer and the
     # firewalls on the path see it, they only know the handshake's window.
     flow.pending.append(flow.bare_ack(now))
-    connection = make(demux, flow, sock)
+    connection = FlowConnection(demux, flow, sock)
     connection.early = early
     demux.attach(connection)
     return connection

@@ -3,34 +3,36 @@
 The face-neutral half of a connection: one flow of a shared capture, its
 silenced kernel socket, and what each segment means for the application.
 
-A face (Twisted's transport, asyncio's) subclasses L{FlowConnection} and
-implements four hooks: L{_deliver} a datagram, L{_peerFinished} (the peer
-sent FIN and this side may still write), L{_ended} (the connection is over,
-and why) and L{_congestion} (the send backlog crossed its high-water mark).
+A L{FlowConnection} works for its demultiplexer through the
+L{Connection} contract and asks it for what L{Demux} declares.  A face
+(Twisted's transport, asyncio's) holds the connection, drives it through
+its public methods, and is told of its events as a L{Face}: a datagram to
+deliver, the peer's FIN, the end (and why), the shared send backlog's
+congestion.
 
 With a pre-shared key, a connection passes an authentication stage
 (L{FlowConnection.authenticate}, see L{auth}) between adoption and its
-face's application: none of the hooks is called, and nothing the peer sent
-is delivered, until the peer proved it knows the key.
+face: the connection's owner (listener, connector) binds a face only once
+the peer proved it knows the key, and nothing the peer sent is delivered
+before.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import socket
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
-from ..core.auth import AuthState, Authenticator, Refusal, refusal_log
+from ..core.auth import Authenticator, AuthState, Refusal, refusal_log
 from ..core.flow import EndReason, Flow, FlowState
 from ..core.segment import Segment
 from ..core.table import Role
+from .contracts import Demux, Ending, Face
+from .loop import EventLoop, Timer
+from .options import FlowOptions
 
-if TYPE_CHECKING:
-    from .demux import Demultiplexer
-    from .loop import Timer
+__all__ = ["Ending", "FlowConnection", "text_address"]
 
 log = logging.getLogger(__name__)
 
@@ -43,25 +45,6 @@ _REFUSAL_WORDS = {
 }
 
 
-class Ending(enum.Enum):
-    """
-    How a connection ended, as its application is told.
-    """
-
-    #: FIN both ways, or this side closed.
-    DONE = "done"
-    #: The peer sent RST.
-    RESET = "reset"
-    #: This side sent RST.
-    ABORTED = "aborted"
-    #: Nothing from the peer for the idle timeout.
-    TIMEOUT = "timeout"
-    #: The application's callback raised.
-    FAILED = "failed"
-    #: The capture under the connection was closed (loop shutting down).
-    CAPTURE_CLOSED = "capture-closed"
-
-
 def text_address(packed: bytes, port: int) -> tuple[str, int]:
     """
     A (host, port) pair in text from a packed address.
@@ -72,41 +55,96 @@ def text_address(packed: bytes, port: int) -> tuple[str, int]:
 
 class FlowConnection:
     """
-    One connection over a shared capture.
+    One connection over a shared capture: a L{Connection} for its
+    demultiplexer, held by a face that it tells of its events (L{bind}).
 
+    @ivar demux: the demultiplexer of the flow's capture.
+    @ivar loop: the event loop the capture is read on.
     @ivar flow: the flow's sans-IO state.
     @ivar socket: the silenced kernel socket, kept open until time-wait ends.
     @ivar early: data segments that arrived before adoption, for
-        L{start} to deliver once the application is attached (an empty
-        tuple once there are none, rather than a list per connection).
+        L{start} to deliver once the face is bound (an empty tuple once
+        there are none, rather than a list per connection).
     @ivar on_socket_closed: called once the kernel socket is closed.
     @ivar ended: whether the connection is over.
+    @ivar delivery_paused: whether datagrams are queued rather than
+        delivered (L{pause_delivery}).
     @ivar auth: the connection's authentication, when its port or
         connector has a key; it stays after acceptance to answer (server)
         or swallow (client) repeated proofs.
     """
 
-    #: Most datagrams queued while the application paused reading; past
-    #: it, further datagrams are dropped (as a full UDP buffer would).
+    # One per flow, 10,000 flows in a relay: no per-instance dictionary.
+    __slots__ = (
+        "demux",
+        "loop",
+        "flow",
+        "socket",
+        "early",
+        "on_socket_closed",
+        "ended",
+        "delivery_paused",
+        "auth",
+        "_destination",
+        "_face",
+        "_paused_queue",
+        "_auth_done",
+        "_auth_timer",
+    )
+
+    #: Most datagrams queued while the face paused delivery; past it,
+    #: further datagrams are dropped (as a full UDP buffer would).
     pausedQueueLimit = 1024
 
-    def __init__(self, demux: Demultiplexer, flow: Flow, kernel_socket: socket.socket) -> None:
+    def __init__(self, demux: Demux, flow: Flow, kernel_socket: socket.socket) -> None:
         self.demux = demux
-        self.loop = demux.loop
+        self.loop: EventLoop = demux.loop
         self.flow = flow
         self.socket = kernel_socket
         self._destination = demux.sockaddr(flow.key.remote_addr)
         self.early: list[Segment] | tuple[()] = ()
-        self.on_socket_closed: Any = None
+        self.on_socket_closed: Callable[[], None] | None = None
         self.ended = False
-        self.reading_paused = False
-        # An empty tuple until reading is paused with data coming: an empty
-        # deque per connection would cost 760 bytes, an eighth of an idle
-        # relay flow, for a queue most connections never use.
+        self.delivery_paused = False
+        self._face: Face | None = None
+        # An empty tuple until delivery is paused with data coming: an
+        # empty deque per connection would cost 760 bytes, an eighth of an
+        # idle relay flow, for a queue most connections never use.
         self._paused_queue: deque[bytes] | tuple[()] = ()
         self.auth: Authenticator | None = None
         self._auth_done: Callable[[FlowConnection, bool], None] | None = None
         self._auth_timer: Timer | None = None
+
+    def bind(self, face: Face) -> None:
+        """
+        Tell C{face} of this connection's events from now on: the face
+        that serves the application (the listener's or connector's
+        callback makes it).  L{start} then delivers what arrived early.
+        """
+        self._face = face
+
+    @property
+    def options(self) -> FlowOptions:
+        """
+        The tunables of the capture's flows.
+        """
+        return self.demux.options
+
+    @property
+    def congested(self) -> bool:
+        """
+        Whether the capture's shared send backlog is past its high-water
+        mark (streaming writers should pause).
+        """
+        return self.demux.congested
+
+    @property
+    def backlog_bytes(self) -> int:
+        """
+        Bytes of the capture's packets waiting for room in the kernel's
+        send buffer (the asyncio face's write buffer).
+        """
+        return self.demux.backlog_bytes
 
     @property
     def local_address(self) -> tuple[str, int]:
@@ -127,27 +165,7 @@ class FlowConnection:
         key = self.flow.key
         return text_address(key.remote_addr, key.remote_port)
 
-    # -- called by the demultiplexer -------------------------------------
-
-    def start(self) -> None:
-        """
-        The application is attached: send what the flow holds, deliver the
-        segments that arrived before adoption (or, after authentication,
-        what was held while waiting for the peer's proof, then the early
-        segments authentication did not need).
-        """
-        self.flush_pending()
-        if self.auth is not None:
-            for payload in self.auth.take_held():
-                if self.ended:
-                    return
-                self._deliver(payload)
-        early, self.early = self.early, ()
-        now = self.loop.seconds()
-        for segment in early:
-            if self.ended:
-                break
-            self.segment_received(segment, now)
+    # -- Connection: called by the demultiplexer -------------------------
 
     def segment_received(self, segment: Segment, now: float) -> None:
         """
@@ -162,7 +180,7 @@ class FlowConnection:
             auth = self.auth
             if auth is not None and auth.receive(payload, now):
                 self._authProgress(now)
-            elif self.reading_paused:
+            elif self.delivery_paused:
                 queue = self._paused_queue
                 if len(queue) >= self.pausedQueueLimit:
                     self.demux.count_drop("paused-overflow")
@@ -171,7 +189,9 @@ class FlowConnection:
                         queue = self._paused_queue = deque()
                     queue.append(payload)
             else:
-                self._deliver(payload)
+                face = self._face
+                if face is not None:
+                    face.deliver(payload)
         # Only a change of state means anything: a refused RST or a copy of
         # a FIN already taken must not close (or half-close) twice.
         if flow.state is not before and not self.ended:
@@ -190,9 +210,18 @@ class FlowConnection:
         if flow.end_reason is EndReason.PEER_RST:
             self.end(Ending.RESET)
         elif flow.state is FlowState.READ_CLOSED:
-            self._peerFinished()
+            face = self._face
+            if face is not None:
+                face.peer_finished()
         elif flow.state is FlowState.CLOSED:
             self.end(Ending.DONE)
+
+    def _deliver(self, payload: bytes) -> None:
+        # (No face yet: only between adoption and the owner's callback,
+        # which binds one before the loop turns.)
+        face = self._face
+        if face is not None:
+            face.deliver(payload)
 
     def expired(self) -> None:
         """
@@ -222,10 +251,39 @@ class FlowConnection:
         """
         The shared send backlog crossed its high-water mark, or drained.
         """
-        if not self.ended:
-            self._congestion(congested)
+        face = self._face
+        if face is not None and not self.ended:
+            face.congestion_changed(congested)
+
+    def abort(self) -> None:
+        """
+        Reset the peer and end (a port shutting down resets its
+        connections: their peers learn at once).
+        """
+        self.send_rst()
+        self.end(Ending.ABORTED)
 
     # -- used by the faces -----------------------------------------------
+
+    def start(self) -> None:
+        """
+        The face is bound: send what the flow holds, deliver the segments
+        that arrived before adoption (or, after authentication, what was
+        held while waiting for the peer's proof, then the early segments
+        authentication did not need).
+        """
+        self.flush_pending()
+        if self.auth is not None:
+            for payload in self.auth.take_held():
+                if self.ended:
+                    return
+                self._deliver(payload)
+        early, self.early = self.early, ()
+        now = self.loop.seconds()
+        for segment in early:
+            if self.ended:
+                break
+            self.segment_received(segment, now)
 
     def send_packet(self, packet: bytes) -> None:
         """
@@ -302,7 +360,7 @@ class FlowConnection:
         self.ended = True
         flow = self.flow
         if flow.state is not FlowState.CLOSED:
-            flow._end(EndReason.LOCAL_FIN)
+            flow.abandon()
         self._paused_queue = ()
         self.demux.detach(self)
         if self._auth_done is not None:
@@ -310,21 +368,24 @@ class FlowConnection:
             # its owner (listener, connector) hears of the failure instead.
             self._authOver(Refusal.CLOSED)
             return
-        self._ended(ending, failure)
+        face = self._face
+        if face is not None:
+            face.connection_ended(ending, failure)
 
-    def pause_reading(self) -> None:
+    def pause_delivery(self) -> None:
         """
-        Queue this connection's datagrams instead of delivering them.
+        Queue this connection's datagrams instead of delivering them (the
+        capture is shared: it cannot stop reading for one connection).
         """
-        self.reading_paused = True
+        self.delivery_paused = True
 
-    def resume_reading(self) -> None:
+    def resume_delivery(self) -> None:
         """
         Deliver what was queued, then go on delivering.
         """
-        self.reading_paused = False
+        self.delivery_paused = False
         queue = self._paused_queue
-        while queue and not self.reading_paused and not self.ended:
+        while queue and not self.delivery_paused and not self.ended:
             self._deliver(queue.popleft())
         # (The attribute, not the local: a delivery may have paused and
         # resumed again, or ended the connection.)
@@ -448,7 +509,7 @@ class FlowConnection:
             self.early = ()
             self.demux.count_drop(refusal.value)
         if auth is not None and auth.held_dropped:
-            self.demux.drops["auth-held-overflow"] += auth.held_dropped
+            self.demux.count_drop("auth-held-overflow", auth.held_dropped)
         done(self, refusal is None)
 
     def cancel_authentication(self) -> None:
@@ -471,19 +532,3 @@ class FlowConnection:
         Whether the connection waits for the peer's proof.
         """
         return self._auth_done is not None
-
-    # -- hooks for the faces ---------------------------------------------
-
-    def _deliver(self, payload: bytes) -> None:
-        raise NotImplementedError
-
-    def _peerFinished(self) -> None:
-        raise NotImplementedError
-
-    def _ended(self, ending: Ending, failure: object) -> None:
-        raise NotImplementedError
-
-    def _congestion(self, congested: bool) -> None:
-        """
-        Default: nothing to pause.
-        """

@@ -12,16 +12,16 @@ import errno
 import socket
 from collections.abc import Callable
 
-from . import adoption
+from ..core.auth import DEFAULT_TIMEOUT, Authenticator, AuthKey, Refusal
+from ..core.table import Role
 from ..io import kernel
-from ..core.auth import DEFAULT_TIMEOUT, AuthKey, Authenticator, Refusal
+from ..io.firewall import FirewallUnavailable, SilenceRule, netns_id, silencer
+from . import adoption
 from .connection import FlowConnection
 from .demux import Demultiplexer
-from .options import FlowOptions
 from .errors import FakeTCPError, Problem
-from ..io.firewall import FirewallUnavailable, SilenceRule, netns_id, silencer
 from .loop import EventLoop, Timer
-from ..core.table import Role
+from .options import FlowOptions
 
 
 class _SharedCaptures:
@@ -58,7 +58,7 @@ class _SharedCaptures:
             demux.on_released()
 
     def _maybeClose(self, key: tuple[int, int, int, int, int], demux: Demultiplexer) -> None:
-        if demux.transports or self._connecting.get(demux, 0) > 0 or not demux.quiescent:
+        if demux.connections or self._connecting.get(demux, 0) > 0 or not demux.quiescent:
             return
         self._connecting.pop(demux, None)
         if self._demuxes.get(key) is demux:
@@ -73,9 +73,9 @@ class Connector:
     """
     One fake-TCP connection attempt, face-neutral.
 
-    Exactly one of C{on_connected} (with the new connection, whose
-    application the face attaches) and C{on_failed} (with a
-    L{FakeTCPError}) is called.
+    Exactly one of C{on_connected} (with the new connection, to which the
+    face binds itself) and C{on_failed} (with a L{FakeTCPError}) is
+    called.
     """
 
     def __init__(
@@ -86,7 +86,6 @@ class Connector:
         timeout: float,
         bind_address: tuple[str, int] | None,
         options: FlowOptions,
-        make: adoption.ConnectionMaker,
         on_connected: Callable[[FlowConnection], None],
         on_failed: Callable[[FakeTCPError], None],
         auth: AuthKey | None = None,
@@ -107,7 +106,6 @@ class Connector:
         self.timeout = timeout
         self.bind_address = bind_address
         self.options = options
-        self.make = make
         self.on_connected = on_connected
         self.on_failed = on_failed
         self.auth = auth
@@ -183,7 +181,6 @@ class Connector:
             self.demux,
             sock,
             key,
-            self.make,
             self._adopted,
             lambda: self._fail(FakeTCPError(Problem.HANDSHAKE_UNSEEN)),
         )

@@ -21,6 +21,10 @@ Code that makes a batch of packets itself (the relay, for a batch of
 datagrams read from UDP) says so with L{coalesced_sends}: what is sent
 within it goes out at its end, one C{sendmmsg} per capture, with no call
 scheduled on the loop.
+
+The demultiplexer routes each segment to a L{Connection}, and is itself
+the C{Demux} of its connections: it knows them by those contracts alone
+(see L{faketcp_twisted.engine.contracts}).
 """
 
 from __future__ import annotations
@@ -32,37 +36,23 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import Any
 
-from ..io import fastpath, kernel
-from . import shutdown
 from ..core.bpf import BPF_K, BPF_RET, attach_filter, stmt
-from ..io.capture import Capture, sockaddr
 from ..core.flow import EndReason, Flow, FlowKey
+from ..core.table import FlowTable, Role
+from ..io import fastpath, kernel
+from ..io.capture import Capture, sockaddr
+from . import shutdown
+from .contracts import Connection, Holder
 from .loop import EventLoop, Timer
 from .options import FlowOptions
-from ..core.table import FlowTable, Role
 
-if TYPE_CHECKING:
-    from .connection import FlowConnection
+__all__ = ["Demultiplexer", "Holder", "coalesced_sends", "mute"]
 
 log = logging.getLogger(__name__)
 
 _monotonic = time.monotonic
-
-
-class Holder(Protocol):
-    """
-    What holds packets for the end of L{coalesced_sends}: a
-    L{Demultiplexer}, or one of the relay's UDP sockets.
-    """
-
-    _coalesced: bool
-
-    def flush(self) -> None:
-        """
-        Send what is held.
-        """
 
 
 class _CoalescedSends(threading.local):
@@ -70,11 +60,26 @@ class _CoalescedSends(threading.local):
     The scope of L{coalesced_sends}: a depth (scopes nest) and the
     holders of packets for the end of the outermost one.  Per thread: a
     reactor and an asyncio loop in two threads each have their own.
+
+    @ivar depth: how many scopes are open; within one when non-zero.
+    @ivar holding: the holders to flush when the outermost scope ends
+        (see L{hold}).
     """
 
     def __init__(self) -> None:
         self.depth = 0
         self.holding: list[Holder] = []
+        self._held: set[int] = set()
+
+    def hold(self, holder: Holder) -> None:
+        """
+        Have C{holder.flush()} called when the outermost scope ends: once,
+        however often it is held within the scope.
+        """
+        key = id(holder)
+        if key not in self._held:
+            self._held.add(key)
+            self.holding.append(holder)
 
     def __enter__(self) -> None:
         self.depth += 1
@@ -86,7 +91,7 @@ class _CoalescedSends(threading.local):
         holding = self.holding
         while holding:
             holder = holding.pop()
-            holder._coalesced = False
+            self._held.discard(id(holder))
             holder.flush()
 
 
@@ -101,11 +106,14 @@ coalesced_sends = _CoalescedSends()
 
 class Demultiplexer:
     """
-    Reads one capture for every flow of a port (or of a remote port).
+    Reads one capture for every flow of a port (or of a remote port): the
+    C{Demux} of those flows' connections (see
+    L{faketcp_twisted.engine.contracts}).
 
     @ivar table: the flow table.
-    @ivar transports: the connection of each adopted flow.
+    @ivar connections: the connection of each adopted flow.
     @ivar drops: packets dropped, by reason.
+    @ivar congested: whether the send backlog is past L{backlogHighWater}.
     """
 
     #: Most packets read per reactor wake-up, so one busy capture cannot
@@ -156,7 +164,7 @@ class Demultiplexer:
         self.options = options
         self.capture = Capture(family, port, "dst" if role is Role.SERVER else "src")
         self.table = FlowTable(role, options.limits, kernel.handshake_window_field())
-        self.transports: dict[FlowKey, FlowConnection] = {}
+        self.connections: dict[FlowKey, Connection] = {}
         self.drops: Counter[str] = self.table.drops
         # Packets to send, oldest first; those before _head are sent.  Not
         # blocked (_writing false), it holds the current turn's packets, up
@@ -166,13 +174,14 @@ class Demultiplexer:
         self._writing = False
         self._flushCall: Timer | None = None
         self._lastSent = 0.0
-        #: Whether packets wait for the end of L{coalesced_sends}.
-        self._coalesced = False
+        #: Whether this demultiplexer is held by L{coalesced_sends} (so
+        #: transmit need not ask it again for every packet of a batch).
+        self._held = False
         self.congested = False
         #: Flows with timer packets to send, oldest first (see _tick).
         self._due: deque[Flow] = deque()
         #: Connections whose kernel socket refused the muting filter.
-        self._unmuted: set[FlowConnection] = set()
+        self._unmuted: set[Connection] = set()
         self._closing_sockets: deque[tuple[float, socket.socket, Callable[[], None] | None]] = deque()
         #: Called when a flow left, so the owner can close an unused capture.
         self.on_released: Callable[[], None] | None = None
@@ -181,7 +190,7 @@ class Demultiplexer:
         self.on_handshake: Callable[[], None] | None = None
         self.reading = False
         self._waiters: list[Callable[[], bool]] = []
-        self._addresses: dict[bytes, tuple] = {}
+        self._addresses: dict[bytes, tuple[Any, ...]] = {}
         self._closed = False
         self._closing = False
         self._lingering_until = 0.0
@@ -220,19 +229,19 @@ class Demultiplexer:
     def _readBatch(self) -> None:
         now = self.loop.seconds()
         flows = self.table.flows
-        transports = self.transports
+        connections = self.connections
         table = self.table
         drops = self.drops
         segments, keys, malformed = self.capture.receive(self.maxPacketsPerRead)
         for reason in malformed:
             drops[reason] += 1
-        for segment, key in zip(segments, keys):
+        for segment, key in zip(segments, keys, strict=True):
             if self._closed:
                 # The capture's last flow ended on the previous segment and
                 # its owner closed the capture: nothing is left to feed.
                 return
             if key in flows:
-                transports[key].segment_received(segment, now)
+                connections[key].segment_received(segment, now)
                 continue
             reply = table.receive_unadopted(key, segment, now)
             if reply is not None:
@@ -251,7 +260,7 @@ class Demultiplexer:
 
     # -- sending ---------------------------------------------------------
 
-    def sockaddr(self, packed: bytes) -> tuple:
+    def sockaddr(self, packed: bytes) -> tuple[Any, ...]:
         """
         The raw-socket destination for a packed remote address (cached).
         """
@@ -262,7 +271,7 @@ class Demultiplexer:
             address = self._addresses[packed] = sockaddr(self.family, packed)
         return address
 
-    def transmit(self, packet: bytes, address: tuple) -> None:
+    def transmit(self, packet: bytes, address: tuple[Any, ...]) -> None:
         """
         Queue one packet to be sent within this turn of the loop, behind
         packets still waiting for room in the send buffer.
@@ -291,9 +300,9 @@ class Demultiplexer:
         elif coalesced_sends.depth:
             # Within a read batch (this capture's or another's) or a batch
             # of the relay's: sent when it ends.
-            if not self._coalesced:
-                self._coalesced = True
-                coalesced_sends.holding.append(self)
+            if not self._held:
+                self._held = True
+                coalesced_sends.hold(self)
         elif self._flushCall is None:
             # Outside a read batch, and no burst under way: the packet goes
             # at once, as a lone packet (a reply, a FIN) should.  Packets
@@ -317,6 +326,7 @@ class Demultiplexer:
         Hand the queued packets to the kernel, as many as its send buffer
         takes; the rest wait for room (L{doWrite}).
         """
+        self._held = False
         queue = self._queue
         head = self._head
         if head >= len(queue) or self._closed:
@@ -363,23 +373,23 @@ class Demultiplexer:
         if congested is self.congested:
             return
         self.congested = congested
-        for connection in list(self.transports.values()):
+        for connection in list(self.connections.values()):
             connection.congestion_changed(congested)
 
-    def count_drop(self, reason: str) -> None:
+    def count_drop(self, reason: str, count: int = 1) -> None:
         """
-        Count one datagram dropped for C{reason}.
+        Count C{count} datagrams or segments dropped for C{reason}.
         """
-        self.drops[reason] += 1
+        self.drops[reason] += count
 
     # -- flows -----------------------------------------------------------
 
-    def attach(self, connection: FlowConnection) -> None:
+    def attach(self, connection: Connection) -> None:
         """
         Route the segments of C{connection}'s flow to it, and stop its
         kernel socket from taking any more segments (see L{mute}).
         """
-        self.transports[connection.flow.key] = connection
+        self.connections[connection.flow.key] = connection
         # What the kernel queued before the filter went on is read now;
         # afterwards nothing can queue on a muted socket, so only sockets
         # that refused the filter are drained on every tick (a drain is a
@@ -389,14 +399,14 @@ class Demultiplexer:
         else:
             self._unmuted.add(connection)
 
-    def detach(self, connection: FlowConnection) -> None:
+    def detach(self, connection: Connection) -> None:
         """
         Stop routing to C{connection}; its flow enters time-wait and its
         kernel socket is closed when time-wait ends.
         """
         key = connection.flow.key
-        if self.transports.get(key) is connection:
-            del self.transports[key]
+        if self.connections.get(key) is connection:
+            del self.connections[key]
         self._unmuted.discard(connection)
         now = self.loop.seconds()
         self.table.retire(connection.flow, now)
@@ -434,7 +444,7 @@ class Demultiplexer:
         slices = min(10, 1 + len(table.flows) // self.flowsPerTick)
         self._timer = self.loop.call_later(self.tickInterval / slices, self._tick)
         for flow in table.expire(now, slices):
-            connection = self.transports.get(flow.key)
+            connection = self.connections.get(flow.key)
             if connection is not None:
                 connection.expired()
         # Only timers queue packets outside a read batch (a segment's
@@ -445,7 +455,7 @@ class Demultiplexer:
         with coalesced_sends:
             for _ in range(min(len(due), max(self.timerSendsPerTick, len(due) // 4))):
                 flow = due.popleft()
-                connection = self.transports.get(flow.key)
+                connection = self.connections.get(flow.key)
                 if connection is not None and flow.pending:
                     connection.flush_pending()
         for connection in self._unmuted:
@@ -456,9 +466,17 @@ class Demultiplexer:
         if self._waiters:
             self._waiters = [waiter for waiter in self._waiters if not waiter()]
         self.flush()
-        if not self.transports and closing and self.on_released is not None:
+        if not self.connections and closing and self.on_released is not None:
             # An owner waiting for the capture to be quiescent looks again.
             self.on_released()
+
+    def abort_all(self) -> None:
+        """
+        Reset every connection of the capture (its owner is shutting down:
+        the peers learn at once instead of at their idle timeout).
+        """
+        for connection in list(self.connections.values()):
+            connection.abort()
 
     def close(self) -> None:
         """
@@ -468,7 +486,7 @@ class Demultiplexer:
         if self._closed or self._closing:
             return
         self._closing = True
-        for connection in list(self.transports.values()):
+        for connection in list(self.connections.values()):
             connection.capture_closed()
         self.loop.remove_reader(self._fd)
         if self._writing:

@@ -14,16 +14,16 @@ import logging
 import socket
 from collections.abc import Callable
 
-from . import adoption, shutdown
-from ..io import kernel
-from ..core.auth import DEFAULT_TIMEOUT, AuthKey, Authenticator
-from .connection import Ending, FlowConnection
-from .demux import Demultiplexer
-from .options import FlowOptions
-from .errors import FakeTCPError, Problem
-from ..io.firewall import FirewallUnavailable, SilenceRule, netns_id, silencer
-from .loop import EventLoop, Timer
+from ..core.auth import DEFAULT_TIMEOUT, Authenticator, AuthKey
 from ..core.table import Role
+from ..io import kernel
+from ..io.firewall import FirewallUnavailable, SilenceRule, netns_id, silencer
+from . import adoption, shutdown
+from .connection import FlowConnection
+from .demux import Demultiplexer
+from .errors import FakeTCPError, Problem
+from .loop import EventLoop, Timer
+from .options import FlowOptions
 
 log = logging.getLogger(__name__)
 
@@ -74,16 +74,14 @@ class Listener:
         interface: str,
         backlog: int,
         options: FlowOptions,
-        make: adoption.ConnectionMaker,
         on_connection: Callable[[FlowConnection], None],
         auth: AuthKey | None = None,
         auth_timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         """
-        @param make: makes the face's connection object for a new flow.
-        @param on_connection: called with each new connection, to attach
-            the application (or L{FlowConnection.refuse} it); with C{auth},
-            only once its client proved the key.
+        @param on_connection: called with each new connection, to bind a
+            face to it and start it (or L{FlowConnection.refuse} it); with
+            C{auth}, only once its client proved the key.
         @param auth: the key clients must prove, or L{None} for none (the
             wire is then exactly tcpraw's).
         @param auth_timeout: seconds after adoption a client's proof may
@@ -94,7 +92,6 @@ class Listener:
         self.interface = interface
         self.backlog = backlog
         self.options = options
-        self.make = make
         self.on_connection = on_connection
         self.auth = auth
         self.auth_timeout = auth_timeout
@@ -217,7 +214,7 @@ class Listener:
         if demux is None:
             kernel.close_silently(sock)
             return
-        adoption.adopt(demux, sock, key, self.make, self._adopted, lambda: kernel.close_silently(sock))
+        adoption.adopt(demux, sock, key, self._adopted, lambda: kernel.close_silently(sock))
 
     def _adopted(self, connection: FlowConnection) -> None:
         if self.auth is None:
@@ -270,7 +267,7 @@ class Listener:
     def _maybeFinish(self) -> None:
         if not self._closing or self.listener is not None:
             return
-        if any(demux.transports or not demux.quiescent for demux in self.demuxes.values()):
+        if any(demux.connections or not demux.quiescent for demux in self.demuxes.values()):
             return
         self._release(None)
         closed, self.on_closed = self.on_closed, None
@@ -282,6 +279,4 @@ class Listener:
         Reset every connection of this listener (a server shutting down).
         """
         for demux in list(self.demuxes.values()):
-            for connection in list(demux.transports.values()):
-                connection.send_rst()
-                connection.end(Ending.ABORTED)
+            demux.abort_all()

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+
 class Timer(Protocol):
     """
     A scheduled call.

@@ -6,6 +6,7 @@ L{Listener}, building one protocol per connection from a factory.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from twisted.internet import defer
@@ -17,12 +18,12 @@ from zope.interface import implementer
 from ..core.auth import DEFAULT_TIMEOUT, AuthKey
 from ..engine.connection import FlowConnection
 from ..engine.demux import Demultiplexer
-from ..engine.options import FlowOptions
 from ..engine.errors import FakeTCPError
-from .errors import twisted_listen_error
 from ..engine.listener import Listener
+from ..engine.options import FlowOptions
+from .errors import twisted_listen_error
 from .reactor import loop_for
-from .transport import FakeTCPTransport
+from .transport import connect_protocol
 
 
 @implementer(IListeningPort)
@@ -59,7 +60,6 @@ class FakeTCPPort:
             interface,
             backlog,
             options or FlowOptions(),
-            FakeTCPTransport,
             self._connection,
             auth=auth,
             auth_timeout=auth_timeout,
@@ -79,6 +79,15 @@ class FakeTCPPort:
         The demultiplexer of each address family listened on.
         """
         return self._listener.demuxes
+
+    @property
+    def capture_drops(self) -> list[Counter[str]]:
+        """
+        The drop counters, by reason, of each capture the port reads (one
+        per address family listened on): segments refused before any
+        connection exists (malformed, orphan, time-wait...).
+        """
+        return [demux.drops for demux in self._listener.demuxes.values()]
 
     def startListening(self) -> None:
         """
@@ -100,12 +109,7 @@ class FakeTCPPort:
         )
 
     def _connection(self, connection: FlowConnection) -> None:
-        assert isinstance(connection, FakeTCPTransport)
-        protocol = self.factory.buildProtocol(connection.getPeer())
-        if protocol is None:
-            connection.refuse()
-            return
-        connection.makeConnection(protocol)
+        connect_protocol(connection, self.factory)
 
     def stopListening(self) -> defer.Deferred[None]:
         """

@@ -8,11 +8,17 @@ C{dataReceived} calls, one per segment, in the order the network delivered
 them.  The capture is shared with other connections, so pausing this
 transport as a producer cannot stop the socket: this connection's data is
 queued, up to a bound, and dropped past it.
+
+The transport holds the engine's L{FlowConnection} rather than being one:
+it drives the connection through its public methods, and the connection
+tells it of its events through the C{Face} contract (see
+L{faketcp_twisted.engine.contracts}).
 """
 
 from __future__ import annotations
 
 import socket
+from collections import Counter
 from typing import Any
 
 from twisted.internet import error
@@ -28,9 +34,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..engine.connection import Ending, FlowConnection
-from ..engine.demux import Demultiplexer
 from ..core.flow import Flow
+from ..engine.connection import Ending, FlowConnection
+
+__all__ = ["FakeTCPTransport", "address_of", "connect_protocol"]
 
 
 def address_of(host: str, port: int) -> IPv4Address | IPv6Address:
@@ -59,55 +66,123 @@ _WORDS = {
 }
 
 
+def connect_protocol(connection: FlowConnection, factory: Any) -> Any:
+    """
+    Serve a new connection: build the protocol of C{factory} (an
+    C{IProtocolFactory}) for its peer and connect the two through a
+    L{FakeTCPTransport}, or reset the connection when the factory builds
+    none.
+
+    @return: the protocol, or L{None} when the factory built none.
+    """
+    protocol = factory.buildProtocol(address_of(*connection.remote_address))
+    if protocol is None:
+        connection.refuse()
+        return None
+    FakeTCPTransport(connection)._attach(protocol)
+    return protocol
+
+
 @implementer(ITCPTransport, ISystemHandle, IConsumer, IPushProducer)
-class FakeTCPTransport(FlowConnection):
+class FakeTCPTransport:
     """
     One connection, as a Twisted transport.
+
+    Besides its interfaces, it offers L{connection}, L{flow},
+    L{capture_drops} and L{send_datagrams} (for the relay, tests and
+    diagnostics), and the C{Face} methods its connection calls
+    (L{deliver}, L{peer_finished}, L{connection_ended},
+    L{congestion_changed}), which protocols do not.
 
     @ivar protocol: the protocol this transport drives.
     @ivar connected: whether the connection is up.
     @ivar disconnecting: whether L{loseConnection} was called.
+    @ivar disconnected: whether the connection is over.
+    @ivar producer: the registered producer, if any.
+    @ivar streamingProducer: whether L{producer} is a push producer.
     """
 
     log = Logger()
 
-    def __init__(self, demux: Demultiplexer, flow: Flow, kernel_socket: socket.socket) -> None:
-        super().__init__(demux, flow, kernel_socket)
+    def __init__(self, connection: FlowConnection) -> None:
+        """
+        @param connection: the engine's connection, which this transport
+            binds itself to (as its face).
+        """
+        self._connection = connection
         self.protocol: Any = None
         self.connected = False
         self.disconnecting = False
         self.disconnected = False
         self.producer: Any = None
         self.streamingProducer = False
-        self._keepalive_default = flow.keepalive_interval or demux.options.default_keepalive
+        self._keepalive_default = connection.flow.keepalive_interval or connection.options.default_keepalive
+        connection.bind(self)
+
+    @property
+    def connection(self) -> FlowConnection:
+        """
+        The engine's connection under this transport.
+        """
+        return self._connection
+
+    @property
+    def flow(self) -> Flow:
+        """
+        The connection's sans-IO flow: its MSS, its counters (what the relay
+        reads; not part of L{ITCPTransport}).
+        """
+        return self._connection.flow
+
+    @property
+    def capture_drops(self) -> Counter[str]:
+        """
+        The drop counters, by reason, of the capture this connection's
+        segments arrive on (shared with its other connections): what the
+        relay reports of segments that never reach a transport.
+        """
+        return self._connection.demux.drops
 
     # -- life cycle ------------------------------------------------------
 
-    def makeConnection(self, protocol: Any) -> None:
+    def _attach(self, protocol: Any) -> None:
         """
         Attach the protocol, tell it the connection is made, and deliver
-        what arrived before adoption.
+        what arrived before adoption (see L{connect_protocol}).
         """
         self.protocol = protocol
         self.connected = True
         protocol.makeConnection(self)
-        self.start()
+        self._connection.start()
 
-    def _deliver(self, payload: bytes) -> None:
+    def _protocolFailed(self, callback: str) -> None:
+        # One protocol's failure loses its own connection only.
+        failure = Failure()
+        self.log.failure(
+            "Unhandled error in {callback} of {protocol!r}", failure, callback=callback, protocol=self.protocol
+        )
+        connection = self._connection
+        if not connection.ended:
+            connection.send_rst()
+            connection.end(Ending.FAILED, failure)
+
+    # -- Face: what the connection tells this transport ------------------
+
+    def deliver(self, payload: bytes) -> None:
+        """
+        Hand one datagram from the peer to the protocol (the connection's
+        call, not the protocol's).
+        """
         try:
             self.protocol.dataReceived(payload)
         except Exception:
             self._protocolFailed("dataReceived")
 
-    def _protocolFailed(self, callback: str) -> None:
-        # One protocol's failure loses its own connection only.
-        failure = Failure()
-        self.log.failure("Unhandled error in {callback} of {protocol!r}", failure, callback=callback, protocol=self.protocol)
-        if not self.ended:
-            self.send_rst()
-            self.end(Ending.FAILED, failure)
-
-    def _peerFinished(self) -> None:
+    def peer_finished(self) -> None:
+        """
+        The peer sent FIN: a half-closeable protocol is told, any other
+        protocol's connection is closed.
+        """
         if IHalfCloseableProtocol.providedBy(self.protocol):
             try:
                 self.protocol.readConnectionLost()
@@ -116,7 +191,11 @@ class FakeTCPTransport(FlowConnection):
         else:
             self.loseConnection()
 
-    def _ended(self, ending: Ending, failure: object) -> None:
+    def connection_ended(self, ending: Ending, failure: object) -> None:
+        """
+        The connection is over: stop the producer, tell the protocol
+        C{connectionLost} with the reason for C{ending}.
+        """
         self.connected = False
         self.disconnected = True
         producer, self.producer = self.producer, None
@@ -137,6 +216,22 @@ class FakeTCPTransport(FlowConnection):
         except Exception:
             self.log.failure("Unhandled error in connectionLost of {protocol!r}", protocol=protocol)
 
+    def congestion_changed(self, congested: bool) -> None:
+        """
+        The capture's shared send backlog crossed its high-water mark, or
+        drained: pause or resume the producer (a C{Face} method).
+        """
+        producer = self.producer
+        if producer is None:
+            return
+        if not self.streamingProducer:
+            if not congested:
+                self._connection.loop.call_later(0, self._pullMore)
+        elif congested:
+            producer.pauseProducing()
+        else:
+            producer.resumeProducing()
+
     # -- ITransport ------------------------------------------------------
 
     def write(self, data: bytes) -> None:
@@ -146,13 +241,24 @@ class FakeTCPTransport(FlowConnection):
         if not isinstance(data, bytes):
             raise TypeError(f"Data must be bytes, not {type(data).__name__}")
         if self.connected and not self.disconnecting:
-            self.send(data)
+            self._connection.send(data)
 
     def writeSequence(self, data: list[bytes]) -> None:
         """
         Send the concatenation of C{data}, as L{write} would.
         """
         self.write(b"".join(data))
+
+    def send_datagrams(self, datagrams: list[bytes]) -> None:
+        """
+        Send each of C{datagrams} as one segment, with the per-call work
+        done once for the batch (the relay's path; not part of
+        L{ITCPTransport}).  See L{FlowConnection.send_datagrams}.
+
+        @raise ValueError: for a datagram larger than the MSS (those before
+            it were sent).
+        """
+        self._connection.send_datagrams(datagrams)
 
     def loseConnection(self) -> None:
         """
@@ -161,18 +267,19 @@ class FakeTCPTransport(FlowConnection):
         if not self.connected or self.disconnecting:
             return
         self.disconnecting = True
-        self.send_fin()
-        self.end_soon(Ending.DONE)
+        self._connection.send_fin()
+        self._connection.end_soon(Ending.DONE)
 
     def loseWriteConnection(self) -> None:
         """
         Send FIN and keep receiving until the peer closes too.
         """
-        if not self.connected or self.disconnecting or not self.flow.can_send:
+        connection = self._connection
+        if not self.connected or self.disconnecting or not connection.flow.can_send:
             return
-        if self.send_fin():
+        if connection.send_fin():
             self.disconnecting = True
-            self.end_soon(Ending.DONE)
+            connection.end_soon(Ending.DONE)
 
     def abortConnection(self) -> None:
         """
@@ -181,8 +288,8 @@ class FakeTCPTransport(FlowConnection):
         if not self.connected:
             return
         self.disconnecting = True
-        self.send_rst()
-        self.end_soon(Ending.ABORTED)
+        self._connection.send_rst()
+        self._connection.end_soon(Ending.ABORTED)
 
     def getHost(self) -> IPv4Address | IPv6Address:
         """
@@ -191,13 +298,13 @@ class FakeTCPTransport(FlowConnection):
         Made on each call, as Twisted's TCP transports make theirs: kept,
         the two addresses cost an idle flow 190 bytes.
         """
-        return address_of(*self.local_address)
+        return address_of(*self._connection.local_address)
 
     def getPeer(self) -> IPv4Address | IPv6Address:
         """
         The peer's address, of type C{"TCP"} (made on each call).
         """
-        return address_of(*self.remote_address)
+        return address_of(*self._connection.remote_address)
 
     # -- ITCPTransport and ISystemHandle ----------------------------------
 
@@ -205,7 +312,7 @@ class FakeTCPTransport(FlowConnection):
         """
         The silenced kernel socket of the connection.
         """
-        return self.socket
+        return self._connection.socket
 
     def getTcpNoDelay(self) -> bool:
         """
@@ -222,13 +329,13 @@ class FakeTCPTransport(FlowConnection):
         """
         Whether bare-ACK keepalives are sent on an idle flow.
         """
-        return bool(self.flow.keepalive_interval)
+        return bool(self._connection.flow.keepalive_interval)
 
     def setTcpKeepAlive(self, enabled: bool) -> None:
         """
         Turn keepalives on (at the connection's or the default interval) or off.
         """
-        self.flow.keepalive_interval = self._keepalive_default if enabled else 0.0
+        self._connection.flow.keepalive_interval = self._keepalive_default if enabled else 0.0
 
     # -- producer and consumer -------------------------------------------
 
@@ -236,13 +343,13 @@ class FakeTCPTransport(FlowConnection):
         """
         Stop delivering data to the protocol; it is queued meanwhile.
         """
-        self.pause_reading()
+        self._connection.pause_delivery()
 
     def resumeProducing(self) -> None:
         """
         Deliver what was queued, then go on delivering.
         """
-        self.resume_reading()
+        self._connection.resume_delivery()
 
     def stopProducing(self) -> None:
         """
@@ -256,8 +363,7 @@ class FakeTCPTransport(FlowConnection):
         """
         if self.producer is not None:
             raise RuntimeError(
-                f"Cannot register producer {producer!r}, because producer "
-                f"{self.producer!r} was never unregistered."
+                f"Cannot register producer {producer!r}, because producer {self.producer!r} was never unregistered."
             )
         if self.disconnected:
             producer.stopProducing()
@@ -266,15 +372,15 @@ class FakeTCPTransport(FlowConnection):
         self.streamingProducer = streaming
         if not streaming:
             # Writes are sent at once, so a pull producer may always go on.
-            self.loop.call_later(0, self._pullMore)
-        elif self.demux.congested:
+            self._connection.loop.call_later(0, self._pullMore)
+        elif self._connection.congested:
             producer.pauseProducing()
 
     def _pullMore(self) -> None:
         if self.producer is not None and not self.streamingProducer and self.connected:
             self.producer.resumeProducing()
-            if self.producer is not None and not self.demux.congested:
-                self.loop.call_later(0, self._pullMore)
+            if self.producer is not None and not self._connection.congested:
+                self._connection.loop.call_later(0, self._pullMore)
 
     def unregisterProducer(self) -> None:
         """
@@ -282,23 +388,13 @@ class FakeTCPTransport(FlowConnection):
         """
         self.producer = None
 
-    def _congestion(self, congested: bool) -> None:
-        producer = self.producer
-        if producer is None:
-            return
-        if not self.streamingProducer:
-            if not congested:
-                self.loop.call_later(0, self._pullMore)
-        elif congested:
-            producer.pauseProducing()
-        else:
-            producer.resumeProducing()
-
     def logPrefix(self) -> str:
         """
         The prefix of log lines about this connection.
         """
-        return "FakeTCP %s:%d" % self.remote_address
+        host, port = self._connection.remote_address
+        return f"FakeTCP {host}:{port}"
 
     def __repr__(self) -> str:
-        return "<FakeTCPTransport %s:%d <-> %s:%d>" % (*self.local_address, *self.remote_address)
+        (local, local_port), (remote, remote_port) = self._connection.local_address, self._connection.remote_address
+        return f"<FakeTCPTransport {local}:{local_port} <-> {remote}:{remote_port}>"

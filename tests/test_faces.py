@@ -1,0 +1,198 @@
+"""
+The faces hold the engine's connection rather than being one: a public
+transport offers its interfaces and a few documented extras, nothing of
+the engine; and the Twisted transport works over a L{FlowConnection}
+driven in memory, through the engine's contracts alone (no root, no
+network).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+from twisted.internet.error import ConnectionAborted, ConnectionDone
+from twisted.internet.interfaces import (
+    IConsumer,
+    ILoggingContext,
+    IPushProducer,
+    ISystemHandle,
+    ITCPTransport,
+)
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from faketcp_twisted.aio.transport import AioTransport
+from faketcp_twisted.core.flow import Flow, FlowKey
+from faketcp_twisted.core.segment import FIN, parse_packet
+from faketcp_twisted.core.table import Role
+from faketcp_twisted.engine.connection import FlowConnection
+from faketcp_twisted.tx.transport import FakeTCPTransport, connect_protocol
+from tests.test_auth import _Demux, _Loop
+from tests.test_flow import CLIENT_ADDR, CLIENT_ISN, CLIENT_PORT, MSS, SERVER_ADDR, SERVER_ISN, SERVER_PORT
+
+#: What a connection calls on the face that holds it (the Face contract).
+FACE = {"deliver", "peer_finished", "connection_ended", "congestion_changed"}
+
+
+def public_names(cls: type) -> set[str]:
+    return {name for name in dir(cls) if not name.startswith("_")}
+
+
+class SurfaceTests(SynchronousTestCase):
+    """
+    A public transport's names are its interfaces', the L{Face} methods and
+    the documented extras: no engine method is inherited.
+    """
+
+    def test_twistedTransport(self) -> None:
+        """
+        L{FakeTCPTransport}: the interfaces it declares, plus L{Face}, plus
+        C{connection}, C{flow}, C{capture_drops} and C{send_datagrams}.
+        """
+        declared: set[str] = set()
+        for interface in (ITCPTransport, ISystemHandle, IConsumer, IPushProducer, ILoggingContext):
+            declared.update(interface.names(all=True))
+        extras = public_names(FakeTCPTransport) - declared - FACE
+        self.assertEqual(extras, {"connection", "flow", "capture_drops", "send_datagrams", "log"})
+
+    def test_asyncioTransport(self) -> None:
+        """
+        L{AioTransport}: C{asyncio.Transport}'s API, plus L{Face}, plus
+        C{connection} and C{flow}.
+        """
+        extras = public_names(AioTransport) - public_names(asyncio.Transport) - FACE
+        self.assertEqual(extras, {"connection", "flow", "drainPollInterval"})
+
+    def test_noEngineMethods(self) -> None:
+        """
+        The engine connection's own methods (sending, ending, pausing
+        delivery, authenticating) are on neither transport: the names they
+        share are the flow, the congestion event, the relay's batch send,
+        and asyncio's own C{abort}.
+        """
+        engine = public_names(FlowConnection)
+        self.assertEqual(engine & public_names(FakeTCPTransport), {"flow", "congestion_changed", "send_datagrams"})
+        self.assertEqual(engine & public_names(AioTransport), {"flow", "congestion_changed", "abort"})
+
+
+class _Recorder(Protocol):
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.lost: list[Failure] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.lost.append(reason)
+
+
+class TwistedOverEngineTests(SynchronousTestCase):
+    """
+    The Twisted transport of a server-side L{FlowConnection} whose
+    demultiplexer is an in-memory stand-in: what the peer's flow sends is
+    delivered, what the protocol writes is transmitted.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.demux = _Demux(_Loop(self.clock), Role.SERVER)
+        self.peer = Flow.from_handshake(
+            FlowKey(CLIENT_ADDR, CLIENT_PORT, SERVER_ADDR, SERVER_PORT), CLIENT_ISN, SERVER_ISN, MSS, 0.0
+        )
+        flow = Flow.from_handshake(
+            FlowKey(SERVER_ADDR, SERVER_PORT, CLIENT_ADDR, CLIENT_PORT), SERVER_ISN, CLIENT_ISN, MSS, 0.0
+        )
+        self.connection = FlowConnection(self.demux, flow, socket.socket())
+        self.addCleanup(self.connection.socket.close)
+        self.protocol: Any = connect_protocol(self.connection, Factory.forProtocol(_Recorder))
+        self.transport = self.protocol.transport
+
+    def fromPeer(self, data: bytes) -> None:
+        self.connection.segment_received(parse_packet(self.peer.send(data, 0.0) or b""), 0.0)
+
+    def test_interfaces(self) -> None:
+        """
+        The transport the factory's protocol gets provides the interfaces
+        Twisted programs use, and holds the connection.
+        """
+        self.assertIsInstance(self.transport, FakeTCPTransport)
+        for interface in (ITCPTransport, ISystemHandle, IConsumer, IPushProducer):
+            self.assertTrue(verifyObject(interface, self.transport))
+        self.assertIs(self.transport.connection, self.connection)
+        self.assertIs(self.transport.flow, self.connection.flow)
+        self.assertEqual(self.transport.getPeer().port, CLIENT_PORT)
+
+    def test_datagramsBothWays(self) -> None:
+        """
+        Each segment from the peer is one C{dataReceived}; each write is
+        one packet handed to the demultiplexer.
+        """
+        self.fromPeer(b"one")
+        self.fromPeer(b"two")
+        self.assertEqual(self.protocol.received, [b"one", b"two"])
+        self.demux.sent.clear()
+        self.transport.write(b"three")
+        (packet,) = self.demux.sent
+        self.assertEqual(parse_packet(packet).payload, b"three")
+
+    def test_pausedProducerQueues(self) -> None:
+        """
+        A paused transport queues the connection's datagrams and delivers
+        them, in order, when resumed.
+        """
+        self.transport.pauseProducing()
+        self.fromPeer(b"held")
+        self.assertEqual(self.protocol.received, [])
+        self.transport.resumeProducing()
+        self.assertEqual(self.protocol.received, [b"held"])
+
+    def test_loseConnection(self) -> None:
+        """
+        C{loseConnection} sends FIN and ends the connection on the next
+        turn: C{connectionLost(ConnectionDone)}, the flow detached.
+        """
+        self.demux.sent.clear()
+        self.transport.loseConnection()
+        (fin,) = self.demux.sent
+        self.assertTrue(parse_packet(fin).flags & FIN)
+        self.assertEqual(self.protocol.lost, [])
+        self.clock.advance(0)
+        (reason,) = self.protocol.lost
+        reason.trap(ConnectionDone)
+        self.assertTrue(self.demux.detached)
+        self.assertFalse(self.transport.connected)
+
+    def test_abortByOwner(self) -> None:
+        """
+        The connection's owner aborting it (a port shutting down) reaches
+        the protocol through the transport.
+        """
+        self.connection.abort()
+        (reason,) = self.protocol.lost
+        reason.trap(ConnectionAborted)
+
+    def test_factoryBuildsNothing(self) -> None:
+        """
+        A factory that builds no protocol gets the connection refused
+        (reset, released), with no transport made.
+        """
+
+        class Nothing(Factory):
+            def buildProtocol(self, addr: Any) -> None:
+                return None
+
+        flow = Flow.from_handshake(
+            FlowKey(SERVER_ADDR, SERVER_PORT, CLIENT_ADDR, CLIENT_PORT + 1), SERVER_ISN, CLIENT_ISN, MSS, 0.0
+        )
+        demux = _Demux(_Loop(self.clock), Role.SERVER)
+        connection = FlowConnection(demux, flow, socket.socket())
+        self.addCleanup(connection.socket.close)
+        self.assertIsNone(connect_protocol(connection, Nothing()))
+        self.assertTrue(connection.ended)
+        self.assertTrue(demux.detached)
