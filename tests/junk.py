@@ -203,11 +203,16 @@ def fuzz(builder: Builder, arguments: dict[str, object]) -> Iterator[tuple[str, 
                         offset=rng.choice([0, 1, 2, 3, 4, 14, 15]))  # fmt: skip
         ),
         "ip-options": lambda: builder.ip(
-            random_segment(), options=rng.choice([b"\x01\x01\x01\x00", b"\x94\x04\x00\x00", rng.randbytes(4 * rng.randrange(1, 11))])
+            random_segment(),
+            options=rng.choice([b"\x01\x01\x01\x00", b"\x94\x04\x00\x00", rng.randbytes(4 * rng.randrange(1, 11))]),
         ),
         "bad-checksum": lambda: builder.ip(random_segment(corrupt=True)),
-        "fragment": lambda: builder.ip(random_segment(), frag=rng.choice([0x2000, 0x2000 | rng.randrange(1, 0x1FFF), rng.randrange(1, 0x1FFF)])),
-        "not-tcp": lambda: builder.ip(random_segment(), proto=rng.choice([socket.IPPROTO_UDP, socket.IPPROTO_ICMP, 0, 255])),
+        "fragment": lambda: builder.ip(
+            random_segment(), frag=rng.choice([0x2000, 0x2000 | rng.randrange(1, 0x1FFF), rng.randrange(1, 0x1FFF)])
+        ),
+        "not-tcp": lambda: builder.ip(
+            random_segment(), proto=rng.choice([socket.IPPROTO_UDP, socket.IPPROTO_ICMP, 0, 255])
+        ),
         "bad-version": lambda: builder.ip(random_segment(), version=rng.choice([0, 5, 6, 7, 15])),
         "runt": lambda: builder.ip(b"")[: rng.randrange(1, 20)],
         "other-port": lambda: builder.ip(
@@ -240,7 +245,12 @@ def synflood(builder: Builder, arguments: dict[str, object]) -> Iterator[tuple[s
         src = rng.choice(sources)
         # An MSS and window-scale option, as real SYNs carry.
         options = b"\x02\x04\x05\xb4\x03\x03\x07\x00"
-        yield "syn", builder.ip(builder.tcp(builder.random_port(avoid), rng.getrandbits(32), 0, SYN, options=options, src=src), src=src)
+        yield (
+            "syn",
+            builder.ip(
+                builder.tcp(builder.random_port(avoid), rng.getrandbits(32), 0, SYN, options=options, src=src), src=src
+            ),
+        )
 
 
 def orphans(builder: Builder, arguments: dict[str, object]) -> Iterator[tuple[str, bytes]]:
@@ -252,7 +262,12 @@ def orphans(builder: Builder, arguments: dict[str, object]) -> Iterator[tuple[st
     for _ in range(int(arguments["count"])):  # type: ignore[arg-type]
         flags = rng.choice([ACK, PSH | ACK, FIN | ACK, RST, RST | ACK])
         payload = rng.randbytes(rng.choice([0, 64, 1000])) if flags & PSH else b""
-        yield "orphan", builder.ip(builder.tcp(builder.random_port(avoid), rng.getrandbits(32), rng.getrandbits(32), flags, payload))
+        yield (
+            "orphan",
+            builder.ip(
+                builder.tcp(builder.random_port(avoid), rng.getrandbits(32), rng.getrandbits(32), flags, payload)
+            ),
+        )
 
 
 def inject(builder: Builder, arguments: dict[str, object]) -> Iterator[tuple[str, bytes]]:
@@ -260,8 +275,17 @@ def inject(builder: Builder, arguments: dict[str, object]) -> Iterator[tuple[str
     Exactly the segments asked for.
     """
     for each in arguments["segments"]:  # type: ignore[union-attr]
-        yield str(each.get("name", "inject")), builder.ip(
-            builder.tcp(int(each["sport"]), int(each["seq"]), int(each["ack"]), int(each["flags"]), bytes.fromhex(each.get("payload", "")))
+        yield (
+            str(each.get("name", "inject")),
+            builder.ip(
+                builder.tcp(
+                    int(each["sport"]),
+                    int(each["seq"]),
+                    int(each["ack"]),
+                    int(each["flags"]),
+                    bytes.fromhex(each.get("payload", "")),
+                )
+            ),
         )
 
 

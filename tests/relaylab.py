@@ -23,8 +23,8 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from twisted.trial.unittest import SkipTest, TestCase
 
-from lab import netlab
 from faketcp_twisted.relay.udp import enlarge_buffers
+from lab import netlab
 from tests.support import sleep
 
 #: The twistd of the running interpreter's environment.
@@ -61,12 +61,16 @@ class RelayProcess:
         Start the relay (a restart appends to the same log).
         """
         env = dict(os.environ)
-        env["PYTHONPATH"] = CHECKOUT + (os.pathsep + extra_env.pop("PYTHONPATH") if extra_env and "PYTHONPATH" in extra_env else "")
+        env["PYTHONPATH"] = CHECKOUT + (
+            os.pathsep + extra_env.pop("PYTHONPATH") if extra_env and "PYTHONPATH" in extra_env else ""
+        )
         env.update(extra_env or {})
         argv = ["ip", "netns", "exec", self.lab.namespaces.get(self.ns, self.ns), TWISTD, "-n", "--pidfile=",
                 f"--logfile={self.log_path}", *self.twistd_args, "faketcp-relay", *self.args]  # fmt: skip
         with open(self.stderr_path, "ab") as stderr:
-            self.process = subprocess.Popen(argv, env=env, stdout=stderr, stderr=stderr, cwd=os.path.dirname(self.log_path))
+            self.process = subprocess.Popen(
+                argv, env=env, stdout=stderr, stderr=stderr, cwd=os.path.dirname(self.log_path)
+            )
         self._log_offset = len(self.log())
         return self
 
@@ -415,7 +419,12 @@ class PacedStream:
     maxBurst = 200
 
     def __init__(
-        self, port: ProbePort, tag: bytes, rate: float, count: int | None = None, size: Callable[[int], int] = varied_size
+        self,
+        port: ProbePort,
+        tag: bytes,
+        rate: float,
+        count: int | None = None,
+        size: Callable[[int], int] = varied_size,
     ) -> None:
         self.port = port
         self.tag = tag
@@ -490,7 +499,9 @@ class PacedStream:
                 bucket[0] += 1
         return [(index * step, arrived, sent) for index, (arrived, sent) in sorted(buckets.items())]
 
-    def recovery(self, receiver: ProbePort, restored: float, end: float, step: float = 0.5, share: float = 0.5) -> float | None:
+    def recovery(
+        self, receiver: ProbePort, restored: float, end: float, step: float = 0.5, share: float = 0.5
+    ) -> float | None:
         """
         Seconds after C{restored} from which every C{step} of datagrams sent
         up to C{end} had at least C{share} of them delivered; C{None} if the
@@ -511,7 +522,10 @@ def format_timeline(timeline: list[tuple[float, int, int]]) -> str:
     """
     A stream's timeline as C{t=start: percent delivered} items.
     """
-    return " ".join(f"{start:+.0f}s:{100 * arrived / sent:.0f}%" if sent else f"{start:+.0f}s:-" for start, arrived, sent in timeline)
+    return " ".join(
+        f"{start:+.0f}s:{100 * arrived / sent:.0f}%" if sent else f"{start:+.0f}s:-"
+        for start, arrived, sent in timeline
+    )
 
 
 class PeerProcess:
@@ -546,7 +560,11 @@ class PeerProcess:
         """
         The peer's output, for failure messages.
         """
-        status = "running" if self.process is not None and self.process.poll() is None else f"exited {self.process and self.process.returncode}"
+        status = (
+            "running"
+            if self.process is not None and self.process.poll() is None
+            else f"exited {self.process and self.process.returncode}"
+        )
         return f"--- {self.name} ({status}): {' '.join(self.argv)} ---\n{self.output()[-4000:]}"
 
     async def wait_output(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
@@ -602,7 +620,10 @@ def tcprawpeer_binary() -> str:
             built = subprocess.run([TCPRAW_BUILD, out], capture_output=True, text=True, timeout=900, check=False)
             path = built.stdout.strip().splitlines()[-1] if built.stdout.strip() else ""
             if built.returncode != 0 or not os.access(path, os.X_OK):
-                raise SkipTest(f"tcprawpeer cannot be built ({TCPRAW_BUILD} exited {built.returncode}): {built.stderr.strip()[-500:]}")
+                raise SkipTest(
+                    f"tcprawpeer cannot be built ({TCPRAW_BUILD} exited {built.returncode}): "
+                    f"{built.stderr.strip()[-500:]}"
+                )
             _tcprawpeer.append(path)
         except SkipTest as reason:
             _tcprawpeer.append(reason)

@@ -56,7 +56,9 @@ class SummaryTests(TestCase):
         ]
 
     def test_best_lossless_ignores_lossy_steps(self) -> None:
-        result: dict[str, Any] = {"steps": self._steps((100, 100.0, 0.0), (200, 199.9, 0.0005), (300, 250.0, 0.2), (None, 260.0, 0.5))}
+        result: dict[str, Any] = {
+            "steps": self._steps((100, 100.0, 0.0), (200, 199.9, 0.0005), (300, 250.0, 0.2), (None, 260.0, 0.5))
+        }
         summary = bench_report.summarize_tunnel(result, None)
         self.assertEqual(summary["best_lossless_mbps"], 199.9)
         self.assertEqual(summary["best_lossless_step"], "200")
@@ -67,7 +69,9 @@ class SummaryTests(TestCase):
         steps = self._steps((100, 90.0, 0.1), (100, 100.0, 0.0), (None, 300.0, 0.5), (None, 320.0, 0.6))
         steps.append({"label": "200", "rate_mbps": 200, "error": "iperf3: busy"})
         best = bench_report.best_steps({"steps": steps})
-        self.assertEqual([(s["label"], s.get("delivered_mbps")) for s in best], [("100", 100.0), ("max", 320.0), ("200", None)])
+        self.assertEqual(
+            [(s["label"], s.get("delivered_mbps")) for s in best], [("100", 100.0), ("max", 320.0), ("200", None)]
+        )
 
     def test_rtt_added_and_ratios(self) -> None:
         def rtt(p50: float, p99: float) -> dict[str, Any]:

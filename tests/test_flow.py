@@ -1000,13 +1000,13 @@ class NetworkPropertyTests(SynchronousTestCase):
         sent = [
             (pair.client.send(bytes([i % 256]) * size, 1.0), offset, size)
             for i, (offset, size) in enumerate(
-                zip([sum(sizes[:i]) for i in range(len(sizes))], sizes)
+                zip([sum(sizes[:i]) for i in range(len(sizes))], sizes, strict=True)
             )
         ]
         arriving = data.draw(st.permutations(sent))
         arriving = arriving[: data.draw(st.integers(0, len(arriving)))]
         ack = pair.server.rcv_high
-        for packet, _, size in arriving:
+        for packet, _, _size in arriving:
             self.assertEqual(deliver(packet, pair.server), wire(packet).payload)
             self.assertFalse(seq_after(ack, pair.server.rcv_high))
             ack = pair.server.rcv_high
@@ -1300,7 +1300,7 @@ class QueueLimitTests(SynchronousTestCase):
         """
         pair = Pair(keepalive_interval=1.0, receive_window=4, receive_wscale=0)
         self.assertEqual(pair.server.ack_every, 1)
-        for i in range(Flow.pendingLimit + 10):
+        for _ in range(Flow.pendingLimit + 10):
             deliver(pair.client.send(b"abcd", 1.0), pair.server)
         self.assertEqual(len(pair.server.pending), Flow.pendingLimit)
         self.assertEqual(pair.server.stats.tx_pending_drops, 10)
@@ -1336,7 +1336,7 @@ class QueueLimitTests(SynchronousTestCase):
         deliver(from_client(top, SERVER_ISN + 1, PSH | ACK, b"j"), server)
         back_edge = (server.rcv_high - server.rx_back) & 0xFFFFFFFF
         self.assertNotIn((base, base + 100), server.gaps)
-        for start, end in server.gaps:
+        for start, _end in server.gaps:
             self.assertTrue(server.in_window(start))
         self.assertIn(back_edge, [start for start, _ in server.gaps])
 
@@ -1454,7 +1454,7 @@ class SendWindowTests(SynchronousTestCase):
         client = pair.client
         una, wnd = client.snd_una, client.snd_wnd
         self.assertEqual(wnd, 3 << 20)
-        for i in range(10_000):
+        for _ in range(10_000):
             segment = wire(client.send(b"m" * MSS, 1.0))
             self.assertLessEqual(((segment.seq - una) & MASK) + MSS, wnd)
         per_window = wnd // MSS

@@ -1277,7 +1277,9 @@ def random_address(rng: random.Random) -> bytes:
     return rng.getrandbits(32).to_bytes(4, "big")
 
 
-def to_server(remote: bytes, port: int, seq: int, ack: int, flags: int, payload: bytes = b"") -> tuple[FlowKey, Segment]:
+def to_server(
+    remote: bytes, port: int, seq: int, ack: int, flags: int, payload: bytes = b""
+) -> tuple[FlowKey, Segment]:
     """
     A segment from C{remote}:C{port} to the server, and its key.
     """

@@ -182,7 +182,8 @@ class PathTestCase(TestCase):
         """
         binary = tcprawpeer_binary()
         client = self.peer(self.lab.C, "tcprawpeer-client", binary, "-v", "-mode", "client",
-                           "-listen", f"127.0.0.1:{CLIENT_PORT}", "-remote", f"{self.lab.server4}:{FAKETCP_PORT}")  # fmt: skip
+                           "-listen", f"127.0.0.1:{CLIENT_PORT}",
+                           "-remote", f"{self.lab.server4}:{FAKETCP_PORT}")  # fmt: skip
         # A lost SYN costs the kernel's 1 s retransmission.
         await client.wait_output(r"client: UDP \S+ <-> fake-TCP", timeout=15)
         return client
@@ -199,7 +200,9 @@ class PathTestCase(TestCase):
         try:
             if self.loss > 0:
                 parts.append(f"random-loss drops {lab.loss_drops() + lab.loss_drops(v6=True)}")
-            parts.append(f"conntrack INVALID drops {lab.conntrack_invalid_drops() + lab.conntrack_invalid_drops(v6=True)}")
+            parts.append(
+                f"conntrack INVALID drops {lab.conntrack_invalid_drops() + lab.conntrack_invalid_drops(v6=True)}"
+            )
             parts.append(f"cut drops {lab.cut_drops()}")
             arrived = [
                 f"{lab.read_count(ns, name)} ({lab.read_count(ns, name + '-ts')} with timestamps) arrived at {where}"
@@ -219,7 +222,9 @@ class PathTestCase(TestCase):
             relay.signal(signal.SIGUSR1)
         if running:
             await sleep(0.5)
-        return "\n".join([self.counters(), *(relay.describe() for relay in self.relays), *(peer.describe() for peer in self.peers)])
+        return "\n".join(
+            [self.counters(), *(relay.describe() for relay in self.relays), *(peer.describe() for peer in self.peers)]
+        )
 
     async def stop_relays(self) -> None:
         """
@@ -434,10 +439,21 @@ class KcptunInteropTests(PathTestCase):
         kcptun-server over UDP: the stream arrives intact each way in time.
         """
         lab = self.lab
-        self.kcptun(lab.S, "kcptun-server", "kcptun-server", "-l", f"127.0.0.1:{KCP_PORT}", "-t", f"127.0.0.1:{KCPTUN_TARGET}")
+        self.kcptun(
+            lab.S, "kcptun-server", "kcptun-server", "-l", f"127.0.0.1:{KCP_PORT}", "-t", f"127.0.0.1:{KCPTUN_TARGET}"
+        )
         await self.relay_server(target=KCP_PORT)
         await self.listening(lab.S, "u", KCP_PORT)
-        self.kcptun(lab.C, "kcptun-client", "kcptun-client", "--tcp", "-r", f"{lab.server4}:{FAKETCP_PORT}", "-l", f"127.0.0.1:{KCPTUN_LOCAL}")
+        self.kcptun(
+            lab.C,
+            "kcptun-client",
+            "kcptun-client",
+            "--tcp",
+            "-r",
+            f"{lab.server4}:{FAKETCP_PORT}",
+            "-l",
+            f"127.0.0.1:{KCPTUN_LOCAL}",
+        )
         await self.listening(lab.C, "t", KCPTUN_LOCAL)
         await self.carry("kcptun-client --tcp -> relay server")
         await self.stop_relays()
@@ -448,10 +464,21 @@ class KcptunInteropTests(PathTestCase):
         --tcp (tcpraw 1.2.25) in S: the stream arrives intact each way in time.
         """
         lab = self.lab
-        self.kcptun(lab.S, "kcptun-server", "kcptun-server", "--tcp", "-l", f":{FAKETCP_PORT}", "-t", f"127.0.0.1:{KCPTUN_TARGET}")
+        self.kcptun(
+            lab.S,
+            "kcptun-server",
+            "kcptun-server",
+            "--tcp",
+            "-l",
+            f":{FAKETCP_PORT}",
+            "-t",
+            f"127.0.0.1:{KCPTUN_TARGET}",
+        )
         await self.listening(lab.S, "t", FAKETCP_PORT)
         await self.relay_client()
-        self.kcptun(lab.C, "kcptun-client", "kcptun-client", "-r", f"127.0.0.1:{CLIENT_PORT}", "-l", f"127.0.0.1:{KCPTUN_LOCAL}")
+        self.kcptun(
+            lab.C, "kcptun-client", "kcptun-client", "-r", f"127.0.0.1:{CLIENT_PORT}", "-l", f"127.0.0.1:{KCPTUN_LOCAL}"
+        )
         await self.listening(lab.C, "t", KCPTUN_LOCAL)
         await self.carry("kcptun-client -> relay client -> kcptun-server --tcp")
         await self.stop_relays()

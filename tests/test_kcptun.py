@@ -237,7 +237,9 @@ class KcptunTests(TestCase):
         over plain UDP: a 3 MB stream each way arrives intact.
         """
         lab = self.lab
-        self.kcptun(lab.S, "kcptun-server", "kcptun-server", "-l", f"127.0.0.1:{KCP_PORT}", "-t", f"127.0.0.1:{TARGET_PORT}")
+        self.kcptun(
+            lab.S, "kcptun-server", "kcptun-server", "-l", f"127.0.0.1:{KCP_PORT}", "-t", f"127.0.0.1:{TARGET_PORT}"
+        )
         server = self.relay(
             lab.S, "relay-server",
             "--listen", f"faketcp:{FAKETCP_PORT}:interface=0.0.0.0",
@@ -245,7 +247,16 @@ class KcptunTests(TestCase):
         )  # fmt: skip
         await server.ready()
         await self.listening(lab.S, "u", KCP_PORT)
-        self.kcptun(lab.C, "kcptun-client", "kcptun-client", "--tcp", "-r", f"{lab.server4}:{FAKETCP_PORT}", "-l", f"127.0.0.1:{KCPTUN_LOCAL}")
+        self.kcptun(
+            lab.C,
+            "kcptun-client",
+            "kcptun-client",
+            "--tcp",
+            "-r",
+            f"{lab.server4}:{FAKETCP_PORT}",
+            "-l",
+            f"127.0.0.1:{KCPTUN_LOCAL}",
+        )
         await self.listening(lab.C, "t", KCPTUN_LOCAL)
         await self.carry_twice()
         await server.wait_log(r"flow from fake-TCP 198\.18\.0\.1:\d+ opened")
@@ -258,7 +269,9 @@ class KcptunTests(TestCase):
         --tcp (tcpraw): a 3 MB stream each way arrives intact.
         """
         lab = self.lab
-        self.kcptun(lab.S, "kcptun-server", "kcptun-server", "--tcp", "-l", f":{FAKETCP_PORT}", "-t", f"127.0.0.1:{TARGET_PORT}")
+        self.kcptun(
+            lab.S, "kcptun-server", "kcptun-server", "--tcp", "-l", f":{FAKETCP_PORT}", "-t", f"127.0.0.1:{TARGET_PORT}"
+        )
         await self.listening(lab.S, "t", FAKETCP_PORT)
         client = self.relay(
             lab.C, "relay-client",
@@ -266,7 +279,9 @@ class KcptunTests(TestCase):
             "--forward", f"faketcp:host={lab.server4}:port={FAKETCP_PORT}",
         )  # fmt: skip
         await client.ready()
-        self.kcptun(lab.C, "kcptun-client", "kcptun-client", "-r", f"127.0.0.1:{RELAY_UDP}", "-l", f"127.0.0.1:{KCPTUN_LOCAL}")
+        self.kcptun(
+            lab.C, "kcptun-client", "kcptun-client", "-r", f"127.0.0.1:{RELAY_UDP}", "-l", f"127.0.0.1:{KCPTUN_LOCAL}"
+        )
         await self.listening(lab.C, "t", KCPTUN_LOCAL)
         await self.carry_twice()
         await client.wait_log(r"fake-TCP connection .* -> 198\.18\.0\.2:9191 up")
@@ -296,6 +311,3 @@ class _OneShot(Factory):
 
     def clientConnectionLost(self, connector: Any, reason: Any) -> None:
         pass
-
-
-

@@ -74,7 +74,9 @@ class RelayTestCase(TestCase):
             "--stats-interval", "1", *extra,
         )  # fmt: skip
 
-    async def pair(self, server_args: tuple[str, ...] = (), client_args: tuple[str, ...] = ()) -> tuple[RelayProcess, RelayProcess]:
+    async def pair(
+        self, server_args: tuple[str, ...] = (), client_args: tuple[str, ...] = ()
+    ) -> tuple[RelayProcess, RelayProcess]:
         server = self.server(*server_args).start()
         client = self.client(*client_args).start()
         await server.ready()
@@ -136,9 +138,9 @@ class EndToEndTests(RelayTestCase):
             server.signal(signal.SIGUSR1)
             client.signal(signal.SIGUSR1)
             await sleep(0.5)
-            raise AssertionError(f"echoes per source: {counts}\n{client.describe()}\n{server.describe()}")
+            raise AssertionError(f"echoes per source: {counts}\n{client.describe()}\n{server.describe()}") from None
         await sleep(0.2)
-        for source, mine in zip(sources, sent):
+        for source, mine in zip(sources, sent, strict=True):
             self.assertEqual(source.received, mine)
         self.assertEqual(len(self.echo.sources), 20)
         self.assertEqual(len(udp_sockets(self.lab, self.lab.S, ECHO_PORT)), 20)
@@ -214,7 +216,9 @@ class OversizeTests(RelayTestCase):
     Datagrams larger than the MSS are dropped whole, counted, logged once.
     """
 
-    async def oversize(self, mss: int, server_args: tuple[str, ...] = (), client_args: tuple[str, ...] = ()) -> tuple[RelayProcess, RelayProcess]:
+    async def oversize(
+        self, mss: int, server_args: tuple[str, ...] = (), client_args: tuple[str, ...] = ()
+    ) -> tuple[RelayProcess, RelayProcess]:
         """
         One byte over C{mss} is dropped (in either direction), exactly
         C{mss} passes, nothing arrives truncated or split, and the drops
@@ -555,7 +559,7 @@ class MetricsTests(RelayTestCase):
         try:
             import prometheus_client.twisted  # noqa: F401
         except ImportError:
-            raise SkipTest("prometheus_client is not installed (pip install 'faketcp_twisted[metrics]')")
+            raise SkipTest("prometheus_client is not installed (pip install 'faketcp_twisted[metrics]')") from None
         server, _client = await self.pair(server_args=("--metrics", "9100"))
         await server.wait_log(r"metrics on http://127\.0\.0\.1:9100/metrics")
         source = self.udp_client()

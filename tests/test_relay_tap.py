@@ -16,8 +16,8 @@ from twisted.python import usage
 from twisted.trial.unittest import SkipTest, TestCase
 
 from faketcp_twisted.io import firewall
-from faketcp_twisted.relay import spec as relayspec
 from faketcp_twisted.io.firewall import DEFAULT_MARK
+from faketcp_twisted.relay import spec as relayspec
 from faketcp_twisted.relay.tap import Options, print_rules
 from tests.relaylab import CHECKOUT, TWISTD
 
@@ -90,7 +90,9 @@ class RulesTests(TestCase):
 
     def test_server_ipv4(self) -> None:
         rules = relayspec.silence_rules(relayspec.parse("faketcp:9191", "udp:host=127.0.0.1:port=1"))
-        self.assertEqual([(r.family, r.port, r.remote, r.mark) for r in rules], [(socket.AF_INET, 9191, None, DEFAULT_MARK)])
+        self.assertEqual(
+            [(r.family, r.port, r.remote, r.mark) for r in rules], [(socket.AF_INET, 9191, None, DEFAULT_MARK)]
+        )
 
     def test_server_dual_stack(self) -> None:
         rules = relayspec.silence_rules(relayspec.parse(r"faketcp:9191:interface=\:\:", "udp:host=127.0.0.1:port=1"))
@@ -110,7 +112,11 @@ class RulesTests(TestCase):
         self.assertEqual(print_rules(relayspec.parse("faketcp:9191", "udp:host=127.0.0.1:port=1"), out), 0)
         lines = [line for line in out.getvalue().splitlines() if not line.startswith("#")]
         self.assertEqual(len(lines), 1)
-        self.assertTrue(lines[0].startswith("iptables -A OUTPUT -p tcp --sport 9191 ! --tcp-flags SYN SYN -m mark --mark 0x46540000"))
+        self.assertTrue(
+            lines[0].startswith(
+                "iptables -A OUTPUT -p tcp --sport 9191 ! --tcp-flags SYN SYN -m mark --mark 0x46540000"
+            )
+        )
         # A rule installed by hand from this output is never swept as a
         # dead process's leftover.
         self.assertIn('--comment "faketcp_twisted manual"', lines[0])
@@ -213,7 +219,9 @@ class CommandTests(TestCase):
             prefix: tuple[str, ...] = ("setpriv", "--bounding-set=-all", "--inh-caps=-all")
         else:
             prefix = ()
-        result = self.twistd("--listen", "faketcp:9191", "--forward", "udp:host=127.0.0.1:port=1", "--stats-interval", "0", prefix=prefix)
+        result = self.twistd(
+            "--listen", "faketcp:9191", "--forward", "udp:host=127.0.0.1:port=1", "--stats-interval", "0", prefix=prefix
+        )
         self.assertEqual(result.returncode, 1)
         self.assertIn("faketcp-relay cannot start", result.stdout)
         self.assertIn("needs root", result.stdout)

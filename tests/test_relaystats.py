@@ -6,7 +6,6 @@ The relay's counters and the lines they make (no root, no sockets).
 from __future__ import annotations
 
 import time
-
 from collections import Counter
 from types import SimpleNamespace
 from typing import Any

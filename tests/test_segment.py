@@ -18,9 +18,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from faketcp_twisted.core.segment import (
     ACK,
     FIN,
+    MALFORMED_REASONS,
     PSH,
     SYN,
-    MALFORMED_REASONS,
     MalformedSegment,
     Segment,
     TCPOptions,

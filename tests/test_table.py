@@ -12,6 +12,7 @@ from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from faketcp_twisted.core.flow import EndReason, Flow, FlowKey, FlowState
+from faketcp_twisted.core.rotation import Rotation
 from faketcp_twisted.core.segment import (
     ACK,
     FIN,
@@ -25,7 +26,6 @@ from faketcp_twisted.core.segment import (
     parse_packet,
     timestamp_option,
 )
-from faketcp_twisted.core.rotation import Rotation
 from faketcp_twisted.core.table import Embryo, FlowTable, Role, TableLimits
 from tests.test_flow import MALFORMED_OPTIONS, WELL_FORMED_OPTIONS
 
@@ -1060,7 +1060,9 @@ class ExpireTests(SynchronousTestCase):
         An idle flow is reported in the call whose share holds it.
         """
         table = FlowTable(Role.SERVER)
-        flows = [adopted_server_flow(table, SERVER_KEY._replace(remote_port=1000 + i), idle_timeout=5.0) for i in range(4)]
+        flows = [
+            adopted_server_flow(table, SERVER_KEY._replace(remote_port=1000 + i), idle_timeout=5.0) for i in range(4)
+        ]
         expired = [table.expire(6.0, slices=2) for _ in range(2)]
         self.assertEqual(sorted(len(each) for each in expired), [2, 2])
         self.assertEqual({flow.key for each in expired for flow in each}, {flow.key for flow in flows})
@@ -1310,9 +1312,7 @@ class TablePropertyTests(SynchronousTestCase):
         limits=limits_strategy,
         ops=st.lists(operations, min_size=20, max_size=80),
     )
-    def test_arbitraryTrafficNeverRaises(
-        self, role: Role, limits: TableLimits, ops: list[tuple]
-    ) -> None:
+    def test_arbitraryTrafficNeverRaises(self, role: Role, limits: TableLimits, ops: list[tuple]) -> None:
         """
         Any sequence of segments (any flags of SYN, ACK, PSH, FIN, RST, any
         numbers, sizes and options, a few 4-tuples), adoptions,
@@ -1397,18 +1397,14 @@ class TablePropertyTests(SynchronousTestCase):
                 # server keeps the first SYN's numbers.
                 embryo = table.embryos.get(key)
                 if embryo is None:
-                    believed = (
-                        table._per_address.get(key.remote_addr, 0) < limits.embryos_per_address
-                    )
+                    believed = table._per_address.get(key.remote_addr, 0) < limits.embryos_per_address
                 elif role is Role.SERVER:
                     believed = embryo.remote_isn == remote_isn
                 else:
                     believed = True
                 if role is Role.SERVER:
                     table.receive_unadopted(key, incoming(key, SYN, remote_isn), now)
-                    ack = incoming(
-                        key, ACK, (remote_isn + 1) & 0xFFFFFFFF, (local_isn + 1) & 0xFFFFFFFF
-                    )
+                    ack = incoming(key, ACK, (remote_isn + 1) & 0xFFFFFFFF, (local_isn + 1) & 0xFFFFFFFF)
                     table.receive_unadopted(key, ack, now)
                 else:
                     table.expect(key.local_port, key.remote_addr, key.remote_port)
@@ -1421,9 +1417,7 @@ class TablePropertyTests(SynchronousTestCase):
                 if key in table.flows:
                     continue
                 if table.handshake_known(key):
-                    flow, early = table.adopt(
-                        key, MSS, now, idle_timeout=3.0, keepalive_interval=1.0
-                    )
+                    flow, early = table.adopt(key, MSS, now, idle_timeout=3.0, keepalive_interval=1.0)
                     for segment in early:
                         flow.receive(segment, now)
                 else:
@@ -1481,7 +1475,9 @@ class RotationTests(SynchronousTestCase):
         shares += [rotation.take(lambda: items, 4) for _ in range(3)]
         self.assertEqual([len(share) for share in shares], [7, 7, 7, 4])
         self.assertEqual(sorted(sum(shares, [])), list(range(25)))
-        self.assertIn(99, rotation.take(lambda: items, 4) + sum((rotation.take(lambda: items, 4) for _ in range(3)), []))
+        self.assertIn(
+            99, rotation.take(lambda: items, 4) + sum((rotation.take(lambda: items, 4) for _ in range(3)), [])
+        )
 
     def test_oneSliceIsEverything(self) -> None:
         """

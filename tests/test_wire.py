@@ -160,7 +160,8 @@ class Judgement:
         """
         order = {name: index for index, name in enumerate(reversed(SEVERITIES.values()))}
         lines = [f"wire check {self.path}: {self.frames} frames ({self.tcpdump}); R dropped {self.dropped}"]
-        for (severity, message), count in sorted(self.counts.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1])):
+        ranked = sorted(self.counts.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1]))
+        for (severity, message), count in ranked:
             lines.append(f"  {severity:<8} {count:>6}  {message}")
         return "\n".join(lines)
 
@@ -479,7 +480,10 @@ class WireTests(TestCase):
         require_root()
         missing = [tool for tool in ("tcpdump", "tshark") if shutil.which(tool) is None]
         if missing:
-            raise SkipTest(f"the wire check needs {' and '.join(missing)} (Debian packages; scripts/bootstrap-system installs them)")
+            raise SkipTest(
+                f"the wire check needs {' and '.join(missing)} "
+                "(Debian packages; scripts/bootstrap-system installs them)"
+            )
         self.directory = temp_dir(self)
         # A configuration directory of tshark's own: no personal profile
         # changes how it dissects.
@@ -523,7 +527,12 @@ class WireTests(TestCase):
         server's interface.
         """
         if isinstance(lab, netlab.RoutedNatLab):
-            ends = [(lab.C, lab.client_if), (lab.R, lab.router_client_if), (lab.R, lab.router_server_if), (lab.S, lab.server_if)]
+            ends = [
+                (lab.C, lab.client_if),
+                (lab.R, lab.router_client_if),
+                (lab.R, lab.router_server_if),
+                (lab.S, lab.server_if),
+            ]
         else:
             ends = [(lab.C, lab.client_if), (lab.S, lab.server_if)]
         self.checksum_offload_off(lab, ends)
@@ -532,7 +541,9 @@ class WireTests(TestCase):
         await tcpdump.listening()
         return tcpdump
 
-    async def finish(self, path: str, tcpdump: Tcpdump, server: RelayProcess, client: RelayProcess, dropped: int) -> Judgement:
+    async def finish(
+        self, path: str, tcpdump: Tcpdump, server: RelayProcess, client: RelayProcess, dropped: int
+    ) -> Judgement:
         """
         Stop the relays (SIGTERM, client first) and tcpdump; tshark's
         judgement of the capture.
@@ -546,7 +557,9 @@ class WireTests(TestCase):
 
     def tshark(self, *args: str) -> str:
         env = dict(os.environ, WIRESHARK_CONFIG_DIR=self.tshark_config)
-        result = subprocess.run(["tshark", "-n", *TSHARK_OPTIONS, *args], capture_output=True, text=True, env=env, timeout=60, check=False)
+        result = subprocess.run(
+            ["tshark", "-n", *TSHARK_OPTIONS, *args], capture_output=True, text=True, env=env, timeout=60, check=False
+        )
         if result.returncode != 0:
             raise AssertionError(f"tshark {' '.join(args)} exited {result.returncode}: {result.stderr[-2000:]}")
         return result.stdout
@@ -557,7 +570,8 @@ class WireTests(TestCase):
         """
         fields = self.tshark(
             "-r", pcap, "-T", "fields", "-E", "separator=/t", "-E", "occurrence=a", "-E", f"aggregator={_AGGREGATOR}",
-            "-e", "frame.number", "-e", "tcp.srcport", "-e", "tcp.seq", "-e", "tcp.len", "-e", "tcp.flags.ack", "-e", "tcp.ack",
+            "-e", "frame.number", "-e", "tcp.srcport", "-e", "tcp.seq", "-e", "tcp.len",
+            "-e", "tcp.flags.ack", "-e", "tcp.ack",
             "-e", "_ws.expert.severity", "-e", "_ws.expert.group", "-e", "_ws.expert.message",
         )  # fmt: skip
         items = []
@@ -568,13 +582,15 @@ class WireTests(TestCase):
             frames += 1
             if seq:
                 has_ack = ack_flag in ("1", "True") and ack != ""
-                segments[int(number)] = Segment(int(number), int(sport), int(seq), int(length or 0), int(ack) if has_ack else None)
+                segments[int(number)] = Segment(
+                    int(number), int(sport), int(seq), int(length or 0), int(ack) if has_ack else None
+                )
             if not severities:
                 continue
             values = [value.split(_AGGREGATOR) for value in (severities, groups, messages)]
             if not len(values[0]) == len(values[1]) == len(values[2]):
                 raise AssertionError(f"cannot pair the expert fields of frame {number}: {line!r}")
-            for severity, group, message in zip(*values):
+            for severity, group, message in zip(*values, strict=True):
                 items.append(ExpertItem(int(number), SEVERITIES.get(int(severity, 0), severity), group, message))
         summary = self.tshark("-r", pcap, "-q", "-z", "expert")
         return Judgement(path, frames, items, summary, tcpdump, dropped, segments)
@@ -631,7 +647,8 @@ class WireTests(TestCase):
             await wait_until(lambda: len(sender.received) >= COUNT * (1 - 3 * LOSS), timeout=10)
         except AssertionError:
             raise AssertionError(
-                f"{path}: {len(echo.received)} of {COUNT} datagrams reached the echo, {len(sender.received)} came back\n"
+                f"{path}: {len(echo.received)} of {COUNT} datagrams reached the echo, "
+                f"{len(sender.received)} came back\n"
                 f"{client.describe()}\n{server.describe()}"
             ) from None
         await sleep(0.5)
@@ -698,11 +715,17 @@ class WireTests(TestCase):
         # after the restore arrived.
         flows = []
         recovered = True
-        for name, pacer, received in (("C->S", up, numbers(talker.received, b"c")), ("S->C", down, numbers(sender.received, b"s"))):
+        for name, pacer, received in (
+            ("C->S", up, numbers(talker.received, b"c")),
+            ("S->C", down, numbers(sender.received, b"s")),
+        ):
             late = [number for number, at in enumerate(pacer.sent_at) if at >= restored + 0.5]
             arrived = len(received.intersection(late))
             recovered = recovered and arrived >= 0.9 * len(late)
-            flows.append(f"{name}: {len(received)} of {count} arrived, {arrived} of the {len(late)} sent from 0.5 s after the restore")
+            flows.append(
+                f"{name}: {len(received)} of {count} arrived, "
+                f"{arrived} of the {len(late)} sent from 0.5 s after the restore"
+            )
         print("\noutage: " + "; ".join(flows) + f"; R dropped {lab.cut_drops()} in the cut")
         logs = f"{client.describe()}\n{server.describe()}"
         judgement = await self.finish("outage", tcpdump, server, client, lab.cut_drops())
@@ -718,7 +741,9 @@ class AllowListTests(TestCase):
     root, no capture).
     """
 
-    def judgement(self, path: str, items: list[ExpertItem], segments: Sequence[Segment] = (), dropped: int = 0) -> Judgement:
+    def judgement(
+        self, path: str, items: list[ExpertItem], segments: Sequence[Segment] = (), dropped: int = 0
+    ) -> Judgement:
         return Judgement(path, 100, items, "", "", dropped, {segment.frame: segment for segment in segments})
 
     def test_errors_never_allowed(self) -> None:

@@ -154,7 +154,7 @@ class MetricsService(service.Service):
         """
         from twisted.internet.error import CannotListenError
 
-        from .service import cannot_start
+        from .common import cannot_start
 
         try:
             require()
@@ -166,8 +166,9 @@ class MetricsService(service.Service):
         from twisted.web.server import Site
 
         registry = CollectorRegistry()
-        registry.register(RelayCollector(self.stats, self.mode))  # type: ignore[arg-type]
-        metrics = MetricsResource(registry=registry)
+        registry.register(RelayCollector(self.stats, self.mode))
+        # An unannotated lambda of prometheus_client's.
+        metrics = MetricsResource(registry=registry)  # type: ignore[no-untyped-call]
         root = Resource()
         # Typed as a WSGI resource by prometheus_client, an IResource in fact.
         root.putChild(b"metrics", metrics)  # type: ignore[arg-type]
@@ -178,7 +179,7 @@ class MetricsService(service.Service):
             self.listening = self.reactor.listenTCP(self.port, site, interface=self.interface)
         except CannotListenError as failure:
             cannot_start(self.log, failure)
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         host = self.listening.getHost()
         self.log.info("metrics on http://{host}:{port}/metrics", host=host.host, port=host.port)
 
@@ -186,7 +187,7 @@ class MetricsService(service.Service):
         """
         Stop listening.
         """
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         listening, self.listening = self.listening, None
         if listening is not None:
             return listening.stopListening()

@@ -23,9 +23,9 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 
+from ..engine.listener import listen_families
 from ..engine.options import host_port, redact
 from ..io.firewall import DEFAULT_MARK, SilenceRule
-from ..engine.listener import listen_families
 
 
 class SpecError(ValueError):

@@ -25,13 +25,17 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from operator import attrgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from ..engine.options import host_port
+
+if TYPE_CHECKING:
+    from ..core.flow import FlowStats
+    from .contracts import RelayTransport
 
 #: The IP and TCP headers (without options) around a fake-TCP datagram.
 HEADER_BYTES = {4: 40, 6: 60}
@@ -69,7 +73,7 @@ class Counts:
         """
         Add C{other}'s counters to these.
         """
-        for name, value, more in zip(_COUNT_NAMES, _COUNTS(self), _COUNTS(other)):
+        for name, value, more in zip(_COUNT_NAMES, _COUNTS(self), _COUNTS(other), strict=True):
             setattr(self, name, value + more)
 
     def minus(self, other: Counts) -> Counts:
@@ -84,7 +88,7 @@ class Counts:
         """
         return Counts(*_COUNTS(self))
 
-    def add_flow_stats(self, stats: Any) -> None:
+    def add_flow_stats(self, stats: FlowStats) -> None:
         """
         Add the sequence-number counters of a fake-TCP flow's L{FlowStats}.
         """
@@ -151,13 +155,13 @@ class FlowRecord:
         self.created = time.monotonic() if now is None else now
         self.last_activity = self.created
         self.counts = Counts()
-        self.transport: Any = None
+        self.transport: RelayTransport | None = None
         self.connections = 0
         self.oversize_logged = False
         self.state = "new"
         self.reported: Counts | None = None
 
-    def attach(self, transport: Any) -> None:
+    def attach(self, transport: RelayTransport) -> None:
         """
         A fake-TCP connection now carries this flow.
         """
@@ -432,7 +436,7 @@ class StatsReporter(Service):
         """
         Start the periodic line and take over SIGUSR1.
         """
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self._last = self.stats.snapshot()
         if self.interval > 0:
             self._loop = LoopingCall(self.report)
@@ -444,7 +448,7 @@ class StatsReporter(Service):
         """
         Stop the line and give SIGUSR1 back.
         """
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None

@@ -288,7 +288,9 @@ def makeService(options: Options) -> Any:
     from twisted.application.service import MultiService
     from twisted.internet import reactor
 
-    from .service import ClientRelay, RelaySettings, ServerRelay
+    from .client import ClientRelay
+    from .common import RelayService, RelaySettings
+    from .server import ServerRelay
     from .stats import RelayStats, StatsReporter
 
     _log_stdlib_to_twisted()
@@ -306,12 +308,13 @@ def makeService(options: Options) -> Any:
     if options["metrics"] is not None:
         from .metrics import MetricsService
 
-        MetricsService(reactor, options["metrics"], options["metrics-interface"], stats, spec.mode).setServiceParent(top)
-    StatsReporter(reactor, stats, options["stats-interval"]).setServiceParent(top)
-    relay: Any
+        metrics = MetricsService(reactor, options["metrics"], options["metrics-interface"], stats, spec.mode)
+        metrics.setServiceParent(top)  # type: ignore[no-untyped-call]
+    StatsReporter(reactor, stats, options["stats-interval"]).setServiceParent(top)  # type: ignore[no-untyped-call]
+    relay: RelayService
     if spec.mode == "server":
         relay = ServerRelay(reactor, options.faketcp(), spec.udp, stats, settings)
     else:
         relay = ClientRelay(reactor, spec.udp, options.faketcp(), stats, settings)
-    relay.setServiceParent(top)
+    relay.setServiceParent(top)  # type: ignore[no-untyped-call]
     return top

@@ -25,10 +25,10 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from ..io import fastpath
 from ..engine.demux import coalesced_sends
-from ..engine.options import host_port
 from ..engine.loop import EventLoop
+from ..engine.options import host_port
+from ..io import fastpath
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,8 @@ def receive_drops(handle: socket.socket) -> int:
     0 where the kernel cannot tell.
     """
     try:
-        return _MEMINFO.unpack(handle.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, _MEMINFO.size))[_MEMINFO_DROPS]
+        drops: int = _MEMINFO.unpack(handle.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, _MEMINFO.size))[_MEMINFO_DROPS]
+        return drops
     except (OSError, struct.error):
         return 0
 
@@ -91,7 +92,6 @@ class DatagramSocket:
         "_reading",
         "_outgoing",
         "_destinations",
-        "_coalesced",
     )
 
     #: Most datagrams read per wake-up, so one busy socket cannot starve
@@ -128,7 +128,6 @@ class DatagramSocket:
         self._reading = False
         self._outgoing: list[bytes] = []
         self._destinations: list[tuple[Any, ...]] = []
-        self._coalesced = False
 
     @classmethod
     def bind(
@@ -217,9 +216,7 @@ class DatagramSocket:
             self._outgoing.append(datagram)
             if destination is not None:
                 self._destinations.append(destination)
-            if not self._coalesced:
-                self._coalesced = True
-                coalesced_sends.holding.append(self)
+            coalesced_sends.hold(self)
             return
         if self._fd < 0:
             return
