@@ -172,12 +172,7 @@ class Relay:
 
 
 def _rules(lab: netlab.Lab) -> int:
-    count = 0
-    for ns in lab.namespaces.values():
-        for save in ("iptables-legacy-save", "ip6tables-legacy-save"):
-            output = lab.run(ns, save, check=False).stdout
-            count += sum("faketcp_twisted" in line for line in output.splitlines())
-    return count
+    return sum(len(lab.silencing_rules(ns)) for ns in lab.namespaces.values())
 
 
 def _clean_up(lab: netlab.Lab, relays: list[Relay], directory: str) -> None:

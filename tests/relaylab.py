@@ -283,18 +283,19 @@ def rules(lab: netlab.Lab, ns: str) -> list[str]:
     """
     The project's silencing rules in a namespace, both families.
     """
-    found = []
-    for save in ("iptables-legacy-save", "ip6tables-legacy-save"):
-        output = lab.run(ns, save, check=False).stdout
-        found += [line for line in output.splitlines() if "faketcp_twisted" in line]
-    return found
+    return lab.silencing_rules(ns)
 
 
 def pids_of(rule_lines: list[str]) -> set[int]:
     """
-    The owner pids named in rule comments.
+    The owner pids named in iptables rule comments (C{pid=N}) and in
+    nftables table names (C{faketcp_twisted_N:}).
     """
-    return {int(m) for line in rule_lines for m in re.findall(r"pid=(\d+)", line)}
+    pids = set()
+    for line in rule_lines:
+        for in_comment, in_table in re.findall(r"pid=(\d+)|^faketcp_twisted_(\d+):", line):
+            pids.add(int(in_comment or in_table))
+    return pids
 
 
 # --------------------------------------------------------------------------

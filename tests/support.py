@@ -92,11 +92,7 @@ def silencing_rules(lab: netlab.Lab, ns: str) -> list[str]:
     """
     The project's firewall rules in a lab namespace, both families.
     """
-    found = []
-    for save in ("iptables-legacy-save", "ip6tables-legacy-save"):
-        output = lab.run(ns, save, check=False).stdout
-        found += [line for line in output.splitlines() if "faketcp_twisted" in line]
-    return found
+    return lab.silencing_rules(ns)
 
 
 def kernel_sockets(lab: netlab.Lab, ns: str, port: int) -> list[str]:

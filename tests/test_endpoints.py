@@ -276,14 +276,15 @@ _TRY_LISTEN = textwrap.dedent(
         print(type(result.value).__name__ + ": " + str(result.value))
     @defer.inlineCallbacks
     def main():
+        extra = sys.argv[1] if len(sys.argv) > 1 else ""
         try:
             for attempt in (
-                lambda: serverFromString(reactor, "faketcp:9191").listen(Factory.forProtocol(Protocol)),
-                lambda: clientFromString(reactor, "faketcp:host=127.0.0.1:port=9191").connect(
+                lambda: serverFromString(reactor, "faketcp:9191" + extra).listen(Factory.forProtocol(Protocol)),
+                lambda: clientFromString(reactor, "faketcp:host=127.0.0.1:port=9191" + extra).connect(
                     Factory.forProtocol(Protocol)
                 ),
             ):
-                yield attempt().addCallbacks(lambda r: print("unexpected success", r), show)
+                yield attempt().addCallbacks(lambda r: print("succeeded:", type(r).__name__), show)
         finally:
             reactor.stop()
     reactor.callWhenRunning(main)
@@ -297,10 +298,10 @@ class PrivilegeTests(SynchronousTestCase):
     Without root, or without iptables, a clear one-line error.
     """
 
-    def _try(self, argv: list[str], env: dict[str, str] | None = None) -> str:
+    def _try(self, argv: list[str], env: dict[str, str] | None = None, extra: str = "") -> str:
         environment = dict(os.environ, PYTHONPATH=CHECKOUT, **(env or {}))
         result = subprocess.run(
-            argv + [sys.executable, "-c", _TRY_LISTEN],
+            argv + [sys.executable, "-c", _TRY_LISTEN, extra],
             capture_output=True,
             text=True,
             env=environment,
@@ -326,19 +327,38 @@ class PrivilegeTests(SynchronousTestCase):
         self.assertIn("ConnectPermissionError", output)
         self.assertIn("CAP_NET_RAW and CAP_NET_ADMIN", output)
 
-    def test_iptables_libraries_missing(self) -> None:
+    def without_iptables_libraries(self, extra: str) -> str:
         """
-        When python-iptables cannot load the iptables libraries, listening
-        and connecting fail with the firewall errors, naming the fix.
+        Listen and connect in a fresh namespace, python-iptables unable to
+        load the iptables libraries; what the attempts printed.
         """
         require_root()
         namespace = f"ftt-{os.getpid()}-noipt"
         subprocess.run(["ip", "netns", "add", namespace], check=True)
         self.addCleanup(subprocess.run, ["ip", "netns", "del", namespace])
         subprocess.run(["ip", "-n", namespace, "link", "set", "lo", "up"], check=True)
-        output = self._try(
+        return self._try(
             ["ip", "netns", "exec", namespace],
             env={"XTABLES_LIBDIR": "/nonexistent", "IPTABLES_LIBDIR": "/nonexistent"},
+            extra=extra,
         )
+
+    def test_iptables_libraries_missing(self) -> None:
+        """
+        With C{firewall=iptables} and python-iptables unable to load the
+        iptables libraries, listening and connecting fail with the
+        firewall errors, naming the fix.
+        """
+        output = self.without_iptables_libraries(":firewall=iptables")
         self.assertIn("ListenFirewallError", output, output)
         self.assertIn("ConnectFirewallError", output, output)
+        self.assertIn("Debian's iptables package", output, output)
+
+    def test_no_iptables_needed(self) -> None:
+        """
+        The default firewall backend needs no iptables libraries: where the
+        kernel has nftables, listening and connecting work without them.
+        """
+        output = self.without_iptables_libraries("")
+        self.assertEqual(output.count("succeeded:"), 2, output)
+        self.assertNotIn("Error", output, output)

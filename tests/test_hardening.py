@@ -651,12 +651,12 @@ class CrashTests(HardeningTestCase):
 
     async def test_killed_listener_rules_swept(self) -> None:
         """
-        A listener in another process is killed with SIGKILL: its rule
-        stays (nothing could remove it); a listener started afterwards in
-        the namespace removes it.
+        A listener in another process that put its rule in iptables is
+        killed with SIGKILL: its rule stays (nothing could remove it); a
+        listener started afterwards in the namespace removes it.
         """
         process = subprocess.Popen(
-            ["ip", "netns", "exec", self.lab.S, sys.executable, "-c", self.LISTENER, "faketcp:7777"],
+            ["ip", "netns", "exec", self.lab.S, sys.executable, "-c", self.LISTENER, "faketcp:7777:firewall=iptables"],
             cwd=CHECKOUT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -681,7 +681,7 @@ class CrashTests(HardeningTestCase):
         process.send_signal(signal.SIGKILL)
         process.wait()
         self.assertEqual(len([rule for rule in silencing_rules(self.lab, self.lab.S) if mine in rule]), 1)
-        await self.listen(Factory.forProtocol(Echo))
+        await self.listen(Factory.forProtocol(Echo), f"faketcp:{self.port}:interface=0.0.0.0:firewall=iptables")
         left = silencing_rules(self.lab, self.lab.S)
         self.assertEqual([rule for rule in left if mine in rule], [])
         self.assertEqual(len(left), 1)

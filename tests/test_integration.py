@@ -5,6 +5,7 @@ network namespaces, through real kernels, raw sockets and firewall rules.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.internet import error
@@ -304,6 +305,44 @@ class ClosingTests(LabTestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
 
+class FirewallBackendTests(LabTestCase):
+    """
+    Each firewall backend end to end: a dual-stack port and clients over
+    IPv4 and IPv6, their rules where the backend keeps them, none left.
+    """
+
+    async def echo_both_families(self, backend: str) -> list[str]:
+        """
+        Echo over IPv4 and IPv6 with C{firewall=backend}; the rules in
+        both namespaces while the connections are up.
+        """
+        await self.listen(Factory.forProtocol(Echo), f"faketcp:{self.port}:interface=\\:\\::firewall={backend}")
+        escaped = self.lab.server6.replace(":", chr(92) + ":")
+        for host in (self.lab.server4, escaped):
+            client = await self.connect(RecordingFactory(), f"faketcp:host={host}:port={self.port}:firewall={backend}")
+            client.transport.write(b"over " + host.encode())
+            await wait_until(lambda: client.received == [b"over " + host.encode()])  # noqa: B023
+        return silencing_rules(self.lab, self.lab.S) + silencing_rules(self.lab, self.lab.C)
+
+    async def test_nftables(self) -> None:
+        """
+        With C{firewall=nftables} every rule is in this process's owned
+        table: two for the port (one per family), one per destination.
+        """
+        found = await self.echo_both_families("nftables")
+        self.assertEqual(len(found), 4, found)
+        self.assertTrue(all(line.startswith(f"faketcp_twisted_{os.getpid()}: ") for line in found), found)
+
+    async def test_iptables(self) -> None:
+        """
+        With C{firewall=iptables} every rule is in the legacy tables, with
+        this process's comment.
+        """
+        found = await self.echo_both_families("iptables")
+        self.assertEqual(len(found), 4, found)
+        self.assertTrue(all(f"pid={os.getpid()} " in line and "-j DROP" in line for line in found), found)
+
+
 class SilenceTests(LabTestCase):
     """
     The kernel stays silent, and nothing outlives the port.
@@ -370,8 +409,8 @@ class SilenceTests(LabTestCase):
 
     async def test_stale_rule_swept_at_start(self) -> None:
         """
-        A rule left by a process that no longer runs is removed when a port
-        starts listening in that namespace.
+        An iptables rule left by a process that no longer runs is removed
+        when a port starts listening in that namespace with iptables.
         """
         self.lab.run(
             self.lab.S,
@@ -390,7 +429,7 @@ class SilenceTests(LabTestCase):
             "DROP",
         )
         self.assertEqual(len(silencing_rules(self.lab, self.lab.S)), 1)
-        await self.listen(Factory.forProtocol(Echo))
+        await self.listen(Factory.forProtocol(Echo), f"faketcp:{self.port}:interface=0.0.0.0:firewall=iptables")
         self.assertNotIn("7777", "".join(silencing_rules(self.lab, self.lab.S)))
 
 

@@ -300,7 +300,7 @@ class LifecycleTests(RelayTestCase):
         After the server relay is stopped (FIN) or killed (silence: found
         dead by keepalives and the peer timeout) and started again, the
         same UDP source gets through again, on a new connection; the killed
-        relay's rule is swept by the new one.
+        relay's table went with it (the default backend, nftables).
         """
         server, client = await self.pair(client_args=("--keepalive", "0.3", "--peer-timeout", "1.5"))
         source = self.udp_client()
@@ -313,8 +313,7 @@ class LifecycleTests(RelayTestCase):
         await self.ping(source, b"after-term")
 
         await server.stop(signal.SIGKILL)
-        left = rules(self.lab, self.lab.S)
-        self.assertEqual(pids_of(left), {server.process.pid})  # type: ignore[union-attr]
+        self.assertEqual(rules(self.lab, self.lab.S), [])
         server.start()
         await server.ready()
         self.assertEqual(pids_of(rules(self.lab, self.lab.S)), {server.process.pid})  # type: ignore[union-attr]
@@ -339,12 +338,73 @@ class LifecycleTests(RelayTestCase):
             sockets = self.lab.run(ns, "ss", "-tanH", check=False).stdout
             self.assertNotIn(f":{FAKETCP_PORT} ", sockets)
 
-    async def test_sigkill_rules_swept_by_next_start(self) -> None:
+    async def test_sigkill_leaves_nothing(self) -> None:
         """
-        SIGKILLed relays leave their rules; the next start of each sweeps
-        them at once (the client before it has made any connection).
+        With the default firewall backend (an nftables table owned by the
+        relay's netlink socket), relays killed with SIGKILL leave no rule,
+        chain or table one second later, with no restart; started again,
+        they carry traffic.
         """
         server, client = await self.pair()
+        await self.ping(self.udp_client(), b"x")
+        self.assertEqual(pids_of(rules(self.lab, self.lab.S)), {server.process.pid})  # type: ignore[union-attr]
+        self.assertEqual(pids_of(rules(self.lab, self.lab.C)), {client.process.pid})  # type: ignore[union-attr]
+        await client.stop(signal.SIGKILL)
+        await server.stop(signal.SIGKILL)
+        await sleep(1.0)
+        for ns in (self.lab.S, self.lab.C):
+            tables = self.lab.run(ns, "nft", "list", "tables").stdout
+            self.assertNotIn("faketcp_twisted", tables, ns)
+            self.assertEqual(rules(self.lab, ns), [], ns)
+        server.start()
+        client.start()
+        await server.ready()
+        await client.ready()
+        await self.ping(self.udp_client(), b"y")
+        await client.terminate()
+        await server.terminate()
+        self.assertNoRules()
+
+    async def test_two_processes_one_namespace(self) -> None:
+        """
+        Two client relays in one namespace silence the same destination
+        (overlapping rules, each in its own process's table); killing one
+        with SIGKILL takes its table and nothing of the other's, whose flow
+        goes on.
+        """
+        server = self.server().start()
+        first = self.client().start()
+        second = self.relay(
+            self.lab.C, "second-client",
+            "--listen", f"udp:{CLIENT_PORT + 1}:interface=127.0.0.1",
+            "--forward", f"faketcp:host={self.lab.server4}:port={FAKETCP_PORT}",
+        ).start()  # fmt: skip
+        for relay in (server, first, second):
+            await relay.ready()
+        through_first = self.udp_client()
+        through_second = UDPClient(("127.0.0.1", CLIENT_PORT + 1))
+        listen_udp(self, self.lab.C, through_second)
+        await self.ping(through_first, b"first")
+        await self.ping(through_second, b"second")
+        second_pid = second.process.pid  # type: ignore[union-attr]
+        self.assertEqual(pids_of(rules(self.lab, self.lab.C)), {first.process.pid, second_pid})  # type: ignore[union-attr]
+        kept = [line for line in rules(self.lab, self.lab.C) if line.startswith(f"faketcp_twisted_{second_pid}:")]
+        await first.stop(signal.SIGKILL)
+        await sleep(0.5)
+        self.assertEqual(rules(self.lab, self.lab.C), kept)
+        through_second.received.clear()
+        await self.ping(through_second, b"still")
+        await second.terminate()
+        await server.terminate()
+        self.assertNoRules()
+
+    async def test_sigkill_iptables_rules_swept_by_next_start(self) -> None:
+        """
+        With C{--firewall iptables}, SIGKILLed relays leave their rules;
+        the next start of each sweeps them at once (the client before it
+        has made any connection).
+        """
+        server, client = await self.pair(("--firewall", "iptables"), ("--firewall", "iptables"))
         await self.ping(self.udp_client(), b"x")
         killed_server, killed_client = server.process.pid, client.process.pid  # type: ignore[union-attr]
         await client.stop(signal.SIGKILL)

@@ -108,8 +108,13 @@ class RulesTests(TestCase):
             relayspec.silence_rules(relayspec.parse("faketcp:0", "udp:host=127.0.0.1:port=1"))
 
     def test_print_rules(self) -> None:
+        """
+        C{--firewall iptables}: the iptables rule, with a comment no start
+        sweeps.
+        """
         out = io.StringIO()
-        self.assertEqual(print_rules(relayspec.parse("faketcp:9191", "udp:host=127.0.0.1:port=1"), out), 0)
+        spec = relayspec.parse("faketcp:9191", "udp:host=127.0.0.1:port=1")
+        self.assertEqual(print_rules(spec, out, "iptables"), 0)
         lines = [line for line in out.getvalue().splitlines() if not line.startswith("#")]
         self.assertEqual(len(lines), 1)
         self.assertTrue(
@@ -121,6 +126,37 @@ class RulesTests(TestCase):
         # dead process's leftover.
         self.assertIn('--comment "faketcp_twisted manual"', lines[0])
         self.assertIsNone(firewall._OWNER.search(lines[0]))
+
+    def test_print_rules_nftables(self) -> None:
+        """
+        C{--firewall nftables}: the table, the chain and the rule in nft
+        syntax, in a table apart from any relay's own.
+        """
+        out = io.StringIO()
+        spec = relayspec.parse("faketcp:9191", "udp:host=127.0.0.1:port=1")
+        self.assertEqual(print_rules(spec, out, "nftables"), 0)
+        lines = [line for line in out.getvalue().splitlines() if not line.startswith("#")]
+        self.assertEqual(
+            lines,
+            [
+                "nft add table inet faketcp_twisted_manual",
+                "nft add chain inet faketcp_twisted_manual output "
+                "'{ type filter hook output priority 0; policy accept; }'",
+                "nft add rule inet faketcp_twisted_manual output "
+                "'meta mark 0x46540000 meta nfproto ipv4 tcp sport 9191 tcp flags & syn == 0 drop'",
+            ],
+        )
+
+    def test_print_rules_auto(self) -> None:
+        """
+        C{--firewall auto} (the default): both, nftables first, since which
+        one the relay takes depends on the kernel it runs on.
+        """
+        out = io.StringIO()
+        spec = relayspec.parse("faketcp:9191", "udp:host=127.0.0.1:port=1")
+        self.assertEqual(print_rules(spec, out), 0)
+        lines = [line for line in out.getvalue().splitlines() if not line.startswith("#")]
+        self.assertEqual([line.split()[0] for line in lines], ["nft", "nft", "nft", "iptables"])
 
 
 class OptionsTests(TestCase):

@@ -41,6 +41,7 @@ async def create_connection(
     key_file: str | None = None,
     auth_timeout: float = DEFAULT_TIMEOUT,
     timestamps: bool = True,
+    firewall: str = "auto",
 ) -> tuple[AioTransport, _Protocol]:
     """
     Open a fake-TCP connection, as C{loop.create_connection} opens a TCP
@@ -94,7 +95,7 @@ async def create_connection(
         port,
         timeout,
         local_addr,
-        flow_options(idle_timeout, keepalive, mark, timestamps),
+        flow_options(idle_timeout, keepalive, mark, timestamps, firewall),
         connected,
         failed,
         auth=auth,

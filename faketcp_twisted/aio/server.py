@@ -221,6 +221,7 @@ async def create_server(
     key_file: str | None = None,
     auth_timeout: float = DEFAULT_TIMEOUT,
     timestamps: bool = True,
+    firewall: str = "auto",
 ) -> AioServer:
     """
     Listen for fake-TCP connections, as C{loop.create_server} listens for
@@ -253,7 +254,7 @@ async def create_server(
         unreadable key.
     """
     loop = asyncio.get_running_loop()
-    options = flow_options(idle_timeout, keepalive, mark, timestamps)
+    options = flow_options(idle_timeout, keepalive, mark, timestamps, firewall)
     auth = auth_key(key, key_file)
     if host:
         host = await resolve(loop, host, port, socket.AF_UNSPEC, passive=True)

@@ -141,7 +141,7 @@ class Connector:
         remote = socket.inet_pton(family, self.host)
         rule = SilenceRule(family, self.port, remote=self.host, mark=self.options.mark)
         try:
-            silencer.acquire(rule)
+            silencer.acquire(rule, self.options.firewall)
         except FirewallUnavailable as failure:
             raise FakeTCPError(Problem.FIREWALL, failure) from failure
         self.rule = rule

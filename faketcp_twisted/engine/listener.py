@@ -132,7 +132,7 @@ class Listener:
             self.port = listener.getsockname()[1]
             for each in families:
                 rule = SilenceRule(each, self.port, mark=self.options.mark)
-                silencer.acquire(rule)
+                silencer.acquire(rule, self.options.firewall)
                 self.rules.append(rule)
             for each in families:
                 demux = Demultiplexer(self.loop, each, self.port, Role.SERVER, self.options)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from ..core.auth import DEFAULT_TIMEOUT, AuthKey, auth_key
 from ..core.table import TableLimits
-from ..io.firewall import DEFAULT_MARK
+from ..io.firewall import BACKENDS, DEFAULT_MARK
 
 
 @dataclass(slots=True)
@@ -30,6 +30,9 @@ class FlowOptions:
     @ivar timestamps: whether segments carry TCP timestamps when the
         kernel's handshake agreed on them (12 bytes of each segment; off,
         segments carry no options, as tcpraw 1.2.25's and phantun's).
+    @ivar firewall: the backend of the silencing rules: C{auto} (nftables
+        where the kernel can, else iptables), C{nftables} or C{iptables}
+        (see L{faketcp_twisted.io.firewall}).
     @ivar limits: bounds of the flow table.
     """
 
@@ -38,6 +41,7 @@ class FlowOptions:
     default_keepalive: float = 10.0
     mark: int = DEFAULT_MARK
     timestamps: bool = True
+    firewall: str = "auto"
     limits: TableLimits = field(default_factory=TableLimits)
 
 
@@ -46,6 +50,7 @@ def flow_options(
     keepalive: float | None = None,
     mark: int | None = None,
     timestamps: bool | None = None,
+    firewall: str | None = None,
 ) -> FlowOptions:
     """
     L{FlowOptions} from endpoint arguments; L{None} keeps the default.
@@ -53,6 +58,10 @@ def flow_options(
     options = FlowOptions()
     if timestamps is not None:
         options.timestamps = timestamps
+    if firewall is not None:
+        if firewall not in BACKENDS:
+            raise ValueError(f"faketcp: firewall must be one of {', '.join(BACKENDS)}, not {firewall!r}")
+        options.firewall = firewall
     if idleTimeout is not None:
         options.idle_timeout = float(idleTimeout)
     if keepalive is not None:

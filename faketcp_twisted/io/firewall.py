@@ -196,7 +196,7 @@ class Silencer:
         #: Why nftables could not be had here, once C{auto} found out.
         self.nftables_unavailable: str | None = None
 
-    def acquire(self, rule: SilenceRule, backend: str = "iptables") -> str:
+    def acquire(self, rule: SilenceRule, backend: str = "auto") -> str:
         """
         Install C{rule} in the current network namespace, or count one more
         user of it (in the backend it is already in).
@@ -257,7 +257,10 @@ class Silencer:
         try:
             chain.insert_rule(_build(iptc, rule))
         except Exception as error:
-            raise FirewallUnavailable(f"cannot install {rule.describe()}: {error}") from error
+            raise FirewallUnavailable(
+                f"cannot install {rule.describe()}: {error} (python-iptables needs Debian's iptables package "
+                "and the kernel's legacy iptables support; or use firewall=nftables)"
+            ) from error
 
     def release(self, rule: SilenceRule, namespace: int | None = None) -> None:
         """

@@ -14,7 +14,12 @@ from typing import Any, TextIO
 
 from twisted.python import usage
 
+from ..io import nftables
+from ..io.firewall import BACKENDS
 from . import spec as relayspec
+
+#: The table --print-rules names: a hand-made copy, apart from any relay's own.
+MANUAL_TABLE = "faketcp_twisted_manual"
 
 EXAMPLES = """
 Examples:
@@ -33,9 +38,10 @@ Examples:
 
 The faketcp: strings take every argument of the faketcp: endpoints
 (interface, backlog, timeout, bindAddress, idleTimeout, keepalive, mark,
-timestamps); an explicit keepalive=, idleTimeout=, timeout= or timestamps=
+timestamps, firewall); an explicit keepalive=, idleTimeout=, timeout=,
+timestamps= or firewall=
 there wins over --keepalive, --peer-timeout, --connect-timeout and
---no-timestamps.  Signals: SIGTERM and SIGINT stop the
+--no-timestamps and --firewall.  Signals: SIGTERM and SIGINT stop the
 relay and remove its firewall rules; SIGUSR1 logs the per-flow table.
 """
 
@@ -45,6 +51,12 @@ def _seconds(value: str) -> float:
     if seconds < 0:
         raise ValueError("must not be negative")
     return seconds
+
+
+def _backend(value: str) -> str:
+    if value not in BACKENDS:
+        raise ValueError(f"must be one of {', '.join(BACKENDS)}")
+    return value
 
 
 def _positive(value: str) -> int:
@@ -74,6 +86,15 @@ class Options(usage.Options):
     )
 
     optParameters: list[list[Any]] = [
+        [
+            "firewall",
+            None,
+            "auto",
+            "Where the silencing rules go: auto (an nftables table the kernel removes with the relay, "
+            "even after SIGKILL, where the kernel can: Linux 5.12+; else legacy iptables), nftables, "
+            "or iptables. Example: --firewall iptables.",
+            _backend,
+        ],
         [
             "listen",
             None,
@@ -225,14 +246,17 @@ class Options(usage.Options):
         }
         if self["no-timestamps"]:
             defaults["timestamps"] = "no"
+        defaults["firewall"] = self["firewall"]
         if self.spec.mode == "client":
             defaults["timeout"] = f"{self['connect-timeout']:g}"
         return relayspec.with_defaults(self.spec.faketcp, defaults)
 
 
-def print_rules(spec: relayspec.RelaySpec, out: TextIO) -> int:
+def print_rules(spec: relayspec.RelaySpec, out: TextIO, backend: str = "auto") -> int:
     """
-    Print the rules a relay with C{spec} would install.
+    Print the rules a relay with C{spec} would install, in the syntax of
+    C{backend} (both, for C{auto}: which one the relay takes depends on
+    the kernel it runs on).
 
     @return: the exit status.
     """
@@ -242,6 +266,24 @@ def print_rules(spec: relayspec.RelaySpec, out: TextIO) -> int:
         print(f"faketcp-relay: {failure}", file=sys.stderr)
         return 1
     print(f"# faketcp-relay {spec.mode}: {spec.describe()}", file=out)
+    if backend != "iptables":
+        where = " (--firewall auto takes it where the kernel has owned tables, Linux 5.12+)"
+        print(
+            "# nftables"
+            + (where if backend == "auto" else "")
+            + ": the relay's own table is owned by its netlink socket and goes with the relay, even after "
+            "SIGKILL; one made with these commands is an ordinary table, which stays until "
+            f"'nft delete table inet {MANUAL_TABLE}'",
+            file=out,
+        )
+        for line in nftables.describe_table(MANUAL_TABLE):
+            print(line, file=out)
+        for rule in rules:
+            print(nftables.describe(rule, MANUAL_TABLE), file=out)
+    if backend == "nftables":
+        return 0
+    if backend == "auto":
+        print("# iptables, where nftables cannot be had:", file=out)
     print(
         "# the relay inserts these at the top of the filter table's OUTPUT chain (legacy iptables) "
         "when it starts listening (server) or connecting (client), and removes them when it stops;",
@@ -284,7 +326,7 @@ def makeService(options: Options) -> Any:
     with C{--print-rules}, print the rules and exit instead.
     """
     if options["print-rules"]:
-        raise SystemExit(print_rules(options.spec, sys.stdout))
+        raise SystemExit(print_rules(options.spec, sys.stdout, options["firewall"]))
     from twisted.application.service import MultiService
     from twisted.internet import reactor
 

@@ -5,12 +5,12 @@ Endpoints and the C{faketcp:} endpoint string parsers.
 Server::
 
     faketcp:PORT[:interface=ADDR][:backlog=N][:idleTimeout=S][:keepalive=S][:mark=M]
-        [:key=SECRET | :keyFile=PATH][:authTimeout=S][:timestamps=yes|no]
+        [:key=SECRET | :keyFile=PATH][:authTimeout=S][:timestamps=yes|no][:firewall=auto|nftables|iptables]
 
 Client::
 
     faketcp:host=HOST:port=PORT[:timeout=S][:bindAddress=ADDR[:PORT]][:idleTimeout=S][:keepalive=S][:mark=M]
-        [:key=SECRET | :keyFile=PATH][:authTimeout=S][:timestamps=yes|no]
+        [:key=SECRET | :keyFile=PATH][:authTimeout=S][:timestamps=yes|no][:firewall=auto|nftables|iptables]
 
 Colons inside values are escaped with a backslash (C{interface=\\:\\:},
 C{key=a\\:b}; an IPv6 C{bindAddress} with a port is bracketed:
@@ -64,6 +64,7 @@ class FakeTCPServerEndpoint:
         keyFile: str | None = None,
         authTimeout: float | None = None,
         timestamps: bool | None = None,
+        firewall: str | None = None,
     ) -> None:
         """
         @param port: the TCP port (0 picks a free one).
@@ -83,6 +84,10 @@ class FakeTCPServerEndpoint:
         @param timestamps: whether segments carry TCP timestamps when the
             handshake agreed on them (default yes; they take 12 bytes of
             each segment's payload room: see the README).
+        @param firewall: the backend of the silencing rules: C{"auto"}
+            (default: an nftables table the kernel removes with the process
+            where the kernel can, else iptables), C{"nftables"} or
+            C{"iptables"}.
         @raise ValueError: both C{key} and C{keyFile}, or an empty or
             unreadable key, or an C{authTimeout} that is not positive.
         """
@@ -90,7 +95,7 @@ class FakeTCPServerEndpoint:
         self._port = port
         self._interface = interface
         self._backlog = backlog
-        self._options = flow_options(idleTimeout, keepalive, mark, timestamps)
+        self._options = flow_options(idleTimeout, keepalive, mark, timestamps, firewall)
         self._auth = auth_from(key, keyFile)
         self._auth_timeout = auth_timeout(authTimeout)
 
@@ -139,6 +144,7 @@ class FakeTCPClientEndpoint:
         keyFile: str | None = None,
         authTimeout: float | None = None,
         timestamps: bool | None = None,
+        firewall: str | None = None,
     ) -> None:
         """
         @param host: an IP address, or a name resolved with getaddrinfo.
@@ -153,6 +159,7 @@ class FakeTCPClientEndpoint:
         @param keyFile: a file holding the key instead.
         @param authTimeout: seconds the server's proof may take (default 5).
         @param timestamps: as for L{FakeTCPServerEndpoint}.
+        @param firewall: as for L{FakeTCPServerEndpoint}.
         @raise ValueError: both C{key} and C{keyFile}, or an empty or
             unreadable key, or an C{authTimeout} that is not positive.
         """
@@ -163,7 +170,7 @@ class FakeTCPClientEndpoint:
         if isinstance(bindAddress, str):
             bindAddress = (bindAddress, 0)
         self._bindAddress = bindAddress
-        self._options = flow_options(idleTimeout, keepalive, mark, timestamps)
+        self._options = flow_options(idleTimeout, keepalive, mark, timestamps, firewall)
         self._auth = auth_from(key, keyFile)
         self._auth_timeout = auth_timeout(authTimeout)
 
@@ -338,6 +345,7 @@ class FakeTCPServerParser:
         keyFile: str | None = None,
         authTimeout: str | None = None,
         timestamps: str | None = None,
+        firewall: str | None = None,
     ) -> FakeTCPServerEndpoint:
         return FakeTCPServerEndpoint(
             reactor,
@@ -351,6 +359,7 @@ class FakeTCPServerParser:
             keyFile=keyFile,
             authTimeout=None if authTimeout is None else _seconds("authTimeout", authTimeout, positive=True),
             timestamps=None if timestamps is None else _boolean("timestamps", timestamps),
+            firewall=firewall,
         )
 
     def parseStreamServer(self, reactor: Any, *args: Any, **kwargs: Any) -> FakeTCPServerEndpoint:
@@ -386,6 +395,7 @@ class FakeTCPClientParser:
         keyFile: str | None = None,
         authTimeout: str | None = None,
         timestamps: str | None = None,
+        firewall: str | None = None,
     ) -> FakeTCPClientEndpoint:
         if not host or port is None:
             raise ValueError("faketcp: client endpoints need host= and port=")
@@ -402,6 +412,7 @@ class FakeTCPClientParser:
             keyFile=keyFile,
             authTimeout=None if authTimeout is None else _seconds("authTimeout", authTimeout, positive=True),
             timestamps=None if timestamps is None else _boolean("timestamps", timestamps),
+            firewall=firewall,
         )
 
     def parseStreamClient(self, reactor: Any, *args: Any, **kwargs: Any) -> FakeTCPClientEndpoint:
