@@ -1278,11 +1278,17 @@ class FinAcceptanceTests(SynchronousTestCase):
 
     def test_duplicateFinNotCounted(self) -> None:
         """
-        A copy of the FIN already taken is neither counted nor answered.
+        The FIN is acknowledged, as a real stack does (the kernel's ACK is
+        silenced); a copy of the FIN already taken is neither counted nor
+        answered.
         """
         pair = Pair()
         fin = pair.client.finish(1.0)
         deliver(fin, pair.server)
+        (answer,) = [wire(packet) for packet in pair.server.pending]
+        self.assertEqual((answer.flags, answer.ack), (ACK, (wire(fin).seq + 1) & 0xFFFFFFFF))
+        self.assertTrue(pair.server.fin_received)
+        pair.server.pending.clear()
         deliver(fin, pair.server)
         self.assertEqual(pair.server.stats.rx_bad_fin, 0)
         self.assertEqual(pair.server.pending, [])

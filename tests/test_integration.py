@@ -6,10 +6,14 @@ network namespaces, through real kernels, raw sockets and firewall rules.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from typing import Any
 
 from twisted.internet import error
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.threads import deferToThread
 from twisted.protocols import amp, basic
 from twisted.protocols.wire import Echo
 
@@ -17,6 +21,8 @@ from faketcp_twisted.engine.demux import Demultiplexer
 from faketcp_twisted.tx.errors import PortInUseError
 from lab import netlab
 from tests.support import LabTestCase, Recorder, RecordingFactory, silencing_rules, sleep, wait_until
+
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class Sum(amp.Command):
@@ -406,6 +412,66 @@ class SilenceTests(LabTestCase):
         self.assertIsInstance(await peer.lost, error.ConnectionDone)
         await sleep(0.3)
         self.assertEqual(self.lab.read_count(self.lab.S, "rst"), 0)
+
+    async def test_close_then_exit_leaves_no_rst(self) -> None:
+        """
+        The usual command-line pattern: a client closes and stops the
+        reactor in connectionLost.  The reactor's shutdown waits (bounded)
+        for the server's answering FIN, acknowledges it, and only then
+        closes the kernel socket and removes the rule: no RST reaches the
+        server, from a kernel with no socket for the 4-tuple any more.
+        """
+        from twisted.internet.interfaces import IHalfCloseableProtocol
+        from zope.interface import implementer
+
+        @implementer(IHalfCloseableProtocol)
+        class SlowCloser(Echo):
+            """
+            Answers the client's FIN with its own 0.3 s later, so that the
+            client has stopped its reactor long before.
+            """
+
+            def readConnectionLost(self) -> None:
+                from twisted.internet import reactor
+
+                reactor.callLater(0.3, self.transport.loseConnection)
+
+            def writeConnectionLost(self) -> None:
+                pass
+
+        self._count()
+        await self.listen(Factory.forProtocol(SlowCloser))
+        script = (
+            "import sys\n"
+            "from twisted.internet import reactor\n"
+            "from twisted.internet.endpoints import clientFromString\n"
+            "from twisted.internet.protocol import Factory, Protocol\n"
+            "class Once(Protocol):\n"
+            "    def connectionMade(self):\n"
+            "        self.transport.write(b'once')\n"
+            "    def dataReceived(self, data):\n"
+            "        self.transport.loseConnection()\n"
+            "    def connectionLost(self, reason):\n"
+            "        print('lost', flush=True)\n"
+            "        reactor.stop()\n"
+            "clientFromString(reactor, sys.argv[1]).connect(Factory.forProtocol(Once))\n"
+            "reactor.run()\n"
+        )
+        started = time.monotonic()
+        result = await deferToThread(
+            subprocess.run,
+            ["ip", "netns", "exec", self.lab.C, sys.executable, "-c", script,
+             f"faketcp:host={self.lab.server4}:port={self.port}"],
+            capture_output=True, text=True, timeout=30, cwd=CHECKOUT,
+        )  # fmt: skip
+        took = time.monotonic() - started
+        self.assertEqual((result.returncode, result.stdout.strip()), (0, "lost"), result.stderr)
+        await sleep(0.5)
+        self.assertEqual(self.lab.read_count(self.lab.S, "rst"), 0)
+        self.assertEqual(self.lab.read_count(self.lab.S, "ttl1"), 0)
+        self.assertEqual(silencing_rules(self.lab, self.lab.C), [])
+        # The wait ended with the server's FIN, before its bound.
+        self.assertLess(took, 10.0)
 
     async def test_stale_rule_swept_at_start(self) -> None:
         """

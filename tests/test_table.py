@@ -896,6 +896,29 @@ class TimeWaitTests(SynchronousTestCase):
     A retired flow's 4-tuple drops late segments for a while.
     """
 
+    def test_timeWaitAcknowledgesThePeersFin(self) -> None:
+        """
+        A flow this side closed with FIN and let go before the peer's FIN
+        arrived: the peer's FIN, at exactly the expected number, gets its
+        ACK from the time-wait entry, once; any other segment gets nothing.
+        """
+        table = FlowTable(Role.SERVER)
+        flow = Flow.from_handshake(SERVER_KEY, SERVER_ISN, CLIENT_ISN, MSS, 0.0)
+        table.flows[SERVER_KEY] = flow
+        flow.finish(1.0)
+        flow.abandon()
+        table.retire(flow, 1.0)
+        self.assertTrue(table.awaiting_fin)
+        stray = incoming(SERVER_KEY, FIN | ACK, CLIENT_ISN + 99, SERVER_ISN + 2)
+        self.assertIsNone(table.receive_unadopted(SERVER_KEY, stray, 1.1))
+        fin = incoming(SERVER_KEY, FIN | ACK, CLIENT_ISN + 1, SERVER_ISN + 2)
+        reply = table.receive_unadopted(SERVER_KEY, fin, 1.2)
+        assert reply is not None
+        ack = parse_packet(reply)
+        self.assertEqual((ack.flags, ack.seq, ack.ack), (ACK, SERVER_ISN + 2, CLIENT_ISN + 2))
+        self.assertFalse(table.awaiting_fin)
+        self.assertIsNone(table.receive_unadopted(SERVER_KEY, fin, 1.3))
+
     def test_retireEntersTimeWait(self) -> None:
         """
         Retiring removes the flow and drops its segments as time-wait,

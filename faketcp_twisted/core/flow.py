@@ -263,6 +263,7 @@ class Flow:
         clock of its own, unrelated to its kernel's handshake value).
     @ivar ts_last: the last TSval sent: TSval never goes back, even when
         the clock does (Twisted's is the wall clock).
+    @ivar fin_received: whether the peer's FIN was honoured.
     """
 
     key: FlowKey
@@ -298,6 +299,7 @@ class Flow:
     ts_clock: float = 0.0
     ts_recent: int = 0
     ts_last: int = 0
+    fin_received: bool = False
     #: The header template of this flow's segments (see
     #: L{fastpath.segment_template}), made on the first segment sent:
     #: addresses, ports, window and the option layout are packed once per
@@ -684,6 +686,11 @@ class Flow:
                 fin_end = (seq + size + 1) & _MASK
                 if seq_after(fin_end, self.rcv_high):
                     self.rcv_high = fin_end
+                # Acknowledge the FIN, as a real stack does (the kernel's own
+                # ACK is silenced): the peer's stack, and every firewall on
+                # the path, then see the connection close cleanly.
+                self._queue_ack(now)
+                self.fin_received = True
                 if self.state is _WRITE_CLOSED:
                     self._end(EndReason.PEER_FIN)
                 else:

@@ -23,7 +23,7 @@ import enum
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
-from .flow import WINDOW_FIELD, Flow, FlowKey
+from .flow import WINDOW_FIELD, EndReason, Flow, FlowKey
 from .rotation import Rotation
 from .segment import (
     ACK,
@@ -162,6 +162,11 @@ class FlowTable:
         self.flows: dict[FlowKey, Flow] = {}
         self.embryos: OrderedDict[FlowKey, Embryo] = OrderedDict()
         self.time_wait: OrderedDict[FlowKey, float] = OrderedDict()
+        # The numbers of each time-wait entry whose flow this side closed
+        # with FIN (its next sequence number, and the peer's next byte):
+        # the peer's FIN, arriving after the flow was retired, still gets
+        # its ACK, as in a real stack's TIME_WAIT.
+        self._fin_numbers: dict[FlowKey, tuple[int, int]] = {}
         # Client side: handshakes started, by (local port, remote address,
         # remote port); the local address is only known once connected.
         self.expected: set[tuple[int, bytes, int]] = set()
@@ -199,6 +204,13 @@ class FlowTable:
         """
         if key in self.time_wait:
             self.drops["time-wait"] += 1
+            numbers = self._fin_numbers.get(key)
+            if numbers is not None and segment.flags & FIN and segment.seq == numbers[1]:
+                # Only the FIN at the very number expected: an off-path
+                # attacker cannot make this side answer by guessing.
+                end = (segment.seq + len(segment.payload) + 1) & _MASK
+                del self._fin_numbers[key]
+                return _reply(key, numbers[0], end, ACK, self.handshake_window)
             return None
         tsval = None
         if segment.options:
@@ -420,6 +432,7 @@ class FlowTable:
             raise KeyError(key)
         self._remove(key)
         self.time_wait.pop(key, None)
+        self._fin_numbers.pop(key, None)
         flow = Flow.from_handshake(
             key,
             embryo.local_isn,
@@ -449,11 +462,24 @@ class FlowTable:
             time_wait.move_to_end(key)
         else:
             while time_wait and len(time_wait) >= self.limits.time_waits:
-                time_wait.popitem(last=False)
+                evicted, _ = time_wait.popitem(last=False)
+                self._fin_numbers.pop(evicted, None)
                 self.drops["time-wait-evicted"] += 1
             if self.limits.time_waits <= 0:
                 return
         time_wait[key] = now + self.limits.time_wait
+        if flow.end_reason is EndReason.LOCAL_FIN and not flow.fin_received:
+            self._fin_numbers[key] = (flow.snd_max, flow.rcv_high)
+        else:
+            self._fin_numbers.pop(key, None)
+
+    @property
+    def awaiting_fin(self) -> bool:
+        """
+        Whether a flow this side closed with FIN still waits for the peer's
+        (its time-wait entry would answer it).
+        """
+        return bool(self._fin_numbers)
 
     # -- timers ----------------------------------------------------------
 
@@ -487,6 +513,7 @@ class FlowTable:
             if until > now:
                 break
             del time_wait[key]
+            self._fin_numbers.pop(key, None)
         polled = self._rotation.take(self.flows.values, slices)
         flows = self.flows
         expired = []

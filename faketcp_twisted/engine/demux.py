@@ -425,10 +425,10 @@ class Demultiplexer:
     def quiescent(self) -> bool:
         """
         Whether closing the capture now is safe: no flow that ended with a
-        FIN in the last L{lingerAfterClose} seconds can still get an answer
-        from its peer.
+        FIN in the last L{lingerAfterClose} seconds still waits for its
+        peer's answer.
         """
-        return self.loop.seconds() >= self._lingering_until
+        return not self.table.awaiting_fin or self.loop.seconds() >= self._lingering_until
 
     def wait_for(self, waiter: Callable[[], bool]) -> None:
         """

@@ -17,6 +17,12 @@ from typing import Any, Protocol
 
 
 class _Closable(Protocol):
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def quiescent(self) -> bool: ...
+
     def close(self) -> None: ...
 
 
@@ -36,6 +42,17 @@ def track_listener(listener: Any) -> None:
     Reset the connections of C{listener} and close it at shutdown.
     """
     _listeners.add(listener)
+
+
+def quiescent() -> bool:
+    """
+    Whether every open capture may close now: none has a flow that ended
+    with a FIN so recently that the peer's answer may still be on its way
+    (see L{Demultiplexer.quiescent}).  Closing before would leave that
+    answer to a kernel with no socket for it, which answers with a RST
+    nothing silences.
+    """
+    return all(demux.quiescent for demux in list(_captures) if not demux.closed)
 
 
 def shutdown() -> None:

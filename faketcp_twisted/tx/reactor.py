@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor, IWriteDescriptor
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -67,10 +68,37 @@ class TwistedLoop:
         self.reactor = reactor
         self._watches: dict[int, _Watch] = {}
         # Twisted closes its own connections when the reactor stops; do
-        # the same, before the process exits with rules still installed.
+        # the same, before the process exits with rules still installed,
+        # but only once the peers of flows just closed with FIN had time to
+        # answer (a program that stops the reactor in connectionLost).
         from ..engine.shutdown import shutdown
 
+        reactor.addSystemEventTrigger("before", "shutdown", self._linger)
         reactor.addSystemEventTrigger("during", "shutdown", shutdown)
+
+    #: Most seconds the reactor's shutdown waits for closing flows.
+    lingerLimit = 2.0
+
+    def _linger(self) -> Deferred[None] | None:
+        """
+        A Deferred that fires once every capture is quiescent, or after
+        L{lingerLimit} seconds (L{None} when they all are already).
+        """
+        from ..engine.shutdown import quiescent
+
+        if quiescent():
+            return None
+        waiting: Deferred[None] = Deferred()
+        deadline = self.seconds() + self.lingerLimit
+
+        def look() -> None:
+            if quiescent() or self.seconds() >= deadline:
+                waiting.callback(None)
+            else:
+                self.reactor.callLater(0.02, look)
+
+        self.reactor.callLater(0.02, look)
+        return waiting
 
     def seconds(self) -> float:
         return float(self.reactor.seconds())
