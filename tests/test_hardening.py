@@ -24,17 +24,19 @@ import struct
 import subprocess
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
+from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet import defer, error, reactor, task
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.protocol import Factory
 from twisted.protocols.wire import Echo
+from twisted.trial import unittest
 
 from faketcp_twisted import aio
 from faketcp_twisted.core.auth import AuthState
-from faketcp_twisted.core.flow import FlowState
+from faketcp_twisted.core.flow import EndReason, Flow, FlowKey, FlowState
 from faketcp_twisted.core.segment import ACK, FIN, PSH, RST, SYN, MalformedSegment, parse_packet
 from faketcp_twisted.core.table import TableLimits
 from faketcp_twisted.engine.options import FlowOptions
@@ -910,6 +912,104 @@ class AuthTests(HardeningTestCase):
         client.transport.write(b"through the NAT")
         await wait_until(lambda: client.received == [b"through the NAT"])
 
+    def assertNothingLeft(self, port: int | None = None) -> None:
+        """
+        As for every lab test, except that after the connect flood the
+        flooder's own closed sockets (the kernel's, in the client's
+        namespace) may still be finishing: those whose FIN the server's
+        kernel acknowledged with a silenced ACK before giving up.
+        """
+        if self._testMethodName != "test_connect_flood_descriptors_bounded":
+            super().assertNothingLeft(port)
+            return
+        port = port or self.port
+        for ns in (self.lab.S, self.lab.C):
+            self.assertEqual(silencing_rules(self.lab, ns), [])
+        self.assertEqual(kernel_sockets(self.lab, self.lab.S, port), [])
+        finishing = ("FIN-WAIT", "TIME-WAIT", "CLOSING", "LAST-ACK")
+        self.assertEqual(
+            [line for line in kernel_sockets(self.lab, self.lab.C, port) if not line.startswith(finishing)], []
+        )
+
+    async def test_connect_flood_descriptors_bounded(self) -> None:
+        """
+        5000 plain kernel TCP connects at 500/s against a keyed port, each
+        closed at once (with FIN, or every third with RST): each is
+        refused, and its kernel socket closed at once (its 4-tuple's
+        time-wait entry stays; a connect that reuses one waits for a
+        handshake the capture never sees, and is given up).  Descriptors stay bounded throughout, a
+        live keyed flow keeps echoing, and a new peer connects after it.
+        """
+        server = RecordingFactory(EchoRecorder)
+        port = await self.listen(server, self.keyed())
+        demux = port.demuxes[socket.AF_INET]
+        client = await self.connect(RecordingFactory(TimedRecorder), self.client())
+        pinger = Pinger(client.transport)
+        self.addCleanup(pinger.stop)
+        pinger.start()
+        await sleep(0.2)
+        before = open_descriptors()
+        peak = [before]
+        sampler = task.LoopingCall(lambda: peak.append(open_descriptors()))
+        sampler.start(0.05)
+        self.addCleanup(lambda: sampler.running and sampler.stop())
+        count, rate = 5000, 500
+        flooder = (
+            "import socket, struct, sys, time\n"
+            f"count, rate, target = {count}, {rate}, ({self.lab.server4!r}, {self.port})\n"
+            "start = time.monotonic(); made = 0\n"
+            "for n in range(count):\n"
+            "    delay = start + n / rate - time.monotonic()\n"
+            "    if delay > 0: time.sleep(delay)\n"
+            "    try:\n"
+            "        s = socket.create_connection(target, timeout=2)\n"
+            "    except OSError:\n"
+            "        continue\n"
+            "    made += 1\n"
+            "    if n % 3 == 0: s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))\n"
+            "    s.close()\n"
+            "print(made)\n"
+        )
+        process = subprocess.Popen(
+            ["ip", "netns", "exec", self.lab.C, sys.executable, "-c", flooder],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.addCleanup(_kill, process)
+        started = time.monotonic()
+        await wait_until(lambda: process.poll() is not None, timeout=40, step=0.05)
+        ended = time.monotonic()
+        out, err = process.communicate()
+        self.assertEqual(process.returncode, 0, err)
+        made = int(out)
+        self.assertGreater(made, count * 0.9)
+        # The refusals of the last connects are over within a moment.
+        await wait_until(lambda: not port._listener.authenticating and not demux._waiters, timeout=8)
+        await sleep(0.3)
+        sampler.stop()
+        after = open_descriptors()
+        refused = sum(demux.drops[reason] for reason in ("auth-closed", "auth-unexpected-data", "auth-bad-proof"))
+        # Connects that reused a 4-tuple still in time-wait: the table drops
+        # their SYN, and their adoption gives up after HANDSHAKE_WAIT.
+        self.assertGreater(refused + demux.drops["handshake-unseen"], made * 0.5, dict(demux.drops))
+        self.assertEqual(server.built[1:], [])
+        # None of the refused connections holds its socket; the table
+        # still knows their 4-tuples.
+        self.assertLessEqual(demux.time_wait_sockets, 1)
+        self.assertGreater(len(demux.table.time_wait), made * 0.5)
+        self.assertLess(max(peak) - before, 200, (before, max(peak), after))
+        self.assertLess(after - before, 10, (before, after))
+        self.assertArrivingThroughout(client, started, ended)
+        newcomer = await self.connect(RecordingFactory(), self.client())
+        newcomer.transport.write(b"after the flood")
+        await wait_until(lambda: newcomer.received == [b"after the flood"])
+        print(
+            f"connect flood: {made} connects in {ended - started:.1f} s; descriptors {before} before, "
+            f"{max(peak)} at most, {after} after; time-wait entries {len(demux.table.time_wait)}, "
+            f"sockets {demux.time_wait_sockets}"
+        )
+
     def makeLab(self) -> netlab.Lab:
         if self._testMethodName == "test_authenticated_through_nat":
             return netlab.routed_nat()
@@ -962,3 +1062,89 @@ class AioAuthTests(test_aio.AioLabTestCase):
             self.assertEqual(server._listener.demuxes[socket.AF_INET].drops["auth-bad-proof"], 1)
 
         self.run_async(test)
+
+
+class _Ended:
+    """
+    The part of an ended connection that L{Demultiplexer.detach} reads.
+    """
+
+    def __init__(self, flow: Flow, sock: socket.socket, closed: Any) -> None:
+        self.flow = flow
+        self.socket = sock
+        self.on_socket_closed = closed
+
+
+class TimeWaitSocketTests(unittest.SynchronousTestCase):
+    """
+    Which kernel sockets of ended flows a demultiplexer holds for
+    time-wait, and how many (no root: a demultiplexer without a capture).
+    """
+
+    def demux(self, limit: int) -> Any:
+        from faketcp_twisted.core.table import FlowTable, Role
+        from faketcp_twisted.engine.demux import Demultiplexer
+
+        demux = Demultiplexer.__new__(Demultiplexer)
+        demux.loop = SimpleNamespace(seconds=lambda: 100.0)  # type: ignore[assignment]
+        demux.table = FlowTable(Role.SERVER, TableLimits())
+        demux.connections = {}
+        demux._unmuted = set()
+        demux._closing_sockets = deque()
+        demux._lingering_until = 0.0
+        demux.role = Role.SERVER
+        demux.on_released = None
+        demux.timeWaitSockets = limit
+        return demux
+
+    def ended(self, demux: Any, n: int, reason: EndReason, fin_received: bool = False) -> tuple[Any, list[int]]:
+        key = FlowKey(b"\x01\x02\x03\x04", 9191, b"\x05\x06\x07\x08", 10000 + n)
+        flow = Flow(key, 1, 1, 1000, 0.0, 0.0, end_reason=reason, state=FlowState.CLOSED, fin_received=fin_received)
+        closed: list[int] = []
+        sock = socket.socket()
+        self.addCleanup(sock.close)
+        connection = _Ended(flow, sock, lambda: closed.append(n))
+        demux.detach(connection)
+        return sock, closed
+
+    def test_settled_closed_at_once(self) -> None:
+        """
+        A flow ended by a RST either way, or whose peer's FIN this side
+        answered, has its socket closed at once; its 4-tuple stays in
+        time-wait in the table.
+        """
+        demux = self.demux(8)
+        cases = [(EndReason.PEER_RST, False), (EndReason.LOCAL_RST, False), (EndReason.LOCAL_FIN, True)]
+        for n, (reason, fin_received) in enumerate(cases):
+            sock, closed = self.ended(demux, n, reason, fin_received)
+            self.assertEqual((sock.fileno(), closed), (-1, [n]))
+        self.assertEqual(demux.time_wait_sockets, 0)
+        self.assertEqual(len(demux.table.time_wait), 3)
+
+    def test_client_holds_every_socket(self) -> None:
+        """
+        A client's sockets keep their local ports until time-wait ends,
+        whatever the flow's end, and whatever their number.
+        """
+        from faketcp_twisted.core.table import Role
+
+        demux = self.demux(1)
+        demux.role = Role.CLIENT
+        held = [self.ended(demux, n, EndReason.LOCAL_RST) for n in range(3)]
+        self.assertEqual(demux.time_wait_sockets, 3)
+        self.assertEqual([closed for _, closed in held], [[], [], []])
+
+    def test_held_bounded(self) -> None:
+        """
+        Flows that may still hear from their peer keep their socket, at
+        most timeWaitSockets of them: past it the oldest are closed.
+        """
+        demux = self.demux(4)
+        held = [
+            self.ended(demux, n, reason)
+            for n, reason in enumerate([EndReason.LOCAL_FIN, EndReason.PEER_FIN, EndReason.IDLE] * 3)
+        ]
+        self.assertEqual(demux.time_wait_sockets, 4)
+        self.assertEqual([sock.fileno() == -1 for sock, _ in held], [True] * 5 + [False] * 4)
+        self.assertEqual([closed for _, closed in held], [[n] for n in range(5)] + [[]] * 4)
+        self.assertEqual(len(demux.table.time_wait), 9)

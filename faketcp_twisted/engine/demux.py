@@ -136,6 +136,16 @@ class Demultiplexer:
     #: peer's answering FIN meets the flow's kernel socket (and is dropped
     #: in time-wait) rather than a closed port's unsilenced RST.
     lingerAfterClose = 1.5
+    #: Most kernel sockets of ended flows a server's capture holds open
+    #: for time-wait (so the kernel does not answer a late segment of the
+    #: 4-tuple with an unsilenced RST); past it the oldest are closed.
+    #: Only flows that may still hear from their peer are held: one that
+    #: ended with a RST either way, or whose FIN exchange is complete, is
+    #: closed at once.  The 4-tuple's time-wait entry in the flow table (no
+    #: descriptor) outlives its socket and still drops the late segments.
+    #: A client's capture holds every socket for the whole time-wait: the
+    #: socket keeps the kernel from reusing its local port meanwhile.
+    timeWaitSockets = 256
     #: Most packets waiting for room in the send buffer; past it packets
     #: are dropped, as a full UDP socket would.
     backlogLimit = 4096
@@ -401,19 +411,38 @@ class Demultiplexer:
 
     def detach(self, connection: Connection) -> None:
         """
-        Stop routing to C{connection}; its flow enters time-wait and its
-        kernel socket is closed when time-wait ends.
+        Stop routing to C{connection}; its flow enters time-wait.
+
+        A server's kernel socket is closed at once when nothing more can
+        come from the peer (see L{settled}); otherwise it is held until
+        time-wait ends, at most L{timeWaitSockets} of them (the oldest are
+        closed first).  A client's is held until time-wait ends.  Either way the flow table's time-wait entry drops
+        the 4-tuple's late segments.
         """
-        key = connection.flow.key
+        flow = connection.flow
+        key = flow.key
         if self.connections.get(key) is connection:
             del self.connections[key]
         self._unmuted.discard(connection)
         now = self.loop.seconds()
-        self.table.retire(connection.flow, now)
-        self._closing_sockets.append(
-            (now + self.table.limits.time_wait, connection.socket, connection.on_socket_closed)
-        )
-        if connection.flow.end_reason not in (EndReason.PEER_RST, EndReason.LOCAL_RST):
+        self.table.retire(flow, now)
+        if self.role is not Role.SERVER:
+            # A client's socket holds its local port: closed early, the
+            # kernel could give the 4-tuple to a new connection whose
+            # handshake the table's time-wait entry would drop.
+            self._closing_sockets.append(
+                (now + self.table.limits.time_wait, connection.socket, connection.on_socket_closed)
+            )
+        elif settled(flow):
+            # Abortive, while the silencing rule is in place: the kernel's
+            # own RST is marked and dropped.
+            self._closeKernelSocket(connection.socket, connection.on_socket_closed)
+        else:
+            closing = self._closing_sockets
+            closing.append((now + self.table.limits.time_wait, connection.socket, connection.on_socket_closed))
+            while len(closing) > max(self.timeWaitSockets, 0):
+                self._closeKernelSocket(*closing.popleft()[1:])
+        if flow.end_reason not in (EndReason.PEER_RST, EndReason.LOCAL_RST):
             # The peer may still answer a FIN with its own: until then a
             # closed capture would leave the kernel to answer it with an
             # unsilenced RST (the 4-tuple would have no socket any more).
@@ -509,6 +538,13 @@ class Demultiplexer:
         self._head = 0
         self.capture.close()
 
+    @property
+    def time_wait_sockets(self) -> int:
+        """
+        How many kernel sockets of ended flows are held for time-wait.
+        """
+        return len(self._closing_sockets)
+
     def _closeKernelSocket(self, sock: socket.socket, closed: Callable[[], None] | None) -> None:
         kernel.close_silently(sock)
         if closed is not None:
@@ -516,6 +552,23 @@ class Demultiplexer:
                 closed()
             except Exception:
                 log.exception("error after closing a kernel socket")
+
+
+def settled(flow: Flow) -> bool:
+    """
+    Whether nothing more can come from an ended flow's peer, so its kernel
+    socket need not wait out time-wait: the flow ended with a RST (the
+    peer's, or ours: a refusal, an abort), or the peer sent its FIN first
+    and this side answered with its own (a probe that connected and
+    closed; the peer's last ACK, if it comes, meets the table's time-wait
+    entry).
+    """
+    reason = flow.end_reason
+    return (
+        reason is EndReason.PEER_RST
+        or reason is EndReason.LOCAL_RST
+        or (reason is EndReason.LOCAL_FIN and flow.fin_received)
+    )
 
 
 #: A socket filter that refuses every packet: a classic BPF program of one

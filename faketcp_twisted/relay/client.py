@@ -182,6 +182,8 @@ class _ClientFlow:
         dropped = len(self.queue)
         self.queue.clear()
         if failure.check(defer.CancelledError, error.ConnectingCancelledError) and self.closing:
+            # Closing (idle, or the relay stopping): the queue is lost too.
+            self.relay.stats.drop("closed", dropped)
             return
         self.relay.stats.drop("connect-failed", dropped)
         now = time.monotonic()
@@ -310,8 +312,9 @@ class ClientRelay(RelayService):
             self.endpoint = clientFromString(self.reactor, self.faketcp)
         except ValueError as failure:
             cannot_start(self.log, failure)
-        # A kernel socket per flow.
-        self._ensureDescriptors(1)
+        # A kernel socket per flow (a client's capture holds the sockets of
+        # ended flows for time-wait, unbounded: its own reconnects).
+        self._ensureDescriptors(1, captures=0)
         self._sweep()
         listen = (self.listen.host, self.listen.port)
         try:

@@ -23,6 +23,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from ..core.rotation import Rotation
+from ..engine.demux import Demultiplexer
 from ..engine.loop import EventLoop
 from ..io.firewall import FirewallUnavailable, sweep
 from ..io.kernel import ensure_open_files, has_privileges
@@ -33,6 +34,16 @@ from .stats import FlowRecord, RelayStats, path_mtu
 #: Descriptors a relay holds besides its flows' (captures, raw sockets, its
 #: UDP socket, log files, the metrics port): a margin, generously.
 BASE_DESCRIPTORS = 64
+
+
+def time_wait_descriptors(captures: int) -> int:
+    """
+    The most kernel sockets C{captures} captures hold for ended flows in
+    time-wait (see L{Demultiplexer.timeWaitSockets}).
+    """
+    return captures * max(Demultiplexer.timeWaitSockets, 0)
+
+
 #: Seconds the shutdown waits for connections to close before aborting them.
 STOP_GRACE = 5.0
 
@@ -127,7 +138,9 @@ def send_to_peer(
     """
     Send each datagram as one segment to the fake-TCP peer, or drop it
     whole: never split, never truncated.  The transport is open (the
-    caller checked).
+    caller checked).  Only what goes out as segments counts as sent;
+    datagrams too large (C{oversize}), empty (C{empty}) or given after
+    this side's FIN (C{closed}) are counted as drops.
 
     @param owner: what logs an oversize drop.
     @param source: where the datagrams came from, for that log line, with
@@ -136,14 +149,28 @@ def send_to_peer(
     """
     if not datagrams:
         return
-    mss = transport.flow.mss
+    flow = transport.flow
+    if not flow.can_send:
+        # This side's FIN is sent: the flow would drop them.
+        stats.drop("closed", len(datagrams))
+        return
+    mss = flow.mss
     sizes = [len(datagram) for datagram in datagrams]
-    if max(sizes) > mss:
+    if max(sizes) > mss or min(sizes) == 0:
+        empty = 0
         for size in sizes:
             if size > mss:
                 _oversize(owner.log, stats, record, transport, size, source.format(udp=record.udp))
-        datagrams = [datagram for datagram in datagrams if len(datagram) <= mss]
-        sizes = [size for size in sizes if size <= mss]
+            elif not size:
+                empty += 1
+        if empty:
+            # A segment without payload carries no datagram (the peer
+            # would take it for a bare ACK).
+            stats.drop("empty", empty)
+        datagrams = [datagram for datagram in datagrams if 0 < len(datagram) <= mss]
+        sizes = [size for size in sizes if 0 < size <= mss]
+        if not datagrams:
+            return
     # One call for the batch: the connection checks its state once.
     transport.send_datagrams(datagrams)
     counts = record.counts
@@ -261,19 +288,22 @@ class RelayService(service.Service):
                 )
                 flow.close()
 
-    def _ensureDescriptors(self, per_flow: int) -> None:
+    def _ensureDescriptors(self, per_flow: int, captures: int = 1) -> None:
         """
         Make room in the descriptor limit for C{max_flows} flows of
-        C{per_flow} descriptors each, or say how many fit.
+        C{per_flow} descriptors each, and for the kernel sockets that each
+        of C{captures} captures holds for time-wait (at most
+        L{Demultiplexer.timeWaitSockets} each), or say how many flows fit.
         """
-        wanted = BASE_DESCRIPTORS + per_flow * self.settings.max_flows
+        reserved = BASE_DESCRIPTORS + time_wait_descriptors(captures)
+        wanted = reserved + per_flow * self.settings.max_flows
         limit = ensure_open_files(wanted)
         if limit < wanted:
             self.log.warn(
                 "the descriptor limit of {limit} leaves room for about {fit} flows, fewer than the {flows} "
                 "of --max-flows (raise it with ulimit -n, or run with CAP_SYS_RESOURCE)",
                 limit=limit,
-                fit=max(limit - BASE_DESCRIPTORS, 0) // per_flow,
+                fit=max(limit - reserved, 0) // per_flow,
                 flows=self.settings.max_flows,
             )
 

@@ -44,6 +44,13 @@ class FlowView(Protocol):
         """
 
     @property
+    def can_send(self) -> bool:
+        """
+        Whether this side may still send (its FIN is not sent): datagrams
+        given to a flow that may not are dropped, counted as C{closed}.
+        """
+
+    @property
     def stats(self) -> FlowStats:
         """
         The flow's counters; the relay reads the receive direction's bytes,

@@ -222,8 +222,9 @@ class ServerRelay(RelayService):
             self.target_address = (resolve(self.target.host)[1], self.target.port)
         except SpecError as failure:
             cannot_start(self.log, failure)
-        # A kernel socket and a UDP socket per flow.
-        self._ensureDescriptors(2)
+        # A kernel socket and a UDP socket per flow, and the kernel sockets
+        # held for time-wait by a capture per address family.
+        self._ensureDescriptors(2, captures=2)
         self._sweep()
         listening = serverFromString(self.reactor, self.faketcp).listen(_ServerFactory(self))
         outcome: list[Any] = []

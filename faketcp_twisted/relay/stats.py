@@ -251,9 +251,10 @@ class RelayStats:
 
     def drop(self, reason: str, count: int = 1) -> None:
         """
-        Count C{count} datagrams dropped for C{reason}.
+        Count C{count} datagrams dropped for C{reason} (none: nothing).
         """
-        self.drops[reason] += count
+        if count:
+            self.drops[reason] += count
 
     def add_drop_source(self, reason: str, count: Callable[[], int]) -> None:
         """
