@@ -789,6 +789,65 @@ class _SocketTests:
         segments, _keys, _malformed = self.receive_all(2)
         self.assertEqual([each.payload for each in segments], [b"0", b"2"])
 
+    def test_malformedItemAfterSentRefused(self) -> None:
+        """
+        An item that is not a (packet, address) pair, met once items were
+        sent (the second kernel batch here), does not raise: the caller
+        would lose the index.  It is skipped with EINVAL, and the items
+        after it are sent.  Met first, it raises (nothing was sent).
+        """
+        items: list[Any] = self.packets(100)
+        items[70] = "not an item"
+        sent, errors = self.implementation.send_batch(self.sender.sender, items, 0)
+        self.assertEqual((sent, errors), (100, [errno.EINVAL]))
+        segments, _keys, _malformed = self.receive_all(99)
+        self.assertEqual([each.payload for each in segments], [b"%d" % i for i in range(100) if i != 70])
+        items = self.packets(3)
+        items[1] = (b"\x45", None)  # type: ignore[assignment]
+        sent, errors = self.implementation.send_batch(self.sender.sender, items, 0)
+        self.assertEqual((sent, errors), (3, [errno.EINVAL]))
+        for bad in (["not an item"], [3]):
+            self.assertRaises((TypeError, ValueError), self.implementation.send_batch, self.sender.sender, bad, 0)
+        sender = self.sender.sender
+        self.assertRaises((TypeError, ValueError), self.implementation.send_batch, sender, items[:1] + [3], 1)
+
+    def udp_pair(self) -> tuple[socket.socket, socket.socket]:
+        receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(receiver.close)
+        self.addCleanup(sender.close)
+        receiver.bind(("127.0.0.1", 0))
+        receiver.settimeout(2)
+        sender.setblocking(False)
+        return receiver, sender
+
+    def received(self, receiver: socket.socket, count: int) -> list[bytes]:
+        return [receiver.recv(100) for _ in range(count)]
+
+    def test_malformedDatagramAfterSentRefused(self) -> None:
+        """
+        A datagram that is not bytes, or whose destination is malformed,
+        met once datagrams were sent, is skipped with EINVAL (never a
+        raise that would lose the index); met first, it raises.
+        """
+        receiver, sender = self.udp_pair()
+        target = receiver.getsockname()
+        datagrams: list[Any] = [b"%d" % i for i in range(100)]
+        datagrams[80] = 80
+        sent, errors = self.implementation.send_datagrams(sender, datagrams, [target] * 100)
+        self.assertEqual((sent, errors), (100, [errno.EINVAL]))
+        self.assertEqual(self.received(receiver, 99), [b"%d" % i for i in range(100) if i != 80])
+        destinations: list[Any] = [target] * 3
+        destinations[1] = ("127.0.0.1", "no port")
+        sent, errors = self.implementation.send_datagrams(sender, [b"a", b"b", b"c"], destinations)
+        self.assertEqual((sent, errors), (3, [errno.EINVAL]))
+        self.assertEqual(self.received(receiver, 2), [b"a", b"c"])
+        sender.connect(target)
+        sent, errors = self.implementation.send_datagrams(sender, [b"x", "y", b"z"], None)  # type: ignore[list-item]
+        self.assertEqual((sent, errors), (3, [errno.EINVAL]))
+        self.assertEqual(self.received(receiver, 2), [b"x", b"z"])
+        self.assertRaises(TypeError, self.implementation.send_datagrams, sender, ["y", b"z"], None)
+
     def test_linkLocalSourceKeepsScope(self) -> None:
         """
         A datagram from a link-local IPv6 address comes with the source

@@ -6,7 +6,7 @@ The relay's counters and the lines they make (no root, no sockets).
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, deque
 from types import SimpleNamespace
 from typing import Any
 
@@ -141,3 +141,100 @@ class HelpersTests(TestCase):
     def test_path_mtu(self) -> None:
         self.assertEqual(path_mtu(1460, ipv6=False), 1500)
         self.assertEqual(path_mtu(1440, ipv6=True), 1500)
+
+
+class _Sender:
+    """
+    A transport whose flow may or may not send, recording what it was
+    given to send.
+    """
+
+    def __init__(self, mss: int = 1000, can_send: bool = True) -> None:
+        self.flow = SimpleNamespace(stats=FlowStats(), mss=mss, option_bytes=0, can_send=can_send)
+        self.sent: list[bytes] = []
+        peer = SimpleNamespace(host="198.18.0.1", port=40000)
+        self.getPeer = lambda: peer
+
+    def send_datagrams(self, datagrams: list[bytes]) -> None:
+        self.sent.extend(datagrams)
+
+
+class SentCountsTests(TestCase):
+    """
+    C{udp->faketcp} counts only the datagrams that went out as segments;
+    the rest are drops with a reason.
+    """
+
+    def send(self, transport: _Sender, datagrams: list[bytes]) -> tuple[RelayStats, FlowRecord]:
+        from faketcp_twisted.relay.common import send_to_peer
+
+        stats = RelayStats()
+        record = stats.open(FlowRecord("127.0.0.1:1"))
+        owner = SimpleNamespace(log=SimpleNamespace(warn=lambda *args, **kwargs: None))
+        send_to_peer(owner, stats, record, transport, datagrams, "UDP {udp}")  # type: ignore[arg-type]
+        return stats, record
+
+    def test_empty_datagrams_dropped(self) -> None:
+        """
+        Zero-length datagrams are not sent (the flow would send nothing)
+        and count as C{empty}, not as sent.
+        """
+        transport = _Sender()
+        stats, record = self.send(transport, [b"", b"abc", b"", b"de"])
+        self.assertEqual(transport.sent, [b"abc", b"de"])
+        self.assertEqual((record.counts.up_datagrams, record.counts.up_bytes), (2, 5))
+        self.assertEqual(stats.drops, Counter({"empty": 2}))
+
+    def test_only_empty(self) -> None:
+        transport = _Sender()
+        stats, record = self.send(transport, [b""])
+        self.assertEqual(transport.sent, [])
+        self.assertEqual(record.counts.up_datagrams, 0)
+        self.assertEqual(stats.drops, Counter({"empty": 1}))
+
+    def test_oversize_and_empty(self) -> None:
+        transport = _Sender(mss=4)
+        stats, record = self.send(transport, [b"12345", b"", b"1234"])
+        self.assertEqual(transport.sent, [b"1234"])
+        self.assertEqual((record.counts.up_datagrams, record.counts.up_bytes), (1, 4))
+        self.assertEqual(stats.drops, Counter({"empty": 1, "oversize": 1}))
+
+    def test_write_side_closed(self) -> None:
+        """
+        After this side's FIN the flow would drop them: counted as
+        C{closed}, not as sent.
+        """
+        transport = _Sender(can_send=False)
+        stats, record = self.send(transport, [b"abc", b"de"])
+        self.assertEqual(transport.sent, [])
+        self.assertEqual((record.counts.up_datagrams, record.counts.up_bytes), (0, 0))
+        self.assertEqual(stats.drops, Counter({"closed": 2}))
+
+    def test_zero_drop_not_recorded(self) -> None:
+        stats = RelayStats()
+        stats.drop("closed", 0)
+        self.assertEqual(stats.drops, Counter())
+
+    def test_client_cancelled_attempt_counts_queue(self) -> None:
+        """
+        A client flow closing while it connects drops its queue: counted
+        as C{closed}, not lost from the counts.
+        """
+        from twisted.internet import defer
+        from twisted.python.failure import Failure
+
+        from faketcp_twisted.relay.client import _ClientFlow
+        from faketcp_twisted.relay.common import RelaySettings
+
+        stats = RelayStats()
+        relay = SimpleNamespace(stats=stats, settings=RelaySettings(), faketcp="faketcp:host=198.18.0.2:port=9191")
+        flow = _ClientFlow(relay, ("127.0.0.1", 5000))  # type: ignore[arg-type]
+        flow.queue.extend([b"a", b"b", b"c"])
+        flow.closing = True
+        flow._failed(Failure(defer.CancelledError()))
+        self.assertEqual(flow.queue, deque())
+        self.assertEqual(stats.drops, Counter({"closed": 3}))
+        flow.closing = False
+        flow.queue.extend([b"d"])
+        flow._failed(Failure(ConnectionRefusedError()))
+        self.assertEqual(stats.drops, Counter({"closed": 3, "connect-failed": 1}))

@@ -765,13 +765,28 @@ error:
  * Batch send
  * ------------------------------------------------------------------------ */
 
+/* Append errno code to errors; -1 with a Python error set. */
+static int
+append_code(PyObject *errors, int code)
+{
+    PyObject *number = PyLong_FromLong(code);
+    if (number == NULL)
+        return -1;
+    int failed = PyList_Append(errors, number);
+    Py_DECREF(number);
+    return failed;
+}
+
 PyDoc_STRVAR(send_batch_doc,
 "send_batch(fd, items, start) -> (next, errors)\n\n"
 "Send the packets of items[start:] (each item a (packet, address) pair, a\n"
 "packet a whole IP packet) on a raw IPPROTO_RAW socket with sendmmsg, each\n"
 "to the destination address in its own IP header.  Stops when the send\n"
 "buffer is full (EAGAIN).  Returns the index of the first item not taken\n"
-"and the errno of every item the kernel refused (those are skipped).");
+"and the errno of every item the kernel refused (those are skipped).  Once\n"
+"an item is done with, it never raises (the caller would lose the index):\n"
+"a later item that is not a (bytes, address) pair is skipped with EINVAL,\n"
+"and a failure of its own (memory) ends the call early.");
 
 static PyObject *
 fp_send_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -793,6 +808,7 @@ fp_send_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     if (index < 0)
         index = 0;
+    Py_ssize_t start = index;
     PyObject *errors = PyList_New(0);
     if (errors == NULL)
         return NULL;
@@ -816,9 +832,14 @@ fp_send_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             PyObject *item = PyList_GET_ITEM(items, index + ready);
             PyObject *packet = PyTuple_Check(item) && PyTuple_GET_SIZE(item) == 2 ? PyTuple_GET_ITEM(item, 0) : NULL;
             if (packet == NULL || !PyBytes_Check(packet)) {
-                Py_DECREF(errors);
-                PyErr_SetString(PyExc_TypeError, "items must be (packet bytes, address) pairs");
-                return NULL;
+                if (ready == 0 && index == start && PyList_GET_SIZE(errors) == 0) {
+                    Py_DECREF(errors);
+                    PyErr_SetString(PyExc_TypeError, "items must be (packet bytes, address) pairs");
+                    return NULL;
+                }
+                /* Items are done with already: this one is refused. */
+                refused = 1;
+                break;
             }
             const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(packet);
             Py_ssize_t size = PyBytes_GET_SIZE(packet);
@@ -846,20 +867,26 @@ fp_send_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             header->msg_iovlen = 1;
         }
         if (ready == 0 && refused) {
-            PyObject *code = PyLong_FromLong(EINVAL);
-            if (code == NULL || PyList_Append(errors, code) < 0) {
-                Py_XDECREF(code);
-                Py_DECREF(errors);
-                return NULL;
+            if (append_code(errors, EINVAL) < 0) {
+                if (index == start && PyList_GET_SIZE(errors) == 0) {
+                    Py_DECREF(errors);
+                    return NULL;
+                }
+                PyErr_Clear(); /* its errno is lost, never the index */
             }
-            Py_DECREF(code);
             index++;
             continue;
         }
         Py_ssize_t done = send_messages(fd, messages, (unsigned int)ready, errors);
         if (done < 0) {
-            Py_DECREF(errors);
-            return NULL;
+            /* The first message was refused and its errno not recorded. */
+            if (index == start && PyList_GET_SIZE(errors) == 0) {
+                Py_DECREF(errors);
+                return NULL;
+            }
+            PyErr_Clear();
+            index++;
+            break;
         }
         if (done == 0)
             break; /* the send buffer is full: wait for room */
@@ -1085,7 +1112,10 @@ PyDoc_STRVAR(send_datagrams_doc,
 "at the same index of destinations (numeric hosts, as recvfrom gives them).\n"
 "Stops when the send buffer is full (EAGAIN).  Returns the index of the\n"
 "first datagram not taken and the errno of every datagram the kernel\n"
-"refused (those are skipped).");
+"refused (those are skipped).  Once a datagram is done with, it never\n"
+"raises (the caller would lose the index): a later datagram that is not\n"
+"bytes, or whose destination is not a numeric address, is skipped with\n"
+"EINVAL, and a failure of its own (memory) ends the call early.");
 
 static PyObject *
 fp_send_datagrams(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -1119,11 +1149,15 @@ fp_send_datagrams(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         Py_ssize_t count = PyList_GET_SIZE(datagrams) - index;
         if (count > BATCH)
             count = BATCH;
-        for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t ready = 0;
+        int bad = 0;
+        for (; ready < count; ready++) {
+            Py_ssize_t i = ready;
             PyObject *datagram = PyList_GET_ITEM(datagrams, index + i);
             if (!PyBytes_Check(datagram)) {
                 PyErr_SetString(PyExc_TypeError, "datagrams must be bytes");
-                goto error;
+                bad = 1;
+                break;
             }
             struct msghdr *header = &messages[i].msg_hdr;
             memset(header, 0, sizeof(*header));
@@ -1133,15 +1167,37 @@ fp_send_datagrams(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             header->msg_iovlen = 1;
             if (destinations != NULL) {
                 socklen_t size;
-                if (destination_address(PyList_GET_ITEM(destinations, index + i), &addresses[i], &size) < 0)
-                    goto error;
+                if (destination_address(PyList_GET_ITEM(destinations, index + i), &addresses[i], &size) < 0) {
+                    bad = 1;
+                    break;
+                }
                 header->msg_name = &addresses[i];
                 header->msg_namelen = size;
             }
         }
-        Py_ssize_t done = send_messages(fd, messages, (unsigned int)count, errors);
-        if (done < 0)
-            goto error;
+        if (bad) {
+            if (ready == 0) {
+                if (index == 0 && PyList_GET_SIZE(errors) == 0)
+                    goto error; /* nothing done with yet: raise */
+                /* Datagrams are done with already: this one is refused. */
+                PyErr_Clear();
+                if (append_code(errors, EINVAL) < 0)
+                    PyErr_Clear(); /* its errno is lost, never the index */
+                index++;
+                continue;
+            }
+            /* Send those before it; it comes first in the next round. */
+            PyErr_Clear();
+        }
+        Py_ssize_t done = send_messages(fd, messages, (unsigned int)ready, errors);
+        if (done < 0) {
+            /* The first message was refused and its errno not recorded. */
+            if (index == 0 && PyList_GET_SIZE(errors) == 0)
+                goto error;
+            PyErr_Clear();
+            index++;
+            break;
+        }
         if (done == 0)
             break; /* the send buffer is full */
         index += done;

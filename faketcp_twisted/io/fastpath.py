@@ -37,6 +37,7 @@ never bind them at import, so a switch reaches them.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
@@ -251,16 +252,22 @@ def _py_send_batch(sock: socket.socket, items: list[Outgoing], start: int) -> tu
     """
     errors: list[int] = []
     sendto = sock.sendto
-    index = max(start, 0)
+    first = index = max(start, 0)
     end = len(items)
     while index < end:
-        packet, address = items[index]
         try:
+            packet, address = items[index]
             sendto(packet, address)
         except BlockingIOError:
             break
         except OSError as failure:
             errors.append(failure.errno or 0)
+        except Exception:
+            # Never raise once an item is done with (the caller would lose
+            # the index): a malformed item is then refused, as C does.
+            if index == first and not errors:
+                raise
+            errors.append(errno.EINVAL)
         index += 1
     return index, errors
 
@@ -310,6 +317,12 @@ def _py_send_datagrams(
             continue
         except OSError as failure:
             errors.append(failure.errno or 0)
+        except Exception:
+            # Never raise once a datagram is done with (the caller would
+            # lose the index): a malformed one is then refused, as C does.
+            if index == 0 and not errors:
+                raise
+            errors.append(errno.EINVAL)
         index += 1
     return index, errors
 
