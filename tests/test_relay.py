@@ -338,6 +338,23 @@ class LifecycleTests(RelayTestCase):
             sockets = self.lab.run(ns, "ss", "-tanH", check=False).stdout
             self.assertNotIn(f":{FAKETCP_PORT} ", sockets)
 
+    async def test_no_iptables_libraries_needed(self) -> None:
+        """
+        With the default firewall backend the relays need no iptables
+        libraries: where python-iptables cannot load them, they start,
+        carry traffic and stop clean.
+        """
+        nowhere = {"XTABLES_LIBDIR": "/nonexistent", "IPTABLES_LIBDIR": "/nonexistent"}
+        server = self.server().start(extra_env=dict(nowhere))
+        client = self.client().start(extra_env=dict(nowhere))
+        await server.ready()
+        await client.ready()
+        await self.ping(self.udp_client(), b"no iptables")
+        self.assertTrue(all(line.startswith("faketcp_twisted_") for line in rules(self.lab, self.lab.S)))
+        await client.terminate()
+        await server.terminate()
+        self.assertNoRules()
+
     async def test_sigkill_leaves_nothing(self) -> None:
         """
         With the default firewall backend (an nftables table owned by the
