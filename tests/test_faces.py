@@ -22,7 +22,9 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
+from twisted.python import context
 from twisted.python.failure import Failure
+from twisted.python.log import ILogContext
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -196,3 +198,90 @@ class TwistedOverEngineTests(SynchronousTestCase):
         self.assertIsNone(connect_protocol(connection, Nothing()))
         self.assertTrue(connection.ended)
         self.assertTrue(demux.detached)
+
+
+class TwistedContractTests(TwistedOverEngineTests):
+    """
+    Twisted's transport rules, in memory (the same rules run against real
+    fake-TCP connections in L{tests.test_twisted_contract}).
+    """
+
+    def _abortingProtocol(self, *then: str) -> None:
+        transport = self.transport
+
+        def dataReceived(data: bytes) -> None:
+            transport.abortConnection()
+            for name in then:
+                getattr(transport, name)()
+
+        self.protocol.dataReceived = dataReceived
+
+    def test_abortInDataReceived(self) -> None:
+        """
+        C{abortConnection()} inside C{dataReceived} ends the connection
+        with C{ConnectionAborted}, not C{ConnectionDone}.
+        """
+        self._abortingProtocol()
+        self.fromPeer(b"x")
+        self.clock.advance(0)
+        (reason,) = self.protocol.lost
+        reason.trap(ConnectionAborted)
+
+    def test_abortTwiceOrThenLose(self) -> None:
+        """
+        A second C{abortConnection()}, or a C{loseConnection()} after it,
+        changes nothing: still C{ConnectionAborted}, once.
+        """
+        for then in ("abortConnection", "loseConnection"):
+            self.setUp()
+            self._abortingProtocol(then)
+            self.fromPeer(b"x")
+            self.clock.advance(0)
+            (reason,) = self.protocol.lost
+            reason.trap(ConnectionAborted)
+
+    def test_loseConnectionWaitsForProducer(self) -> None:
+        """
+        C{loseConnection()} with a producer registered closes once the
+        producer is unregistered, without stopping it; writes go on until.
+        """
+        stopped: list[bool] = []
+
+        class Producer:
+            def pauseProducing(self) -> None:
+                pass
+
+            def resumeProducing(self) -> None:
+                pass
+
+            def stopProducing(self) -> None:
+                stopped.append(True)
+
+        self.transport.registerProducer(Producer(), True)
+        self.transport.loseConnection()
+        self.demux.sent.clear()
+        self.transport.write(b"still")
+        self.clock.advance(0)
+        self.assertEqual([parse_packet(p).payload for p in self.demux.sent], [b"still"])
+        self.assertEqual((self.protocol.lost, stopped), ([], []))
+        self.demux.sent.clear()
+        self.transport.unregisterProducer()
+        (fin,) = self.demux.sent
+        self.assertTrue(parse_packet(fin).flags & FIN)
+        self.clock.advance(0)
+        (reason,) = self.protocol.lost
+        reason.trap(ConnectionDone)
+        self.assertEqual(stopped, [])
+
+    def test_callbacksLoggedUnderProtocolPrefix(self) -> None:
+        """
+        The protocol's callbacks run in a log context whose system is the
+        transport's C{logPrefix()}, made of the protocol's own prefix.
+        """
+        systems: list[str] = []
+        self.protocol.dataReceived = lambda data: systems.append(context.get(ILogContext)["system"])
+        self.protocol.logPrefix = lambda: "Custom"
+        self.fromPeer(b"x")
+        # The prefix was taken when the connection was made.
+        self.assertEqual(systems, [f"_Recorder,faketcp,{self.transport.getPeer().host}:{CLIENT_PORT}"])
+        self.assertEqual(self.transport.logPrefix(), systems[0])

@@ -16,6 +16,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
 from twisted.protocols import amp, basic
 from twisted.protocols.wire import Echo
+from twisted.trial.unittest import SynchronousTestCase
 
 from faketcp_twisted.engine.demux import Demultiplexer
 from faketcp_twisted.tx.errors import PortInUseError
@@ -665,3 +666,26 @@ class DescriptorExhaustionTests(LabTestCase):
         pauses = errors.count("pausing accepts")
         self.assertGreaterEqual(pauses, 1, errors)
         self.assertLessEqual(pauses, 8, errors[:2000])
+
+
+class EndpointPortRangeTests(SynchronousTestCase):
+    """
+    The endpoint classes check their port numbers as the string parsers
+    do: a bad one is a L{ValueError} naming it, not a firewall error later.
+    """
+
+    def test_badPorts(self) -> None:
+        from twisted.internet import reactor
+
+        from faketcp_twisted.tx.endpoints import FakeTCPClientEndpoint, FakeTCPServerEndpoint
+
+        for port in (-1, 65536):
+            self.assertRaises(ValueError, FakeTCPServerEndpoint, reactor, port)
+        for port in (0, -1, 65536):
+            self.assertRaises(ValueError, FakeTCPClientEndpoint, reactor, "127.0.0.1", port)
+        problem = self.assertRaises(
+            ValueError, FakeTCPClientEndpoint, reactor, "127.0.0.1", 80, bindAddress=("127.0.0.1", 70000)
+        )
+        self.assertIn("bindAddress port", str(problem))
+        FakeTCPServerEndpoint(reactor, 0)
+        FakeTCPClientEndpoint(reactor, "127.0.0.1", 65535)

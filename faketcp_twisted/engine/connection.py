@@ -214,7 +214,10 @@ class FlowConnection:
             if face is not None:
                 face.peer_finished()
         elif flow.state is FlowState.CLOSED:
-            self.end(Ending.DONE)
+            # Closed by this side's own RST (an abort from inside the
+            # application's callback, before its end_soon ran): aborted,
+            # not closed cleanly.
+            self.end(Ending.ABORTED if flow.end_reason is EndReason.LOCAL_RST else Ending.DONE)
 
     def _deliver(self, payload: bytes) -> None:
         # (No face yet: only between adoption and the owner's callback,

@@ -88,9 +88,11 @@ class FakeTCPServerEndpoint:
             (default: an nftables table the kernel removes with the process
             where the kernel can, else iptables), C{"nftables"} or
             C{"iptables"}.
-        @raise ValueError: both C{key} and C{keyFile}, or an empty or
-            unreadable key, or an C{authTimeout} that is not positive.
+        @raise ValueError: a port outside 0 to 65535, both C{key} and
+            C{keyFile}, or an empty or unreadable key, or an C{authTimeout}
+            that is not positive.
         """
+        _check_port(port, 0)
         self._reactor = reactor
         self._port = port
         self._interface = interface
@@ -160,15 +162,20 @@ class FakeTCPClientEndpoint:
         @param authTimeout: seconds the server's proof may take (default 5).
         @param timestamps: as for L{FakeTCPServerEndpoint}.
         @param firewall: as for L{FakeTCPServerEndpoint}.
-        @raise ValueError: both C{key} and C{keyFile}, or an empty or
-            unreadable key, or an C{authTimeout} that is not positive.
+        @raise ValueError: a port outside 1 to 65535 (or a C{bindAddress}
+            port outside 0 to 65535), both C{key} and C{keyFile}, or an
+            empty or unreadable key, or an C{authTimeout} that is not
+            positive.
         """
+        _check_port(port, 1)
         self._reactor = reactor
         self._host = host
         self._port = port
         self._timeout = timeout
         if isinstance(bindAddress, str):
             bindAddress = (bindAddress, 0)
+        if bindAddress is not None:
+            _check_port(bindAddress[1], 0, "bindAddress port")
         self._bindAddress = bindAddress
         self._options = flow_options(idleTimeout, keepalive, mark, timestamps, firewall)
         self._auth = auth_from(key, keyFile)
@@ -177,7 +184,8 @@ class FakeTCPClientEndpoint:
     def connect(self, protocolFactory: Any) -> defer.Deferred[Any]:
         """
         Connect; fires with the connected protocol or fails with a
-        L{ConnectError} subclass.
+        L{ConnectError} subclass (or Twisted's L{NoProtocol} when the
+        factory builds no protocol).
         """
         if is_ip_address(self._host):
             return self._connect(self._host, protocolFactory)
@@ -213,7 +221,8 @@ class FakeTCPClientEndpoint:
         def connected(connection: Any) -> None:
             protocol = connect_protocol(connection, protocolFactory)
             if protocol is None:
-                result.errback(ConnectError(string="the factory built no protocol"))
+                # As Twisted's own endpoints; the connection was reset.
+                result.errback(NoProtocol())
                 return
             result.callback(protocol)
 
@@ -223,7 +232,7 @@ class FakeTCPClientEndpoint:
         def cancel(_: defer.Deferred[Any]) -> None:
             connector.cancel()
 
-        from twisted.internet.error import ConnectError
+        from twisted.internet.error import NoProtocol
 
         result: defer.Deferred[Any] = defer.Deferred(cancel)
         connector = Connector(
@@ -240,6 +249,17 @@ class FakeTCPClientEndpoint:
         )
         connector.start()
         return result
+
+
+def _check_port(port: object, low: int, name: str = "port") -> None:
+    """
+    Check a port number given to an endpoint class directly (the string
+    parsers check theirs before).
+
+    @raise ValueError: not a whole number from C{low} to 65535, naming it.
+    """
+    if isinstance(port, bool) or not isinstance(port, int) or not low <= port <= 65535:
+        raise ValueError(f"faketcp: {name} must be a number from {low} to 65535, not {port!r}")
 
 
 #: How endpoint strings say yes and no.

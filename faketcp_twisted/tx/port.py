@@ -13,6 +13,7 @@ from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
+from twisted.python import log as legacy_log
 from zope.interface import implementer
 
 from ..core.auth import DEFAULT_TIMEOUT, AuthKey
@@ -23,7 +24,7 @@ from ..engine.listener import Listener
 from ..engine.options import FlowOptions
 from .errors import twisted_listen_error
 from .reactor import loop_for
-from .transport import connect_protocol
+from .transport import connect_protocol, log_prefix_of
 
 
 @implementer(IListeningPort)
@@ -100,13 +101,9 @@ class FakeTCPPort:
         except FakeTCPError as failure:
             raise twisted_listen_error(self.interface, self._listener.port, failure) from failure
         self.connected = True
+        # Twisted's TCP ports' line, word for word (tools and tests match it).
+        legacy_log.msg(f"{log_prefix_of(self.factory)} starting on {self.port}")
         self.factory.doStart()
-        self.log.info(
-            "{factory} listening on fake-TCP {host}:{port}",
-            factory=type(self.factory).__name__,
-            host=self.interface or "0.0.0.0",
-            port=self.port,
-        )
 
     def _connection(self, connection: FlowConnection) -> None:
         connect_protocol(connection, self.factory)
@@ -121,6 +118,7 @@ class FakeTCPPort:
             stopped = self._stopped = defer.Deferred()
             if self.connected:
                 self.connected = False
+                legacy_log.msg(f"(TCP Port {self.port} Closed)")
                 self.factory.doStop()
             self._listener.close()
             self.reactor.callLater(0, stopped.callback, None)

@@ -26,18 +26,21 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import (
     IConsumer,
     IHalfCloseableProtocol,
+    ILoggingContext,
     IPushProducer,
     ISystemHandle,
     ITCPTransport,
 )
 from twisted.logger import Logger
+from twisted.python import context
 from twisted.python.failure import Failure
+from twisted.python.log import ILogContext
 from zope.interface import implementer
 
 from ..core.flow import Flow
 from ..engine.connection import Ending, FlowConnection
 
-__all__ = ["FakeTCPTransport", "address_of", "connect_protocol"]
+__all__ = ["FakeTCPTransport", "address_of", "connect_protocol", "log_prefix_of"]
 
 
 def address_of(host: str, port: int) -> IPv4Address | IPv6Address:
@@ -83,6 +86,17 @@ def connect_protocol(connection: FlowConnection, factory: Any) -> Any:
     return protocol
 
 
+def log_prefix_of(thing: Any) -> str:
+    """
+    What Twisted logs a protocol's (or factory's) doings under: its
+    C{logPrefix()} when it provides L{ILoggingContext}, else its class
+    name.
+    """
+    if ILoggingContext.providedBy(thing):
+        return str(thing.logPrefix())
+    return type(thing).__name__
+
+
 @implementer(ITCPTransport, ISystemHandle, IConsumer, IPushProducer)
 class FakeTCPTransport:
     """
@@ -116,6 +130,12 @@ class FakeTCPTransport:
         self.disconnected = False
         self.producer: Any = None
         self.streamingProducer = False
+        # loseConnection() was called with a producer registered: the FIN
+        # waits until the producer is unregistered (Twisted's rule).
+        self._closeWhenUnregistered = False
+        # The log context of the protocol's callbacks (see logPrefix),
+        # made once the protocol is known.
+        self._logContext: dict[Any, dict[str, str]] = {ILogContext: {"system": "-"}}
         self._keepalive_default = connection.flow.keepalive_interval or connection.options.default_keepalive
         connection.bind(self)
 
@@ -152,8 +172,15 @@ class FakeTCPTransport:
         """
         self.protocol = protocol
         self.connected = True
-        protocol.makeConnection(self)
+        self._logContext = {ILogContext: {"system": self._makeLogPrefix()}}
+        context.call(self._logContext, protocol.makeConnection, self)
         self._connection.start()
+
+    def _makeLogPrefix(self) -> str:
+        # As Twisted's TCP connections: the protocol's prefix, then this
+        # transport's kind and the peer's address.
+        host, port = self._connection.remote_address
+        return f"{log_prefix_of(self.protocol)},faketcp,{host}:{port}"
 
     def _protocolFailed(self, callback: str) -> None:
         # One protocol's failure loses its own connection only.
@@ -174,7 +201,7 @@ class FakeTCPTransport:
         call, not the protocol's).
         """
         try:
-            self.protocol.dataReceived(payload)
+            context.call(self._logContext, self.protocol.dataReceived, payload)
         except Exception:
             self._protocolFailed("dataReceived")
 
@@ -185,9 +212,14 @@ class FakeTCPTransport:
         """
         if IHalfCloseableProtocol.providedBy(self.protocol):
             try:
-                self.protocol.readConnectionLost()
+                context.call(self._logContext, self.protocol.readConnectionLost)
             except Exception:
                 self._protocolFailed("readConnectionLost")
+        elif self._closeWhenUnregistered:
+            # The peer closed: as with Twisted's TCP, the connection is
+            # over without waiting for the producer any longer.
+            self._closeWhenUnregistered = False
+            self._finish()
         else:
             self.loseConnection()
 
@@ -198,6 +230,7 @@ class FakeTCPTransport:
         """
         self.connected = False
         self.disconnected = True
+        self._closeWhenUnregistered = False
         producer, self.producer = self.producer, None
         if producer is not None:
             try:
@@ -212,7 +245,7 @@ class FakeTCPTransport:
         if protocol is None:
             return
         try:
-            protocol.connectionLost(reason)
+            context.call(self._logContext, protocol.connectionLost, reason)
         except Exception:
             self.log.failure("Unhandled error in connectionLost of {protocol!r}", protocol=protocol)
 
@@ -240,13 +273,18 @@ class FakeTCPTransport:
         """
         if not isinstance(data, bytes):
             raise TypeError(f"Data must be bytes, not {type(data).__name__}")
-        if self.connected and not self.disconnecting:
+        # (Once FIN or RST is sent, the flow sends nothing more; before,
+        # while a close waits for the producer, writes still go out.)
+        if self.connected:
             self._connection.send(data)
 
     def writeSequence(self, data: list[bytes]) -> None:
         """
         Send the concatenation of C{data}, as L{write} would.
         """
+        for item in data:
+            if not isinstance(item, bytes):
+                raise TypeError("Data must be bytes")
         self.write(b"".join(data))
 
     def send_datagrams(self, datagrams: list[bytes]) -> None:
@@ -263,10 +301,18 @@ class FakeTCPTransport:
     def loseConnection(self) -> None:
         """
         Send FIN and close; the peer sees C{connectionLost(ConnectionDone)}.
+        With a producer registered, the close waits until it is
+        unregistered, as with Twisted's TCP.
         """
         if not self.connected or self.disconnecting:
             return
         self.disconnecting = True
+        if self.producer is not None:
+            self._closeWhenUnregistered = True
+            return
+        self._finish()
+
+    def _finish(self) -> None:
         self._connection.send_fin()
         self._connection.end_soon(Ending.DONE)
 
@@ -288,6 +334,7 @@ class FakeTCPTransport:
         if not self.connected:
             return
         self.disconnecting = True
+        self._closeWhenUnregistered = False
         self._connection.send_rst()
         self._connection.end_soon(Ending.ABORTED)
 
@@ -384,16 +431,26 @@ class FakeTCPTransport:
 
     def unregisterProducer(self) -> None:
         """
-        Forget the producer.
+        Forget the producer; a L{loseConnection} that waited for it now
+        closes.
         """
         self.producer = None
+        if self._closeWhenUnregistered:
+            self._closeWhenUnregistered = False
+            if self.connected:
+                self._finish()
 
     def logPrefix(self) -> str:
         """
-        The prefix of log lines about this connection.
+        The prefix of log lines about this connection, which its
+        protocol's callbacks are logged under: the protocol's own prefix
+        (L{ILoggingContext}, else its class name), C{faketcp} and the
+        peer's address, e.g. C{"Echo,faketcp,198.18.0.1:40000"}.
         """
-        host, port = self._connection.remote_address
-        return f"FakeTCP {host}:{port}"
+        if self.protocol is None:
+            host, port = self._connection.remote_address
+            return f"FakeTCP {host}:{port}"
+        return self._logContext[ILogContext]["system"]
 
     def __repr__(self) -> str:
         (local, local_port), (remote, remote_port) = self._connection.local_address, self._connection.remote_address
