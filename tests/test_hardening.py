@@ -998,7 +998,11 @@ class AuthTests(HardeningTestCase):
         # still knows their 4-tuples.
         self.assertLessEqual(demux.time_wait_sockets, 1)
         self.assertGreater(len(demux.table.time_wait), made * 0.5)
-        self.assertLess(max(peak) - before, 200, (before, max(peak), after))
+        # Bounded by the sockets held for time-wait (at most
+        # Demultiplexer.timeWaitSockets, 256) and the connections being
+        # accepted and refused at the moment (a few dozen at 500/s): never
+        # the thousands of the flood.
+        self.assertLess(max(peak) - before, 400, (before, max(peak), after))
         self.assertLess(after - before, 10, (before, after))
         self.assertArrivingThroughout(client, started, ended)
         newcomer = await self.connect(RecordingFactory(), self.client())

@@ -15,6 +15,8 @@ import atexit
 import weakref
 from typing import Any, Protocol
 
+from ..core.flow import FlowState
+
 
 class _Closable(Protocol):
     @property
@@ -22,6 +24,9 @@ class _Closable(Protocol):
 
     @property
     def quiescent(self) -> bool: ...
+
+    @property
+    def connections(self) -> dict[Any, Any]: ...
 
     def close(self) -> None: ...
 
@@ -52,7 +57,16 @@ def quiescent() -> bool:
     answer to a kernel with no socket for it, which answers with a RST
     nothing silences.
     """
-    return all(demux.quiescent for demux in list(_captures) if not demux.closed)
+    for demux in list(_captures):
+        if demux.closed:
+            continue
+        if not demux.quiescent:
+            return False
+        # A flow that sent its FIN and waits for the peer's (its connection
+        # ends on the next turn, and the capture's wait begins then).
+        if any(connection.flow.state is FlowState.WRITE_CLOSED for connection in demux.connections.values()):
+            return False
+    return True
 
 
 def shutdown() -> None:

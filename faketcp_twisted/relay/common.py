@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from ..core.rotation import Rotation
 from ..engine.demux import Demultiplexer
 from ..engine.loop import EventLoop
+from ..engine.shutdown import quiescent
 from ..io.firewall import FirewallUnavailable, sweep
 from ..io.kernel import ensure_open_files, has_privileges
 from ..tx.reactor import loop_for
@@ -346,10 +347,27 @@ class RelayService(service.Service):
             if late:
                 self.log.warn("some flows did not close within {seconds:g} s", seconds=2 * STOP_GRACE)
             self.log.info("stopped; {totals}", totals=self.stats.totals_line())
-            done.callback(None)
+            self._whenQuiescent(done)
 
         pending.addCallback(finished)
         return done
+
+    def _whenQuiescent(self, done: defer.Deferred[None]) -> None:
+        """
+        Fire C{done} once no capture waits for a peer's FIN any more (at
+        most L{STOP_GRACE} seconds): the process exits next, and a FIN
+        arriving after it would meet a kernel with no socket for it, which
+        answers with a RST nothing silences.
+        """
+        deadline = self.reactor.seconds() + STOP_GRACE
+
+        def look() -> None:
+            if quiescent() or self.reactor.seconds() >= deadline:
+                done.callback(None)
+            else:
+                self.reactor.callLater(0.02, look)
+
+        look()
 
     def _abortRemaining(self) -> None:
         for flow in list(self._flows()):

@@ -73,6 +73,9 @@ class TwistedLoop:
         # answer (a program that stops the reactor in connectionLost).
         from ..engine.shutdown import shutdown
 
+        # (Before: during shutdown the reactor no longer reads.  The
+        # application's services stop in the same phase, closing their
+        # flows with FIN: quiescent() waits for those too.)
         reactor.addSystemEventTrigger("before", "shutdown", self._linger)
         reactor.addSystemEventTrigger("during", "shutdown", shutdown)
 
