@@ -332,6 +332,32 @@ def _bind_address(text: str) -> tuple[str, int]:
     raise ValueError(f"faketcp: bindAddress must be HOST, HOST:PORT or [IPV6]:PORT (PORT up to 65535), not {text!r}")
 
 
+def _flow_arguments(
+    idleTimeout: str | None,
+    keepalive: str | None,
+    mark: str | None,
+    authTimeout: str | None,
+    timestamps: str | None,
+    firewall: str | None,
+) -> dict[str, Any]:
+    """
+    The arguments both endpoints take, converted from an endpoint string's
+    text (absent ones left out, so the endpoint's defaults hold).
+    """
+    converted: dict[str, Any] = {"firewall": firewall}
+    if idleTimeout is not None:
+        converted["idleTimeout"] = _seconds("idleTimeout", idleTimeout, positive=False)
+    if keepalive is not None:
+        converted["keepalive"] = _seconds("keepalive", keepalive, positive=False)
+    if mark is not None:
+        converted["mark"] = _integer("mark", mark, 0, 0xFFFFFFFF, base=0)
+    if authTimeout is not None:
+        converted["authTimeout"] = _seconds("authTimeout", authTimeout, positive=True)
+    if timestamps is not None:
+        converted["timestamps"] = _boolean("timestamps", timestamps)
+    return converted
+
+
 def _check_arguments(parse: Any, reactor: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     """
     Check that an endpoint string's arguments fit C{parse}'s parameters.
@@ -372,14 +398,9 @@ class FakeTCPServerParser:
             _integer("port", port, 0, 65535),
             interface,
             _integer("backlog", backlog, 0, 65535),
-            None if idleTimeout is None else _seconds("idleTimeout", idleTimeout, positive=False),
-            None if keepalive is None else _seconds("keepalive", keepalive, positive=False),
-            None if mark is None else _integer("mark", mark, 0, 0xFFFFFFFF, base=0),
             key=key,
             keyFile=keyFile,
-            authTimeout=None if authTimeout is None else _seconds("authTimeout", authTimeout, positive=True),
-            timestamps=None if timestamps is None else _boolean("timestamps", timestamps),
-            firewall=firewall,
+            **_flow_arguments(idleTimeout, keepalive, mark, authTimeout, timestamps, firewall),
         )
 
     def parseStreamServer(self, reactor: Any, *args: Any, **kwargs: Any) -> FakeTCPServerEndpoint:
@@ -425,14 +446,9 @@ class FakeTCPClientParser:
             _integer("port", port, 1, 65535),
             _seconds("timeout", timeout, positive=True),
             None if bindAddress is None else _bind_address(bindAddress),
-            None if idleTimeout is None else _seconds("idleTimeout", idleTimeout, positive=False),
-            None if keepalive is None else _seconds("keepalive", keepalive, positive=False),
-            None if mark is None else _integer("mark", mark, 0, 0xFFFFFFFF, base=0),
             key=key,
             keyFile=keyFile,
-            authTimeout=None if authTimeout is None else _seconds("authTimeout", authTimeout, positive=True),
-            timestamps=None if timestamps is None else _boolean("timestamps", timestamps),
-            firewall=firewall,
+            **_flow_arguments(idleTimeout, keepalive, mark, authTimeout, timestamps, firewall),
         )
 
     def parseStreamClient(self, reactor: Any, *args: Any, **kwargs: Any) -> FakeTCPClientEndpoint:
