@@ -25,10 +25,9 @@ from twisted.logger import Logger
 from ..core.rotation import Rotation
 from ..engine.demux import Demultiplexer
 from ..engine.loop import EventLoop
-from ..engine.shutdown import quiescent
 from ..io.firewall import FirewallUnavailable, sweep
 from ..io.kernel import ensure_open_files, has_privileges
-from ..tx.reactor import loop_for
+from ..tx.reactor import loop_for, when_quiescent
 from .contracts import RelayTransport
 from .stats import FlowRecord, RelayStats, path_mtu
 
@@ -247,7 +246,6 @@ class RelayService(service.Service):
         self.settings = settings
         self._expiry: task.LoopingCall | None = None
         self._expiryRotation: Rotation[RelayFlow] = Rotation()
-        self.stopped: defer.Deferred[None] | None = None
 
     @property
     def loop(self) -> EventLoop:
@@ -347,27 +345,12 @@ class RelayService(service.Service):
             if late:
                 self.log.warn("some flows did not close within {seconds:g} s", seconds=2 * STOP_GRACE)
             self.log.info("stopped; {totals}", totals=self.stats.totals_line())
-            self._whenQuiescent(done)
+            # The process exits next: wait until no capture waits for a
+            # peer's FIN (the flows just closed with FIN), at most STOP_GRACE.
+            when_quiescent(self.reactor, STOP_GRACE).chainDeferred(done)
 
         pending.addCallback(finished)
         return done
-
-    def _whenQuiescent(self, done: defer.Deferred[None]) -> None:
-        """
-        Fire C{done} once no capture waits for a peer's FIN any more (at
-        most L{STOP_GRACE} seconds): the process exits next, and a FIN
-        arriving after it would meet a kernel with no socket for it, which
-        answers with a RST nothing silences.
-        """
-        deadline = self.reactor.seconds() + STOP_GRACE
-
-        def look() -> None:
-            if quiescent() or self.reactor.seconds() >= deadline:
-                done.callback(None)
-            else:
-                self.reactor.callLater(0.02, look)
-
-        look()
 
     def _abortRemaining(self) -> None:
         for flow in list(self._flows()):

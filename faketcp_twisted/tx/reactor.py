@@ -91,17 +91,7 @@ class TwistedLoop:
 
         if quiescent():
             return None
-        waiting: Deferred[None] = Deferred()
-        deadline = self.seconds() + self.lingerLimit
-
-        def look() -> None:
-            if quiescent() or self.seconds() >= deadline:
-                waiting.callback(None)
-            else:
-                self.reactor.callLater(0.02, look)
-
-        self.reactor.callLater(0.02, look)
-        return waiting
+        return when_quiescent(self.reactor, self.lingerLimit)
 
     def seconds(self) -> float:
         return float(self.reactor.seconds())
@@ -150,3 +140,26 @@ def loop_for(reactor: Any) -> EventLoop:
     L{cached_adapter}).
     """
     return cached_adapter(reactor, TwistedLoop)
+
+
+def when_quiescent(reactor: Any, limit: float) -> Deferred[None]:
+    """
+    A Deferred that fires once no capture of the process waits for a
+    peer's FIN any more (see L{faketcp_twisted.engine.shutdown.quiescent}),
+    or after C{limit} seconds: what must pass before the process exits, or
+    that FIN meets a kernel with no socket for it, which answers with a RST
+    nothing silences.
+    """
+    from ..engine.shutdown import quiescent
+
+    waiting: Deferred[None] = Deferred()
+    deadline = reactor.seconds() + limit
+
+    def look() -> None:
+        if quiescent() or reactor.seconds() >= deadline:
+            waiting.callback(None)
+        else:
+            reactor.callLater(0.02, look)
+
+    look()
+    return waiting
