@@ -20,7 +20,19 @@ from ..io import fastpath as _fastpath
 
 # FlowKey lives with the codec (the C fast path makes keys while it parses);
 # this is still its home for every other module.
-from .segment import ACK, FIN, PSH, RST, SYN, FlowKey as FlowKey, MalformedOptions, Segment, seq_after, timestamp_value
+from .segment import (
+    ACK,
+    FIN,
+    PSH,
+    RST,
+    SYN,
+    TIMESTAMP_OPTION_BYTES,
+    FlowKey as FlowKey,
+    MalformedOptions,
+    Segment,
+    seq_after,
+    timestamp_value,
+)
 
 _MASK = 0xFFFFFFFF
 _SPACE = 1 << 32
@@ -449,7 +461,7 @@ class Flow:
         The TCP option bytes on each of this side's segments (12 with
         timestamps, else none): room the path MTU gives them, not data.
         """
-        return 12 if self.ts_rate else 0
+        return TIMESTAMP_OPTION_BYTES if self.ts_rate else 0
 
     @property
     def can_send(self) -> bool:

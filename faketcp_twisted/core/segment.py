@@ -184,6 +184,8 @@ class MalformedOptions(ValueError):
 #: timestamps option's kind and length.  Its twelve bytes end with TSval
 #: and TSecr.
 TIMESTAMP_PREFIX = b"\x01\x01\x08\x0a"
+#: The bytes that layout takes of every segment that carries it.
+TIMESTAMP_OPTION_BYTES = 12
 #: The length each known option must have (SACK blocks are checked apart).
 _OPTION_LENGTHS = {2: 4, 3: 3, 4: 2, 8: 10}
 

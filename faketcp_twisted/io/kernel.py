@@ -21,6 +21,8 @@ import struct
 from collections.abc import Callable
 from typing import NamedTuple
 
+from ..core.segment import TIMESTAMP_OPTION_BYTES
+
 #: struct tcp_info offsets (linux/tcp.h): options byte, the two 4-bit window
 #: scale fields, the send MSS, and the advertised MSS.
 _TCPI_OPTIONS = 5
@@ -37,9 +39,9 @@ _TCP_INFO_SIZE = 104
 #: now (its clock plus its random per-connection offset).
 TCP_TIMESTAMP = 24
 
-#: The size of the TCP timestamp option as the kernel pads it; the kernel's
-#: MSS excludes it.
-TIMESTAMP_OPTION = 12
+#: The size of the TCP timestamp option as the kernel pads it (NOP, NOP,
+#: TS); the kernel's MSS excludes it.
+TIMESTAMP_OPTION = TIMESTAMP_OPTION_BYTES
 
 IPV6_UNICAST_HOPS = getattr(socket, "IPV6_UNICAST_HOPS", 16)
 
