@@ -1479,6 +1479,73 @@ class TablePropertyTests(SynchronousTestCase):
                 flow.pending.clear()
 
 
+class HandOffTests(SynchronousTestCase):
+    """
+    A flow handed back to the kernel (a keyed server's fallback): its
+    segments are the kernel's, and the table says nothing to them.
+    """
+
+    def test_handedOffSegmentsUnanswered(self) -> None:
+        """
+        Data, a FIN and a RST of a handed-off 4-tuple get no answer (an
+        unknown 4-tuple's data gets the orphan RST) and count as nothing.
+        """
+        table = FlowTable(Role.SERVER)
+        flow = adopted_server_flow(table)
+        table.hand_off(flow)
+        self.assertEqual(table.flows, {})
+        self.assertEqual(table.time_wait, {})
+        for flags, payload in ((PSH | ACK, b"GET / HTTP/1.1\r\n"), (FIN | ACK, b""), (RST, b"")):
+            segment = incoming(SERVER_KEY, flags, CLIENT_ISN + 1, SERVER_ISN + 1, payload)
+            self.assertIsNone(table.receive_unadopted(SERVER_KEY, segment, 1.0))
+        self.assertEqual(sum(table.drops.values()), 0)
+        other = SERVER_KEY._replace(remote_port=CLIENT_PORT + 1)
+        orphan = incoming(other, PSH | ACK, CLIENT_ISN + 1, SERVER_ISN + 1, b"x")
+        self.assertIsNotNone(table.receive_unadopted(other, orphan, 1.0))
+
+    def test_handOffForgetsTheFinAnswer(self) -> None:
+        """
+        A 4-tuple whose time-wait entry would answer the peer's FIN loses
+        that answer when it is handed off: the kernel answers now.
+        """
+        table = FlowTable(Role.SERVER)
+        flow = Flow.from_handshake(SERVER_KEY, SERVER_ISN, CLIENT_ISN, MSS, 0.0)
+        table.flows[SERVER_KEY] = flow
+        flow.finish(1.0)
+        flow.abandon()
+        table.retire(flow, 1.0)
+        self.assertTrue(table.awaiting_fin)
+        table.hand_off(flow)
+        self.assertFalse(table.awaiting_fin)
+        fin = incoming(SERVER_KEY, FIN | ACK, CLIENT_ISN + 1, SERVER_ISN + 2)
+        self.assertIsNone(table.receive_unadopted(SERVER_KEY, fin, 1.2))
+
+    def test_releaseEntersTimeWait(self) -> None:
+        """
+        Once the kernel socket is closed, the 4-tuple spends time-wait like
+        any ended flow's: late segments are dropped unanswered and counted,
+        until the entry ends.
+        """
+        table = FlowTable(Role.SERVER, TableLimits(time_wait=30.0))
+        table.hand_off(adopted_server_flow(table))
+        table.release_hand_off(SERVER_KEY, 50.0)
+        self.assertEqual(table.handed_off, set())
+        self.assertEqual(table.time_wait, {SERVER_KEY: 80.0})
+        late = incoming(SERVER_KEY, PSH | ACK, CLIENT_ISN + 1, SERVER_ISN + 1, b"late")
+        self.assertIsNone(table.receive_unadopted(SERVER_KEY, late, 51.0))
+        self.assertEqual(table.drops["time-wait"], 1)
+        table.expire(80.0)
+        self.assertEqual(table.time_wait, {})
+
+    def test_releaseUnknownKey(self) -> None:
+        """
+        Releasing a 4-tuple that was not handed off changes nothing.
+        """
+        table = FlowTable(Role.SERVER)
+        table.release_hand_off(SERVER_KEY, 1.0)
+        self.assertEqual(table.time_wait, {})
+
+
 class RotationTests(SynchronousTestCase):
     """
     L{Rotation} hands out a changing collection a share at a time.

@@ -162,6 +162,7 @@ class FlowTable:
         self.flows: dict[FlowKey, Flow] = {}
         self.embryos: OrderedDict[FlowKey, Embryo] = OrderedDict()
         self.time_wait: OrderedDict[FlowKey, float] = OrderedDict()
+        self.handed_off: set[FlowKey] = set()
         # The numbers of each time-wait entry whose flow this side closed
         # with FIN (its next sequence number, and the peer's next byte):
         # the peer's FIN, arriving after the flow was retired, still gets
@@ -202,6 +203,8 @@ class FlowTable:
             the SYN-ACK with the handshake's last ACK itself, because the
             silencing rule drops the kernel's.
         """
+        if key in self.handed_off:
+            return None
         if key in self.time_wait:
             self.drops["time-wait"] += 1
             numbers = self._fin_numbers.get(key)
@@ -457,6 +460,47 @@ class FlowTable:
         key = flow.key
         if self.flows.get(key) is flow:
             del self.flows[key]
+        if not self._enter_time_wait(key, now):
+            return
+        if flow.end_reason is EndReason.LOCAL_FIN and not flow.fin_received:
+            self._fin_numbers[key] = (flow.snd_max, flow.rcv_high)
+        else:
+            self._fin_numbers.pop(key, None)
+
+    def hand_off(self, flow: Flow) -> None:
+        """
+        Remove a flow whose connection the kernel takes back: until
+        L{release_hand_off}, its 4-tuple's segments are the kernel's, and
+        this table neither answers them (its orphan RST would kill the
+        connection) nor keeps a time-wait entry (whose FIN answer would
+        speak over the kernel).
+        """
+        key = flow.key
+        if self.flows.get(key) is flow:
+            del self.flows[key]
+        self.time_wait.pop(key, None)
+        self._fin_numbers.pop(key, None)
+        self.handed_off.add(key)
+
+    def release_hand_off(self, key: FlowKey, now: float) -> None:
+        """
+        The kernel socket of a handed-off connection is closed: its
+        4-tuple spends time-wait here like any ended flow's, so that its
+        late segments are still not answered with the orphan RST.
+        """
+        if key not in self.handed_off:
+            return
+        self.handed_off.discard(key)
+        self._enter_time_wait(key, now)
+
+    def _enter_time_wait(self, key: FlowKey, now: float) -> bool:
+        """
+        Start (or restart) C{key}'s time-wait, evicting the oldest entry
+        when full.
+
+        @return: whether C{key} is in time-wait now (not when the limit is
+            zero).
+        """
         time_wait = self.time_wait
         if key in time_wait:
             time_wait.move_to_end(key)
@@ -466,12 +510,9 @@ class FlowTable:
                 self._fin_numbers.pop(evicted, None)
                 self.drops["time-wait-evicted"] += 1
             if self.limits.time_waits <= 0:
-                return
+                return False
         time_wait[key] = now + self.limits.time_wait
-        if flow.end_reason is EndReason.LOCAL_FIN and not flow.fin_received:
-            self._fin_numbers[key] = (flow.snd_max, flow.rcv_high)
-        else:
-            self._fin_numbers.pop(key, None)
+        return True
 
     @property
     def awaiting_fin(self) -> bool:
