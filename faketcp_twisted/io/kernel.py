@@ -21,6 +21,7 @@ import struct
 from collections.abc import Callable
 from typing import NamedTuple
 
+from ..core.bpf import detach_filter
 from ..core.segment import TIMESTAMP_OPTION_BYTES
 
 #: struct tcp_info offsets (linux/tcp.h): options byte, the two 4-bit window
@@ -178,6 +179,46 @@ def silence(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 1)
 
 
+def unsilence(sock: socket.socket) -> None:
+    """
+    Give a silenced, muted kernel socket back to the kernel: no firewall
+    mark (the silencing rule lets its segments pass), the default TTL and
+    hop limit, no socket filter, and a receive buffer a real connection
+    can use.  The connection then goes on as the kernel's own, from the
+    numbers of its handshake.
+
+    The filter goes last: a segment the kernel took before the mark and
+    TTL were back would be answered by an ACK that goes nowhere.
+
+    @raise OSError: the kernel refused one of the options (the socket may
+        then be half given back; the caller closes it).
+    """
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, 0)
+    # -1 is "the system default" for both (ip(7), ipv6(7)).
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_UNICAST_HOPS, -1)
+        try:
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, -1)
+        except OSError:
+            pass  # an IPv6-only socket
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, -1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, default_receive_buffer())
+    detach_filter(sock)
+
+
+def default_receive_buffer() -> int:
+    """
+    The receive buffer the kernel gives a new TCP socket (the middle value
+    of C{net.ipv4.tcp_rmem}), or 128 KiB where it cannot be read.
+    """
+    try:
+        with open("/proc/sys/net/ipv4/tcp_rmem") as rmem:
+            return int(rmem.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 128 * 1024
+
+
 def drain(sock: socket.socket, budget: int = 64) -> bool:
     """
     Read and discard what the kernel queued on a silenced socket.
@@ -204,6 +245,14 @@ def close_silently(sock: socket.socket) -> None:
     so the silencing rule drops it) and frees the socket now, instead of
     leaving a FIN_WAIT socket retransmitting FINs (the kernel-socket leak
     tcpraw has).  The caller must close sockets before removing the rule.
+    """
+    close_abortively(sock)
+
+
+def close_abortively(sock: socket.socket) -> None:
+    """
+    Close a TCP socket at once with a RST (a zero linger), whatever it
+    still had to send.
     """
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
