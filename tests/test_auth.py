@@ -454,6 +454,7 @@ class _Demux:
         self.sent: list[bytes] = []
         self.drops: Counter[str] = Counter()
         self.detached = False
+        self.handed: list[Connection] = []
         self.congested = False
         self.backlog_bytes = 0
 
@@ -468,6 +469,13 @@ class _Demux:
 
     def detach(self, connection: Connection) -> None:
         self.detached = True
+
+    def hand_off(self, connection: Connection) -> socket.socket:
+        self.handed.append(connection)
+        return connection.socket
+
+    def release_hand_off(self, key: FlowKey) -> None:
+        pass
 
 
 class _Face:
@@ -492,10 +500,10 @@ class _Face:
         pass
 
 
-class ConnectionAuthTests(SynchronousTestCase):
+class _ConnectionPair(SynchronousTestCase):
     """
-    L{FlowConnection.authenticate}: nothing reaches the application before
-    the peer's proof; the proofs cross as data segments; failures reset.
+    A client's and a server's connection of one flow, over in-memory
+    demultiplexers, on a fake clock.
     """
 
     def setUp(self) -> None:
@@ -550,6 +558,13 @@ class ConnectionAuthTests(SynchronousTestCase):
                 drop -= 1
                 continue
             to.segment_received(segment, self.clock.seconds())
+
+
+class ConnectionAuthTests(_ConnectionPair):
+    """
+    L{FlowConnection.authenticate}: nothing reaches the application before
+    the peer's proof; the proofs cross as data segments; failures reset.
+    """
 
     def test_accepted(self) -> None:
         """
@@ -641,6 +656,108 @@ class ConnectionAuthTests(SynchronousTestCase):
         self.assertEqual(self.results, [])
         self.assertTrue(self.client_demux.detached)
         self.assertEqual(self.clock.getDelayedCalls()[0].getTime(), DEFAULT_TIMEOUT)
+
+
+class QuietServerTests(_ConnectionPair):
+    """
+    A keyed server's connection is L{quiet<FlowConnection.quiet>} until its
+    client proved the key: nothing of ours enters a prober's sequence
+    space, and nothing of the prober's is acknowledged, so the connection
+    can go back to the kernel (a fallback) or be reset.
+    """
+
+    def quietServer(self, hand_off: Any = None) -> None:
+        self.server.quiet = True
+        # Adoption's window announcement, as the engine queues it.
+        self.server.flow.pending.append(self.server.flow.bare_ack(0.0))
+        self.server.authenticate(
+            Authenticator(KEY, Role.SERVER, SERVER_ISN, CLIENT_ISN, 0.0, timeout=30.0), self.done("server"), hand_off
+        )
+
+    def probe(self, payload: bytes) -> None:
+        """
+        A plain TCP client's data reaches the server, MSS by MSS.
+        """
+        for start in range(0, len(payload), MSS):
+            packet = self.client.flow.send(payload[start : start + MSS], self.clock.seconds())
+            self.server.segment_received(parse_packet(packet), self.clock.seconds())
+
+    def test_nothingBeforeTheProof(self) -> None:
+        """
+        Before the client's proof, the server sends nothing: not the
+        window announcement, not keepalives, not the ACKs its flow would
+        send for data; its first segment is its proof.
+        """
+        self.quietServer()
+        self.server.flow.keepalive_interval = 0.5
+        for second in range(1, 4):
+            self.clock.advance(1.0)
+            self.server.flow.poll(float(second))
+            self.server.flush_pending()
+        self.assertEqual(self.server_demux.sent, [])
+        self.client.authenticate(Authenticator(KEY, Role.CLIENT, CLIENT_ISN, SERVER_ISN, 3.0), self.done("client"))
+        self.cross(self.client_demux, self.server)
+        self.assertEqual(self.results, [("server", True)])
+        self.assertFalse(self.server.quiet)
+        first = parse_packet(self.server_demux.sent[0])
+        self.assertEqual(len(first.payload), PROOF_SIZE)
+        self.assertEqual(first.seq, SERVER_ISN + 1)
+
+    def test_probeHandedOff(self) -> None:
+        """
+        A prober's request: the connection is handed off (not reset), with
+        nothing sent, ever; the refusal is counted, the owner told, and no
+        timer is left.
+        """
+        reasons: list[Refusal] = []
+
+        def hand_off(connection: FlowConnection, refusal: Refusal) -> bool:
+            reasons.append(refusal)
+            connection.hand_off()
+            return True
+
+        self.quietServer(hand_off)
+        self.probe(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n" * 100)
+        self.assertEqual(reasons, [Refusal.UNEXPECTED_DATA])
+        self.assertEqual(self.server_demux.handed, [self.server])
+        self.assertEqual(self.server_demux.sent, [])
+        self.assertEqual(self.results, [("server", False)])
+        self.assertEqual(self.server_demux.drops["auth-unexpected-data"], 1)
+        self.assertTrue(self.server.ended)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_silentProberHandedOffAtTheDeadline(self) -> None:
+        """
+        A prober that sends nothing (waiting for a server's banner) is
+        handed off at the authentication deadline.
+        """
+        reasons: list[Refusal] = []
+        self.quietServer(lambda connection, refusal: reasons.append(refusal) or bool(connection.hand_off()))
+        self.clock.advance(30.0)
+        self.assertEqual(reasons, [Refusal.TIMEOUT])
+        self.assertEqual(self.server_demux.sent, [])
+
+    def test_declinedHandOffResets(self) -> None:
+        """
+        A hand-off that is declined (the fallback is full) leaves the
+        refusal's RST, the only thing a quiet server ever sends unproven.
+        """
+        self.quietServer(lambda connection, refusal: False)
+        self.probe(b"\x16\x03\x01" + os.urandom(200))
+        self.assertEqual([parse_packet(packet).flags & 0x04 for packet in self.server_demux.sent], [0x04])
+        self.assertTrue(self.server_demux.detached)
+        self.assertEqual(self.server_demux.handed, [])
+
+    def test_peerResetNotHandedOff(self) -> None:
+        """
+        A peer that reset its connection is gone: nothing is handed off.
+        """
+        called: list[Refusal] = []
+        self.quietServer(lambda connection, refusal: called.append(refusal) or True)
+        self.server.segment_received(parse_packet(self.client.flow.reset(0.0)), 0.0)
+        self.assertEqual(called, [])
+        self.assertEqual(self.results, [("server", False)])
+        self.assertEqual(self.server_demux.sent, [])
 
 
 class EndpointKeyTests(SynchronousTestCase):

@@ -45,6 +45,11 @@ _REFUSAL_WORDS = {
 }
 
 
+#: The log lines of a refusal, and of a refused peer given to the fallback.
+_REFUSED = "refused fake-TCP connection from %s port %d: %s (%s)"
+_HANDED = "handed fake-TCP connection from %s port %d to the fallback service: %s (%s)"
+
+
 def text_address(packed: bytes, port: int) -> tuple[str, int]:
     """
     A (host, port) pair in text from a packed address.
@@ -72,6 +77,11 @@ class FlowConnection:
     @ivar auth: the connection's authentication, when its port or
         connector has a key; it stays after acceptance to answer (server)
         or swallow (client) repeated proofs.
+    @ivar quiet: whether nothing but a refusal's RST may go to the peer:
+        a keyed server's connection until its client proved the key, so
+        that a prober learns nothing, and the connection can still go back
+        to the kernel with no segment of ours in its sequence space (see
+        L{hand_off}).
     """
 
     # One per flow, 10,000 flows in a relay: no per-instance dictionary.
@@ -85,11 +95,13 @@ class FlowConnection:
         "ended",
         "delivery_paused",
         "auth",
+        "quiet",
         "_destination",
         "_face",
         "_paused_queue",
         "_auth_done",
         "_auth_timer",
+        "_hand_off",
     )
 
     #: Most datagrams queued while the face paused delivery; past it,
@@ -114,6 +126,8 @@ class FlowConnection:
         self.auth: Authenticator | None = None
         self._auth_done: Callable[[FlowConnection, bool], None] | None = None
         self._auth_timer: Timer | None = None
+        self._hand_off: Callable[[FlowConnection, Refusal], bool] | None = None
+        self.quiet = False
 
     def bind(self, face: Face) -> None:
         """
@@ -246,8 +260,9 @@ class FlowConnection:
         Send the packets the flow queued (ACKs, keepalives, challenge ACKs).
         """
         pending = self.flow.pending
-        for packet in pending:
-            self.send_packet(packet)
+        if not self.quiet:
+            for packet in pending:
+                self.send_packet(packet)
         pending.clear()
 
     def congestion_changed(self, congested: bool) -> None:
@@ -403,9 +418,30 @@ class FlowConnection:
         self.ended = True
         self.demux.detach(self)
 
+    def hand_off(self) -> socket.socket:
+        """
+        End the connection without a word to the peer and give its kernel
+        socket, still silenced, to the caller: the kernel takes the
+        connection back from the numbers of its handshake.  Only sound for
+        a L{quiet} connection: nothing of ours is in the peer's sequence
+        space, and nothing the peer sent was acknowledged.
+        """
+        self.ended = True
+        self._paused_queue = ()
+        self.early = ()
+        flow = self.flow
+        if flow.state is not FlowState.CLOSED:
+            flow.abandon()
+        return self.demux.hand_off(self)
+
     # -- authentication --------------------------------------------------
 
-    def authenticate(self, authenticator: Authenticator, done: Callable[[FlowConnection, bool], None]) -> None:
+    def authenticate(
+        self,
+        authenticator: Authenticator,
+        done: Callable[[FlowConnection, bool], None],
+        hand_off: Callable[[FlowConnection, Refusal], bool] | None = None,
+    ) -> None:
         """
         Hold the connection until the peer proves it knows the key.
 
@@ -417,9 +453,14 @@ class FlowConnection:
         once the connection was refused (reset, counted, and logged at
         most once a minute per peer address) or ended.  C{done} may be
         called before this returns.
+
+        @param hand_off: called instead of the refusal's reset, for a peer
+            that did not prove the key but is still there; returns whether
+            it took the connection (L{hand_off}).
         """
         self.auth = authenticator
         self._auth_done = done
+        self._hand_off = hand_off
         # The window announcement adoption queued goes out first.
         self.flush_pending()
         now = self.loop.seconds()
@@ -457,6 +498,9 @@ class FlowConnection:
         """
         auth = self.auth
         assert auth is not None
+        if auth.state is AuthState.ACCEPTED:
+            # The peer proved the key: this side may speak (its proof first).
+            self.quiet = False
         if auth.outgoing:
             for payload in auth.outgoing:
                 self.send(payload)
@@ -475,11 +519,12 @@ class FlowConnection:
         """
         if self._auth_done is None:
             return
+        hand_off, self._hand_off = self._hand_off, None
+        handed = not self.ended and hand_off is not None and hand_off(self, refusal)
         host, port = self.remote_address
         if self.demux.role is Role.SERVER and refusal_log.should_log(host, self.loop.seconds()):
             log.warning(
-                "refused fake-TCP connection from %s port %d: %s (%s); further refusals of %s "
-                "are counted, not logged, for %g s",
+                (_HANDED if handed else _REFUSED) + "; further refusals of %s are counted, not logged, for %g s",
                 host,
                 port,
                 _REFUSAL_WORDS[refusal],
@@ -488,6 +533,7 @@ class FlowConnection:
                 refusal_log.interval,
             )
         if not self.ended:
+            self.quiet = False
             self.send_rst()
             self.ended = True
             self._paused_queue = ()

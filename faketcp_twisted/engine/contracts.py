@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ..core.flow import Flow
+from ..core.flow import Flow, FlowKey
 from ..core.segment import Segment
 from ..core.table import Role
 from .loop import EventLoop
@@ -118,6 +118,17 @@ class Demux(Protocol):
         """
         Stop routing to C{connection}: its flow enters time-wait, its kernel
         socket is closed when time-wait ends.
+        """
+
+    def hand_off(self, connection: Connection) -> socket.socket:
+        """
+        Stop routing to C{connection} and give its kernel socket to the
+        caller: the kernel takes the connection back.
+        """
+
+    def release_hand_off(self, key: FlowKey) -> None:
+        """
+        The socket of a handed-off connection is closed.
         """
 
 

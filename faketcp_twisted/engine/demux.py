@@ -149,6 +149,11 @@ class Demultiplexer:
     #: Most packets waiting for room in the send buffer; past it packets
     #: are dropped, as a full UDP socket would.
     backlogLimit = 4096
+    #: Whether what a kernel socket queued before it was muted stays
+    #: queued (a listener with a fallback: should the connection go back
+    #: to the kernel, those are its first bytes) instead of being read and
+    #: dropped at adoption.
+    keepKernelQueue = False
     #: Backlog length at which streaming producers are paused.
     backlogHighWater = 1024
     #: Packets queued within one turn that are sent at once, without
@@ -403,11 +408,35 @@ class Demultiplexer:
         # What the kernel queued before the filter went on is read now;
         # afterwards nothing can queue on a muted socket, so only sockets
         # that refused the filter are drained on every tick (a drain is a
-        # syscall: 10,000 of them a second would stall the loop).
+        # syscall: 10,000 of them a second would stall the loop).  Where
+        # the connection may yet go back to the kernel (L{keepKernelQueue})
+        # those bytes are the stream's first, so they stay queued.
         if mute(connection.socket):
-            kernel.drain(connection.socket)
+            if not self.keepKernelQueue:
+                kernel.drain(connection.socket)
         else:
             self._unmuted.add(connection)
+
+    def hand_off(self, connection: Connection) -> socket.socket:
+        """
+        Stop routing to C{connection} and give its kernel socket to the
+        caller, still silenced: its connection goes back to the kernel (see
+        L{FlowTable.hand_off}).  Call L{release_hand_off} once the socket
+        is closed.
+        """
+        flow = connection.flow
+        if self.connections.get(flow.key) is connection:
+            del self.connections[flow.key]
+        self._unmuted.discard(connection)
+        self.table.hand_off(flow)
+        return connection.socket
+
+    def release_hand_off(self, key: FlowKey) -> None:
+        """
+        The kernel socket of a handed-off connection is closed (see
+        L{FlowTable.release_hand_off}).
+        """
+        self.table.release_hand_off(key, self.loop.seconds())
 
     def detach(self, connection: Connection) -> None:
         """
