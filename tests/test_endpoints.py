@@ -136,6 +136,10 @@ class ParsingTests(SynchronousTestCase):
         self.assertTrue(client._options.timestamps)
         client = clientFromString(reactor, r"faketcp:host=2001\:2\:\:2:port=9191:bindAddress=[2001\:2\:\:1]\:5000")
         self.assertEqual(client._bindAddress, ("2001:2::1", 5000))
+        server = serverFromString(reactor, r"faketcp:0:key=k:fallback=[2001\:2\:\:9]\:443:fallbackLimit=8")
+        self.assertEqual((server._fallback, server._fallback_limit), (("2001:2::9", 443), 8))
+        server = serverFromString(reactor, r"faketcp:0:key=k:fallback=localhost\:8080")
+        self.assertEqual((server._fallback, server._fallback_limit), (("localhost", 8080), 256))
 
 
 class BadArgumentTests(SynchronousTestCase):
@@ -231,6 +235,19 @@ class BadArgumentTests(SynchronousTestCase):
         for value in (r"198.18.0.1\:x", r"198.18.0.1\:70000", r"\:5000", "[2001", r"[2001\:2\:\:1]5000", ""):
             self.assertRefused(
                 clientFromString, f"faketcp:host=198.18.0.2:port=9191:bindAddress={value}", "bindAddress must be"
+            )
+
+    def test_fallback(self) -> None:
+        """
+        fallback is HOST:PORT or [IPV6]:PORT on a keyed server (key or
+        keyFile); fallbackLimit a number from 1.
+        """
+        self.assertRefused(serverFromString, r"faketcp:9191:fallback=127.0.0.1\:443", "fallback needs a key")
+        for value in ("127.0.0.1", r"127.0.0.1\:0", r"127.0.0.1\:https", r"\:\:1\:443", r"\:443", r"[\:\:1]"):
+            self.assertRefused(serverFromString, f"faketcp:9191:key=k:fallback={value}", "fallback must be")
+        for value in ("0", "-1", "lots"):
+            self.assertRefused(
+                serverFromString, rf"faketcp:9191:key=k:fallback=h\:1:fallbackLimit={value}", "fallbackLimit"
             )
 
     def test_unknown_or_missing(self) -> None:

@@ -192,6 +192,28 @@ class OptionsTests(TestCase):
             usage.UsageError, self.parse, "--listen", "udp:1", "--forward", "faketcp:host=a:port=2", "--keepalive", "-1"
         )
 
+    def test_fallback(self) -> None:
+        """
+        --fallback reaches the server's faketcp string (escaped); it needs
+        a server, a key on --listen, and HOST:PORT, each refused in one
+        line.
+        """
+        forward = ("--forward", "udp:host=127.0.0.1:port=1")
+        for listen in ("faketcp:9191:key=k", "faketcp:9191:keyFile=/k"):
+            options = self.parse("--listen", listen, *forward, "--fallback", "[::1]:443")
+            self.assertEqual(relayspec.split(options.faketcp()).kwargs["fallback"], "[::1]:443")
+        cases = [
+            (("--listen", "faketcp:9191", *forward, "--fallback", "127.0.0.1:443"), "needs a key"),
+            (("--listen", "udp:1", "--forward", "faketcp:host=a:port=2:key=k", "--fallback", "a:1"), "server"),
+            (("--listen", "faketcp:9191:key=k", *forward, "--fallback", "127.0.0.1"), "HOST:PORT"),
+            (("--listen", "faketcp:9191:key=k", *forward, "--fallback", "::1:443"), "HOST:PORT"),
+            (("--listen", "faketcp:9191:key=k", *forward, "--fallback", "a:99999"), "port number"),
+        ]
+        for argv, words in cases:
+            error = self.assertRaises(usage.UsageError, self.parse, *argv)
+            self.assertIn(words, str(error))
+            self.assertNotIn("\n", str(error))
+
     def test_help_documents_every_option(self) -> None:
         """
         --help names every option, each with an example, and the examples

@@ -21,7 +21,7 @@ from ..core.auth import DEFAULT_TIMEOUT, AuthKey, auth_key
 from ..engine.connection import FlowConnection
 from ..engine.errors import FakeTCPError
 from ..engine.listener import Listener
-from ..engine.options import FlowOptions, flow_options, host_port
+from ..engine.options import DEFAULT_FALLBACK_LIMIT, FlowOptions, fallback_from, flow_options, host_port
 from .errors import FakeTCPOSError, asyncio_error
 from .loop import loop_for, resolve
 from .transport import AioTransport, attach
@@ -52,6 +52,8 @@ class AioServer(asyncio.AbstractServer):
         options: FlowOptions,
         auth: AuthKey | None = None,
         auth_timeout: float = DEFAULT_TIMEOUT,
+        fallback: tuple[str, int] | None = None,
+        fallback_limit: int = DEFAULT_FALLBACK_LIMIT,
     ) -> None:
         self._loop = loop
         self._protocol_factory = protocol_factory
@@ -65,6 +67,8 @@ class AioServer(asyncio.AbstractServer):
             self._accepted,
             auth=auth,
             auth_timeout=auth_timeout,
+            fallback=fallback,
+            fallback_limit=fallback_limit,
         )
         self._listener.on_closed = self._listenerClosed
         self._transports: set[AioTransport] = set()
@@ -222,6 +226,8 @@ async def create_server(
     auth_timeout: float = DEFAULT_TIMEOUT,
     timestamps: bool = True,
     firewall: str = "auto",
+    fallback: tuple[str, int] | None = None,
+    fallback_limit: int | None = None,
 ) -> AioServer:
     """
     Listen for fake-TCP connections, as C{loop.create_server} listens for
@@ -248,26 +254,39 @@ async def create_server(
     @param auth_timeout: seconds a client's proof may take.
     @param timestamps: whether segments carry TCP timestamps when the
         handshake agreed on them (12 bytes of each segment's room).
+    @param fallback: the (host, port) of a TCP service that gets every
+        connection that does not prove the key, spliced both ways, so that
+        a prober sees that service (see the README); only with C{key} or
+        C{key_file}.
+    @param fallback_limit: most connections spliced to it at once (default
+        256); past it, such a connection is reset.
     @raise FakeTCPOSError: a subclass naming the reason (C{errno} is
         C{EADDRINUSE} for a port in use).
     @raise ValueError: both C{key} and C{key_file}, or an empty or
-        unreadable key.
+        unreadable key, or a C{fallback} without a key.
     """
     loop = asyncio.get_running_loop()
     options = flow_options(idle_timeout, keepalive, mark, timestamps, firewall)
     auth = auth_key(key, key_file)
+    falling_back, limit = fallback_from(fallback, fallback_limit, auth)
+
+    def server_on(address: str) -> AioServer:
+        return AioServer(
+            loop, protocol_factory, address, port, backlog, options, auth, auth_timeout, falling_back, limit
+        )
+
     if host:
         host = await resolve(loop, host, port, socket.AF_UNSPEC, passive=True)
-        server = AioServer(loop, protocol_factory, host, port, backlog, options, auth, auth_timeout)
+        server = server_on(host)
         server._start()
         return server
     # Every address: dual stack, or IPv4 alone on a host without IPv6.
-    server = AioServer(loop, protocol_factory, "::", port, backlog, options, auth, auth_timeout)
+    server = server_on("::")
     try:
         server._start()
     except FakeTCPOSError as failure:
         if failure.errno != errno.EAFNOSUPPORT:
             raise
-        server = AioServer(loop, protocol_factory, "0.0.0.0", port, backlog, options, auth, auth_timeout)
+        server = server_on("0.0.0.0")
         server._start()
     return server

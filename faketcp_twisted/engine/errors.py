@@ -31,6 +31,7 @@ class Problem(enum.Enum):
     TIMEOUT = "connection timed out"
     HANDSHAKE_UNSEEN = "the capture did not see the handshake"
     AUTH_FAILED = "the server did not prove knowledge of the key"
+    FALLBACK = "cannot find the fallback service"
     OTHER = "system error"
 
 

@@ -14,7 +14,7 @@ import logging
 import socket
 from collections.abc import Callable
 
-from ..core.auth import DEFAULT_TIMEOUT, Authenticator, AuthKey
+from ..core.auth import DEFAULT_TIMEOUT, Authenticator, AuthKey, Refusal
 from ..core.table import Role
 from ..io import kernel
 from ..io.firewall import FirewallUnavailable, SilenceRule, netns_id, silencer
@@ -22,8 +22,9 @@ from . import adoption, shutdown
 from .connection import FlowConnection
 from .demux import Demultiplexer
 from .errors import FakeTCPError, Problem
+from .fallback import Fallback
 from .loop import EventLoop, Timer
-from .options import FlowOptions
+from .options import DEFAULT_FALLBACK_LIMIT, FALLBACK_NEEDS_KEY, FlowOptions
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class Listener:
     @ivar rules: the silencing rules this listener holds.
     @ivar auth: the pre-shared key connections must prove, or L{None}.
     @ivar authenticating: connections waiting for their client's proof.
+    @ivar fallback: where connections that do not prove the key go, or
+        L{None} (they are reset).
     """
 
     #: Most connections accepted per wake-up.
@@ -77,6 +80,8 @@ class Listener:
         on_connection: Callable[[FlowConnection], None],
         auth: AuthKey | None = None,
         auth_timeout: float = DEFAULT_TIMEOUT,
+        fallback: tuple[str, int] | None = None,
+        fallback_limit: int = DEFAULT_FALLBACK_LIMIT,
     ) -> None:
         """
         @param on_connection: called with each new connection, to bind a
@@ -86,7 +91,15 @@ class Listener:
             wire is then exactly tcpraw's).
         @param auth_timeout: seconds after adoption a client's proof may
             take.
+        @param fallback: the (host, port) of a TCP service that gets every
+            connection that does not prove the key (see L{fallback}); only
+            with C{auth}.
+        @param fallback_limit: most connections given to it at once.
+        @raise ValueError: a fallback without a key, or a fallback limit
+            that is not positive.
         """
+        if fallback is not None and auth is None:
+            raise ValueError(FALLBACK_NEEDS_KEY)
         self.loop = loop
         self.port = port
         self.interface = interface
@@ -103,6 +116,14 @@ class Listener:
         self._closing = False
         self._accept_timer: Timer | None = None
         self._namespace = netns_id()
+        self.fallback = None if fallback is None else Fallback(loop, fallback, fallback_limit)
+
+    @property
+    def fallbacks(self) -> int:
+        """
+        How many connections are spliced to the fallback service now.
+        """
+        return 0 if self.fallback is None else len(self.fallback)
 
     def start(self) -> None:
         """
@@ -119,6 +140,8 @@ class Listener:
         except OSError as failure:
             raise FakeTCPError(Problem.ADDRESS_NOT_AVAILABLE, f"{self.interface!r} is not an IP address") from failure
         host = self.interface or "0.0.0.0"
+        if self.fallback is not None:
+            self.fallback.resolve()
         listener = None
         try:
             listener = kernel.stream_socket(family, self.options.mark)
@@ -138,6 +161,9 @@ class Listener:
                 demux = Demultiplexer(self.loop, each, self.port, Role.SERVER, self.options)
                 demux.on_released = self._maybeFinish
                 demux.on_handshake = self._accept
+                # A connection that may go back to the kernel keeps its
+                # first bytes there (see fallback).
+                demux.keepKernelQueue = self.fallback is not None
                 self.demuxes[each] = demux
             listener.listen(self.backlog)
         except FirewallUnavailable as failure:
@@ -220,9 +246,14 @@ class Listener:
         if self.auth is None:
             self.on_connection(connection)
             return
+        # Nothing goes to the client before it proved the key: a prober
+        # learns nothing, and its connection can go back to the kernel.
+        connection.quiet = True
+        fallback = self.fallback
         if len(self.authenticating) >= self.authPendingLimit:
             connection.demux.count_drop("auth-pending-limit")
-            connection.refuse()
+            if fallback is None or not fallback.take(connection):
+                connection.refuse()
             return
         flow = connection.flow
         assert flow.local_isn is not None and flow.remote_isn is not None
@@ -230,11 +261,18 @@ class Listener:
         authenticator = Authenticator(
             self.auth, Role.SERVER, flow.local_isn, flow.remote_isn, self.loop.seconds(), self.auth_timeout
         )
-        connection.authenticate(authenticator, self._authenticated)
+        connection.authenticate(authenticator, self._authenticated, None if fallback is None else self._fallBack)
+
+    def _fallBack(self, connection: FlowConnection, _refusal: Refusal) -> bool:
+        return self.fallback is not None and self.fallback.take(connection)
 
     def _authenticated(self, connection: FlowConnection, accepted: bool) -> None:
         self.authenticating.discard(connection)
         if accepted:
+            if self.fallback is not None:
+                # What the kernel queued before the mute is the peer's
+                # proof, already taken from the capture.
+                kernel.drain(connection.socket)
             self.on_connection(connection)
 
     def close(self) -> None:
@@ -252,6 +290,10 @@ class Listener:
         for connection in list(self.authenticating):
             connection.cancel_authentication()
         self.authenticating.clear()
+        if self.fallback is not None:
+            # The port's fallback connections end with it: the application
+            # never saw them, and nothing else would ever close them.
+            self.fallback.close()
         listener, self.listener = self.listener, None
         if self._accept_timer is not None:
             if self._accept_timer.active():

@@ -95,6 +95,60 @@ def auth_timeout(authTimeout: float | None) -> float:
     return float(authTimeout)
 
 
+#: Connections a listening port splices to its fallback at once by default.
+DEFAULT_FALLBACK_LIMIT = 256
+#: The error of a fallback without a key: without one, every connection
+#: is a fake-TCP peer, and none is left for the fallback.
+FALLBACK_NEEDS_KEY = "a fallback needs a key (key= or keyFile=): only a keyed port can tell a prober from a peer"
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """
+    The (host, port) of C{HOST:PORT}, or of C{[IPV6]:PORT}.
+
+    @raise ValueError: with a one-line reason.
+    """
+    host, separator, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        separator = ""  # an IPv6 address without brackets
+    if not separator or not host:
+        raise ValueError(f"{text!r} is not HOST:PORT (an IPv6 address in brackets: [::1]:443)")
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"{port!r} in {text!r} is not a port number (1-65535)")
+    return host, int(port)
+
+
+def fallback_from(
+    fallback: str | tuple[str, int] | None, limit: int | None, auth: AuthKey | None
+) -> tuple[tuple[str, int] | None, int]:
+    """
+    The fallback service of a server's arguments (C{HOST:PORT} text or a
+    (host, port) pair, or L{None}) and its limit (L{None}: the default).
+
+    @raise ValueError: a fallback without a key, an address that is not
+        one, or a limit below 1, with a one-line reason.
+    """
+    if limit is None:
+        limit = DEFAULT_FALLBACK_LIMIT
+    elif limit < 1:
+        raise ValueError(f"fallbackLimit must be at least 1, not {limit!r}")
+    if fallback is None:
+        return None, limit
+    if auth is None:
+        raise ValueError(FALLBACK_NEEDS_KEY)
+    if isinstance(fallback, str):
+        try:
+            return parse_address(fallback), limit
+        except ValueError as failure:
+            raise ValueError(f"fallback: {failure}") from None
+    host, port = fallback
+    if not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ValueError(f"fallback: {port!r} is not a port number (1-65535)")
+    return (str(host), port), limit
+
+
 def redact(description: str) -> str:
     """
     An endpoint string fit for logs: the value of every C{key=} field is

@@ -287,14 +287,15 @@ class RelayService(service.Service):
                 )
                 flow.close()
 
-    def _ensureDescriptors(self, per_flow: int, captures: int = 1) -> None:
+    def _ensureDescriptors(self, per_flow: int, captures: int = 1, extra: int = 0) -> None:
         """
         Make room in the descriptor limit for C{max_flows} flows of
-        C{per_flow} descriptors each, and for the kernel sockets that each
-        of C{captures} captures holds for time-wait (at most
-        L{Demultiplexer.timeWaitSockets} each), or say how many flows fit.
+        C{per_flow} descriptors each, for the kernel sockets that each of
+        C{captures} captures holds for time-wait (at most
+        L{Demultiplexer.timeWaitSockets} each), and for C{extra} more (a
+        server's fallback connections), or say how many flows fit.
         """
-        reserved = BASE_DESCRIPTORS + time_wait_descriptors(captures)
+        reserved = BASE_DESCRIPTORS + time_wait_descriptors(captures) + extra
         wanted = reserved + per_flow * self.settings.max_flows
         limit = ensure_open_files(wanted)
         if limit < wanted:

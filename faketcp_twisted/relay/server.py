@@ -24,9 +24,10 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..engine.options import DEFAULT_FALLBACK_LIMIT
 from .common import RelayService, RelaySettings, cannot_start, send_to_peer, udp_drop_reason, watch_capture
 from .contracts import RelayPort, RelayTransport
-from .spec import SpecError, UDPAddress, resolve
+from .spec import SpecError, UDPAddress, resolve, split
 from .stats import FlowRecord, RelayStats
 from .udp import DatagramSocket
 
@@ -34,6 +35,19 @@ from .udp import DatagramSocket
 #: smaller than the client's single socket: the memory is committed as
 #: they fill).
 FLOW_UDP_BUFFER = 512 * 1024
+
+
+def fallback_limit(faketcp: str) -> int:
+    """
+    The most connections a C{faketcp:} server string splices to a fallback
+    at once: 0 without one.  (A limit that is no number counts as the
+    default here; the endpoint's parser then refuses it.)
+    """
+    arguments = split(faketcp).kwargs
+    if "fallback" not in arguments:
+        return 0
+    text = arguments.get("fallbackLimit", "")
+    return int(text) if text.isascii() and text.isdigit() else DEFAULT_FALLBACK_LIMIT
 
 
 class _ServerFlow(Protocol):
@@ -222,9 +236,10 @@ class ServerRelay(RelayService):
             self.target_address = (resolve(self.target.host)[1], self.target.port)
         except SpecError as failure:
             cannot_start(self.log, failure)
-        # A kernel socket and a UDP socket per flow, and the kernel sockets
-        # held for time-wait by a capture per address family.
-        self._ensureDescriptors(2, captures=2)
+        # A kernel socket and a UDP socket per flow, the kernel sockets
+        # held for time-wait by a capture per address family, and two per
+        # fallback connection.
+        self._ensureDescriptors(2, captures=2, extra=2 * fallback_limit(self.faketcp))
         self._sweep()
         listening = serverFromString(self.reactor, self.faketcp).listen(_ServerFactory(self))
         outcome: list[Any] = []

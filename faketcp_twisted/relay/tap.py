@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 from twisted.python import usage
 
+from ..engine.options import FALLBACK_NEEDS_KEY, parse_address
 from ..io import nftables
 from ..io.firewall import BACKENDS
 from . import spec as relayspec
@@ -177,6 +178,15 @@ class Options(usage.Options):
             _seconds,
         ],
         [
+            "fallback",
+            None,
+            None,
+            "Server, with key= or keyFile= on --listen: give every connection that does not prove "
+            "the key to this TCP service, spliced both ways, so that a prober sees that service "
+            "and not a tunnel (at most fallbackLimit=N at once, default 256; set it on --listen). "
+            "Example: --fallback 127.0.0.1:443, --fallback [::1]:443.",
+        ],
+        [
             "metrics",
             None,
             None,
@@ -227,6 +237,8 @@ class Options(usage.Options):
             self.spec = relayspec.parse(self["listen"], self["forward"])
         except relayspec.SpecError as failure:
             raise usage.UsageError(str(failure)) from None
+        if self["fallback"] is not None:
+            self._checkFallback(self["fallback"])
         if self["metrics"] is not None and not self["print-rules"]:
             from .metrics import MetricsUnavailable, require
 
@@ -234,6 +246,17 @@ class Options(usage.Options):
                 require()
             except MetricsUnavailable as failure:
                 raise usage.UsageError(str(failure)) from None
+
+    def _checkFallback(self, text: str) -> None:
+        if self.spec.mode != "server":
+            raise usage.UsageError("--fallback is for a server relay (--listen faketcp:...)")
+        arguments = self.spec.faketcp_args.kwargs
+        if "key" not in arguments and "keyFile" not in arguments:
+            raise usage.UsageError(f"--fallback: {FALLBACK_NEEDS_KEY} on --listen")
+        try:
+            parse_address(text)
+        except ValueError as failure:
+            raise usage.UsageError(f"--fallback: {failure}") from None
 
     def faketcp(self) -> str:
         """
@@ -247,6 +270,8 @@ class Options(usage.Options):
         if self["no-timestamps"]:
             defaults["timestamps"] = "no"
         defaults["firewall"] = self["firewall"]
+        if self["fallback"] is not None:
+            defaults["fallback"] = self["fallback"]
         if self.spec.mode == "client":
             defaults["timeout"] = f"{self['connect-timeout']:g}"
         return relayspec.with_defaults(self.spec.faketcp, defaults)

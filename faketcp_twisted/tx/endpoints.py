@@ -6,6 +6,7 @@ Server::
 
     faketcp:PORT[:interface=ADDR][:backlog=N][:idleTimeout=S][:keepalive=S][:mark=M]
         [:key=SECRET | :keyFile=PATH][:authTimeout=S][:timestamps=yes|no][:firewall=auto|nftables|iptables]
+        [:fallback=HOST\\:PORT][:fallbackLimit=N]
 
 Client::
 
@@ -20,7 +21,10 @@ one-line message naming it.
 
 With C{key} or C{keyFile}, connections are authenticated with that
 pre-shared key (see L{faketcp_twisted.core.auth}); a key on a command line
-is visible to every local user through C{ps}, a key file is not.
+is visible to every local user through C{ps}, a key file is not.  A keyed
+server with C{fallback} gives every connection that does not prove the key
+to that TCP service (C{fallback=127.0.0.1\\:8443},
+C{fallback=[\\:\\:1]\\:443}), see L{faketcp_twisted.engine.fallback}.
 This module imports nothing heavy at import time: the plugin loads it on
 every C{serverFromString} call, for every prefix.
 """
@@ -42,7 +46,15 @@ from twisted.internet.interfaces import (
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from ..engine.options import auth_from, auth_timeout, flow_options, is_ip_address
+from ..engine.options import (
+    FALLBACK_NEEDS_KEY,
+    auth_from,
+    auth_timeout,
+    fallback_from,
+    flow_options,
+    is_ip_address,
+    parse_address,
+)
 
 
 @implementer(IStreamServerEndpoint)
@@ -65,6 +77,8 @@ class FakeTCPServerEndpoint:
         authTimeout: float | None = None,
         timestamps: bool | None = None,
         firewall: str | None = None,
+        fallback: str | tuple[str, int] | None = None,
+        fallbackLimit: int | None = None,
     ) -> None:
         """
         @param port: the TCP port (0 picks a free one).
@@ -88,9 +102,16 @@ class FakeTCPServerEndpoint:
             (default: an nftables table the kernel removes with the process
             where the kernel can, else iptables), C{"nftables"} or
             C{"iptables"}.
+        @param fallback: a TCP service (C{"HOST:PORT"}, C{"[IPV6]:PORT"} or
+            a (host, port) pair) that gets every connection that does not
+            prove the key, spliced both ways, so that a prober sees that
+            service (see the README); only with C{key} or C{keyFile}.
+        @param fallbackLimit: most connections spliced to it at once
+            (default 256); past it, such a connection is reset.
         @raise ValueError: a port outside 0 to 65535, both C{key} and
             C{keyFile}, or an empty or unreadable key, or an C{authTimeout}
-            that is not positive.
+            that is not positive, or a C{fallback} without a key or that is
+            no address.
         """
         _check_port(port, 0)
         self._reactor = reactor
@@ -100,6 +121,7 @@ class FakeTCPServerEndpoint:
         self._options = flow_options(idleTimeout, keepalive, mark, timestamps, firewall)
         self._auth = auth_from(key, keyFile)
         self._auth_timeout = auth_timeout(authTimeout)
+        self._fallback, self._fallback_limit = fallback_from(fallback, fallbackLimit, self._auth)
 
     def listen(self, protocolFactory: Any) -> defer.Deferred[Any]:
         """
@@ -117,6 +139,8 @@ class FakeTCPServerEndpoint:
             options=self._options,
             auth=self._auth,
             auth_timeout=self._auth_timeout,
+            fallback=self._fallback,
+            fallback_limit=self._fallback_limit,
         )
 
         def listening() -> FakeTCPPort:
@@ -332,6 +356,22 @@ def _bind_address(text: str) -> tuple[str, int]:
     raise ValueError(f"faketcp: bindAddress must be HOST, HOST:PORT or [IPV6]:PORT (PORT up to 65535), not {text!r}")
 
 
+def _fallback(text: str | None, keyed: bool) -> tuple[str, int] | None:
+    """
+    A C{fallback}: C{HOST:PORT} or C{[IPV6]:PORT}, on a keyed server only.
+
+    @raise ValueError: anything else, or no key, naming the argument.
+    """
+    if text is None:
+        return None
+    if not keyed:
+        raise ValueError(f"faketcp: {FALLBACK_NEEDS_KEY}")
+    try:
+        return parse_address(text)
+    except ValueError as failure:
+        raise ValueError(f"faketcp: fallback must be HOST:PORT or [IPV6]:PORT: {failure}") from None
+
+
 def _flow_arguments(
     idleTimeout: str | None,
     keepalive: str | None,
@@ -392,6 +432,8 @@ class FakeTCPServerParser:
         authTimeout: str | None = None,
         timestamps: str | None = None,
         firewall: str | None = None,
+        fallback: str | None = None,
+        fallbackLimit: str | None = None,
     ) -> FakeTCPServerEndpoint:
         return FakeTCPServerEndpoint(
             reactor,
@@ -400,6 +442,8 @@ class FakeTCPServerParser:
             _integer("backlog", backlog, 0, 65535),
             key=key,
             keyFile=keyFile,
+            fallback=_fallback(fallback, key is not None or keyFile is not None),
+            fallbackLimit=None if fallbackLimit is None else _integer("fallbackLimit", fallbackLimit, 1, 1 << 20),
             **_flow_arguments(idleTimeout, keepalive, mark, authTimeout, timestamps, firewall),
         )
 

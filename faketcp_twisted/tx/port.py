@@ -21,7 +21,7 @@ from ..engine.connection import FlowConnection
 from ..engine.demux import Demultiplexer
 from ..engine.errors import FakeTCPError
 from ..engine.listener import Listener
-from ..engine.options import FlowOptions
+from ..engine.options import DEFAULT_FALLBACK_LIMIT, FlowOptions
 from .errors import twisted_listen_error
 from .reactor import loop_for
 from .transport import connect_protocol, log_prefix_of
@@ -45,11 +45,16 @@ class FakeTCPPort:
         options: FlowOptions | None = None,
         auth: AuthKey | None = None,
         auth_timeout: float = DEFAULT_TIMEOUT,
+        fallback: tuple[str, int] | None = None,
+        fallback_limit: int = DEFAULT_FALLBACK_LIMIT,
     ) -> None:
         """
         @param auth: the key clients must prove before the factory builds
             their protocol, or L{None}.
         @param auth_timeout: seconds a client's proof may take.
+        @param fallback: the TCP service that gets the connections that do
+            not prove the key (see L{faketcp_twisted.engine.fallback}).
+        @param fallback_limit: most connections spliced to it at once.
         """
         self.reactor = reactor
         self.factory = factory
@@ -64,6 +69,8 @@ class FakeTCPPort:
             self._connection,
             auth=auth,
             auth_timeout=auth_timeout,
+            fallback=fallback,
+            fallback_limit=fallback_limit,
         )
         self._stopped: defer.Deferred[None] | None = None
 
