@@ -1492,7 +1492,7 @@ class HandOffTests(SynchronousTestCase):
         """
         table = FlowTable(Role.SERVER)
         flow = adopted_server_flow(table)
-        table.hand_off(flow)
+        table.hand_off(flow.key)
         self.assertEqual(table.flows, {})
         self.assertEqual(table.time_wait, {})
         for flags, payload in ((PSH | ACK, b"GET / HTTP/1.1\r\n"), (FIN | ACK, b""), (RST, b"")):
@@ -1515,7 +1515,7 @@ class HandOffTests(SynchronousTestCase):
         flow.abandon()
         table.retire(flow, 1.0)
         self.assertTrue(table.awaiting_fin)
-        table.hand_off(flow)
+        table.hand_off(flow.key)
         self.assertFalse(table.awaiting_fin)
         fin = incoming(SERVER_KEY, FIN | ACK, CLIENT_ISN + 1, SERVER_ISN + 2)
         self.assertIsNone(table.receive_unadopted(SERVER_KEY, fin, 1.2))
@@ -1527,7 +1527,7 @@ class HandOffTests(SynchronousTestCase):
         until the entry ends.
         """
         table = FlowTable(Role.SERVER, TableLimits(time_wait=30.0))
-        table.hand_off(adopted_server_flow(table))
+        table.hand_off(adopted_server_flow(table).key)
         table.release_hand_off(SERVER_KEY, 50.0)
         self.assertEqual(table.handed_off, set())
         self.assertEqual(table.time_wait, {SERVER_KEY: 80.0})
@@ -1536,6 +1536,31 @@ class HandOffTests(SynchronousTestCase):
         self.assertEqual(table.drops["time-wait"], 1)
         table.expire(80.0)
         self.assertEqual(table.time_wait, {})
+
+    def test_unadoptedHandshakeHandedOff(self) -> None:
+        """
+        A handshake that was never adopted (its kernel socket goes to the
+        fallback) leaves no embryo behind.
+        """
+        table = FlowTable(Role.SERVER)
+        table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, SYN, CLIENT_ISN), 0.0)
+        table.hand_off(SERVER_KEY)
+        self.assertEqual(table.embryos, {})
+        self.assertEqual(table.handed_off, {SERVER_KEY})
+
+    def test_noOrphanResetWhileAwaitingAdoption(self) -> None:
+        """
+        Data of a 4-tuple whose kernel socket waits for adoption (the
+        capture missed its handshake, or a limit refused its embryo) gets
+        no orphan RST: that would reset a connection the kernel holds.
+        """
+        table = FlowTable(Role.SERVER)
+        table.awaiting_adoption.add(SERVER_KEY)
+        data = incoming(SERVER_KEY, PSH | ACK, CLIENT_ISN + 1, SERVER_ISN + 1, b"GET /")
+        self.assertIsNone(table.receive_unadopted(SERVER_KEY, data, 0.0))
+        self.assertEqual(table.drops["orphan"], 1)
+        table.awaiting_adoption.discard(SERVER_KEY)
+        self.assertIsNotNone(table.receive_unadopted(SERVER_KEY, data, 1.0))
 
     def test_releaseUnknownKey(self) -> None:
         """

@@ -163,6 +163,11 @@ class FlowTable:
         self.embryos: OrderedDict[FlowKey, Embryo] = OrderedDict()
         self.time_wait: OrderedDict[FlowKey, float] = OrderedDict()
         self.handed_off: set[FlowKey] = set()
+        #: 4-tuples whose kernel socket the owner accepted and waits to
+        #: adopt: no orphan RST for them, which would reset a connection
+        #: the kernel holds (whose handshake the capture missed, or whose
+        #: embryo a limit refused).
+        self.awaiting_adoption: set[FlowKey] = set()
         # The numbers of each time-wait entry whose flow this side closed
         # with FIN (its next sequence number, and the peer's next byte):
         # the peer's FIN, arriving after the flow was retired, still gets
@@ -284,7 +289,7 @@ class FlowTable:
                 return _reply(key, segment.ack, (segment.seq + 1) & _MASK, ACK, self.handshake_window, options)
         if embryo is None:
             self.drops["orphan"] += 1
-            if self.role is Role.SERVER and flags & ACK and self._may_reset(now):
+            if self.role is Role.SERVER and flags & ACK and key not in self.awaiting_adoption and self._may_reset(now):
                 # RFC 793: a RST for a segment with ACK takes its ack as seq,
                 # which is exactly what the peer's flow expects next; it
                 # acknowledges the segment too, as the peer's flow wants of
@@ -467,17 +472,18 @@ class FlowTable:
         else:
             self._fin_numbers.pop(key, None)
 
-    def hand_off(self, flow: Flow) -> None:
+    def hand_off(self, key: FlowKey) -> None:
         """
-        Remove a flow whose connection the kernel takes back: until
-        L{release_hand_off}, its 4-tuple's segments are the kernel's, and
-        this table neither answers them (its orphan RST would kill the
-        connection) nor keeps a time-wait entry (whose FIN answer would
-        speak over the kernel).
+        Forget a 4-tuple whose connection the kernel takes back (its flow,
+        or a handshake never adopted): until L{release_hand_off}, its
+        segments are the kernel's, and this table neither answers them
+        (its orphan RST would kill the connection) nor keeps a time-wait
+        entry (whose FIN answer would speak over the kernel).
         """
-        key = flow.key
-        if self.flows.get(key) is flow:
-            del self.flows[key]
+        self.flows.pop(key, None)
+        if key in self.embryos:
+            self._remove(key)
+        self.awaiting_adoption.discard(key)
         self.time_wait.pop(key, None)
         self._fin_numbers.pop(key, None)
         self.handed_off.add(key)

@@ -79,12 +79,17 @@ def adopt(
         start(_connection(demux, sock, key))
         return
     deadline = demux.loop.seconds() + HANDSHAKE_WAIT
+    # Meanwhile the kernel holds the connection: the table must not reset
+    # it as an orphan.
+    table.awaiting_adoption.add(key)
 
     def waiter() -> bool:
         if table.handshake_known(key):
+            table.awaiting_adoption.discard(key)
             start(_connection(demux, sock, key))
             return True
         if demux.loop.seconds() >= deadline:
+            table.awaiting_adoption.discard(key)
             demux.count_drop("handshake-unseen")
             give_up()
             return True

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from ..core.auth import DEFAULT_TIMEOUT, Authenticator, AuthKey, Refusal
 from ..core.table import Role
 from ..io import kernel
-from ..io.firewall import FirewallUnavailable, SilenceRule, netns_id, silencer
+from ..io.firewall import FirewallUnavailable, SilenceRule, silencer
+from ..io.netns import netns_id
 from . import adoption
 from .connection import FlowConnection
 from .demux import Demultiplexer

@@ -424,12 +424,19 @@ class Demultiplexer:
         L{FlowTable.hand_off}).  Call L{release_hand_off} once the socket
         is closed.
         """
-        flow = connection.flow
-        if self.connections.get(flow.key) is connection:
-            del self.connections[flow.key]
+        key = connection.flow.key
+        if self.connections.get(key) is connection:
+            del self.connections[key]
         self._unmuted.discard(connection)
-        self.table.hand_off(flow)
+        self.table.hand_off(key)
         return connection.socket
+
+    def hand_off_unadopted(self, key: FlowKey) -> None:
+        """
+        The kernel keeps a connection that was never adopted (see
+        L{FlowTable.hand_off}); its owner has its socket already.
+        """
+        self.table.hand_off(key)
 
     def release_hand_off(self, key: FlowKey) -> None:
         """

@@ -28,11 +28,15 @@ descriptors (two each) and cannot starve the port's fake-TCP flows.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from typing import Any
 
-from ..io import kernel
+from ..core.flow import FlowKey
+from ..io import kernel, netns
 from .connection import FlowConnection
+from .contracts import Demux
+from .demux import Demultiplexer
 from .errors import FakeTCPError, Problem
 from .loop import EventLoop
 from .options import DEFAULT_FALLBACK_LIMIT
@@ -79,17 +83,23 @@ class Fallback:
         self.target: tuple[int, tuple[Any, ...]] | None = None
         self.limit = limit
         self.splices: set[Splice] = set()
+        self._namespace: int | None = None
 
-    def resolve(self) -> None:
+    def start(self) -> None:
         """
-        Find the service's address (once, when the port starts listening).
+        Find the service's address, once, when the port starts listening,
+        and remember that namespace: the connections to the service are
+        made from the port's namespace, whichever the loop's thread is in
+        when a prober comes.
 
-        @raise FakeTCPError: it does not resolve.
+        @raise FakeTCPError: the address does not resolve.
         """
         try:
             self.target = resolve(self.address)
         except ValueError as failure:
             raise FakeTCPError(Problem.FALLBACK, failure) from failure
+        if self._namespace is None:
+            self._namespace = netns.open_current()
 
     def __len__(self) -> int:
         return len(self.splices)
@@ -102,12 +112,34 @@ class Fallback:
             gone from its capture); if not, the caller resets it.
         """
         demux = connection.demux
-        target = self.target
-        if target is None or len(self.splices) >= self.limit:
+        if not self._room(demux):
+            return False
+        self._splice(demux, connection.flow.key, connection.hand_off())
+        return True
+
+    def take_unadopted(self, demux: Demultiplexer, sock: socket.socket, key: FlowKey) -> bool:
+        """
+        Give the peer of a kernel socket that was never adopted (its
+        handshake unseen by the capture, or refused by a limit of the
+        table) to the fallback service, if there is room.
+
+        @return: whether the socket was taken; if not, the caller closes it.
+        """
+        if not self._room(demux):
+            return False
+        demux.hand_off_unadopted(key)
+        self._splice(demux, key, sock)
+        return True
+
+    def _room(self, demux: Demux) -> bool:
+        if self.target is None or self._namespace is None or len(self.splices) >= self.limit:
             demux.count_drop("fallback-limit")
             return False
-        key = connection.flow.key
-        downstream = connection.hand_off()
+        return True
+
+    def _splice(self, demux: Demux, key: FlowKey, downstream: socket.socket) -> None:
+        target, namespace = self.target, self._namespace
+        assert target is not None and namespace is not None
         try:
             kernel.unsilence(downstream)
         except OSError as failure:
@@ -117,7 +149,7 @@ class Fallback:
             kernel.close_abortively(downstream)
             demux.release_hand_off(key)
             demux.count_drop("fallback-failed")
-            return True
+            return
 
         def ended(splice: Splice) -> None:
             self.splices.discard(splice)
@@ -125,15 +157,18 @@ class Fallback:
                 demux.count_drop("fallback-failed")
             demux.release_hand_off(key)
 
-        splice = Splice(self.loop, downstream, target, ended)
+        splice = Splice(self.loop, downstream, target, ended, lambda: netns.InNamespace(namespace))
         self.splices.add(splice)
         demux.count_drop("fallback")
         splice.start()
-        return True
 
     def close(self) -> None:
         """
-        End every spliced connection, as the service stopping would.
+        End every spliced connection, as the service stopping would, and
+        let go of the namespace.
         """
         for splice in list(self.splices):
             splice.close()
+        namespace, self._namespace = self._namespace, None
+        if namespace is not None:
+            os.close(namespace)

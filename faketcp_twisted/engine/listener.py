@@ -15,9 +15,11 @@ import socket
 from collections.abc import Callable
 
 from ..core.auth import DEFAULT_TIMEOUT, Authenticator, AuthKey, Refusal
+from ..core.flow import FlowKey
 from ..core.table import Role
 from ..io import kernel
-from ..io.firewall import FirewallUnavailable, SilenceRule, netns_id, silencer
+from ..io.firewall import FirewallUnavailable, SilenceRule, silencer
+from ..io.netns import netns_id
 from . import adoption, shutdown
 from .connection import FlowConnection
 from .demux import Demultiplexer
@@ -141,7 +143,7 @@ class Listener:
             raise FakeTCPError(Problem.ADDRESS_NOT_AVAILABLE, f"{self.interface!r} is not an IP address") from failure
         host = self.interface or "0.0.0.0"
         if self.fallback is not None:
-            self.fallback.resolve()
+            self.fallback.start()
         listener = None
         try:
             listener = kernel.stream_socket(family, self.options.mark)
@@ -184,6 +186,8 @@ class Listener:
     def _release(self, listener: socket.socket | None) -> None:
         if listener is not None:
             kernel.close_silently(listener)
+        if self.fallback is not None:
+            self.fallback.close()
         for demux in self.demuxes.values():
             demux.close()
         self.demuxes.clear()
@@ -240,7 +244,16 @@ class Listener:
         if demux is None:
             kernel.close_silently(sock)
             return
-        adoption.adopt(demux, sock, key, self._adopted, lambda: kernel.close_silently(sock))
+        adoption.adopt(demux, sock, key, self._adopted, lambda: self._unseen(demux, sock, key))
+
+    def _unseen(self, demux: Demultiplexer, sock: socket.socket, key: FlowKey) -> None:
+        # The capture never saw this handshake (or a limit refused it): a
+        # keyed port with a fallback gives the peer to the service, as any
+        # connection that did not prove the key.  Otherwise the kernel
+        # resets it, unsilenced: a peer left waiting would only find out at
+        # its own timeout, and one that is told tries again at once.
+        if self.fallback is None or not self.fallback.take_unadopted(demux, sock, key):
+            kernel.reset(sock)
 
     def _adopted(self, connection: FlowConnection) -> None:
         if self.auth is None:

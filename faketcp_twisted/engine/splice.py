@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import socket
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from ..io import kernel
@@ -139,8 +140,16 @@ class Splice:
         downstream: socket.socket,
         upstream_address: tuple[int, tuple[Any, ...]],
         on_ended: Callable[[Splice], None],
+        where: Callable[[], AbstractContextManager[None]] = nullcontext,
     ) -> None:
+        """
+        @param on_ended: called with the splice once both sockets are
+            closed.
+        @param where: the context the upstream socket is made in (its
+            network namespace).
+        """
         self.loop = loop
+        self._where = where
         self.downstream = downstream
         self.upstream_address = upstream_address
         self.upstream: socket.socket | None = None
@@ -157,7 +166,8 @@ class Splice:
         """
         family, address = self.upstream_address
         try:
-            upstream = socket.socket(family, socket.SOCK_STREAM)
+            with self._where():
+                upstream = socket.socket(family, socket.SOCK_STREAM)
         except OSError:
             self._fail()
             return

@@ -21,13 +21,14 @@ their last user goes.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import socket
 import threading
 from dataclasses import dataclass
 from typing import Any
+
+from .netns import InNamespace, netns_id, open_current
 
 COMMENT_PREFIX = "faketcp_twisted"
 #: The default firewall mark of kernel sockets ("FT" in its top bytes).
@@ -141,46 +142,6 @@ def _build(iptc: Any, rule: SilenceRule) -> Any:
     return made
 
 
-CLONE_NEWNET = 0x40000000
-
-
-def _setns(fd: int) -> None:
-    # os.setns arrived in Python 3.12; libc's is the same call.
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))
-
-
-def netns_id() -> int:
-    """
-    The identity (inode) of the calling thread's network namespace.
-    """
-    return os.stat("/proc/thread-self/ns/net").st_ino
-
-
-class _InNamespace:
-    """
-    Run a block in the network namespace held open by C{fd}, if it is not
-    the current one; rules must be removed where they were installed.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.previous: int | None = None
-
-    def __enter__(self) -> None:
-        if os.fstat(self.fd).st_ino != netns_id():
-            self.previous = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-            _setns(self.fd)
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.previous is not None:
-            _setns(self.previous)
-            os.close(self.previous)
-            self.previous = None
-
-
 class Silencer:
     """
     The process's silencing rules, reference-counted per network namespace,
@@ -233,7 +194,7 @@ class Silencer:
                         f"iptables: {refusal}"
                     ) from refusal
                 raise
-            fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+            fd = open_current()
             self._rules[(namespace, rule)] = [1, fd, "iptables"]
             return "iptables"
 
@@ -289,7 +250,7 @@ class Silencer:
                 return
             fd = entry[1]
             try:
-                with _InNamespace(fd):
+                with InNamespace(fd):
                     _delete_matching(_iptc(), rule.family, _comment(), rule)
             finally:
                 os.close(fd)

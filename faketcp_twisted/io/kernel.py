@@ -207,6 +207,18 @@ def unsilence(sock: socket.socket) -> None:
     detach_filter(sock)
 
 
+def reset(sock: socket.socket) -> None:
+    """
+    Close a silenced kernel socket with a RST that reaches its peer (the
+    kernel's own, with the connection's real numbers).
+    """
+    try:
+        unsilence(sock)
+    except OSError:
+        pass  # the RST may then be silenced; the socket goes anyway
+    close_abortively(sock)
+
+
 def default_receive_buffer() -> int:
     """
     The receive buffer the kernel gives a new TCP socket (the middle value
