@@ -5,19 +5,23 @@ network namespaces, through real kernels, raw sockets and firewall rules.
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import subprocess
 import sys
 import time
 from typing import Any
 
-from twisted.internet import error
+from twisted.internet import error, reactor
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
 from twisted.protocols import amp, basic
 from twisted.protocols.wire import Echo
 from twisted.trial.unittest import SynchronousTestCase
 
+from faketcp_twisted.engine.adoption import HANDSHAKE_WAIT
 from faketcp_twisted.engine.demux import Demultiplexer
 from faketcp_twisted.tx.errors import PortInUseError
 from lab import netlab
@@ -666,6 +670,112 @@ class DescriptorExhaustionTests(LabTestCase):
         pauses = errors.count("pausing accepts")
         self.assertGreaterEqual(pauses, 1, errors)
         self.assertLessEqual(pauses, 8, errors[:2000])
+
+
+class Banner(Protocol):
+    """
+    A service that greets, then echoes (a fallback's stand-in for any real
+    server-first service).
+    """
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"banner\r\n")
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+class UnseenHandshakeTests(LabTestCase):
+    """
+    A connection the kernel accepted but whose handshake the capture never
+    saw (here: a client reusing its source port while the table still
+    holds the 4-tuple's time-wait entry, which drops the new handshake) is
+    not left hanging: once the adoption's wait gives up, a keyed port with
+    a fallback gives it to the service, and any other port has the kernel
+    reset it, unsilenced.
+    """
+
+    timeout = 30
+    source = 40123
+
+    async def serve(self, description: str) -> Any:
+        with netlab.in_namespace(self.lab.S):
+            port = await serverFromString(reactor, description).listen(RecordingFactory())
+        self.addCleanup(port.stopListening)
+        return port
+
+    def probe(self, request: bytes, reset: bool = False) -> bytes | int:
+        """
+        A plain TCP client in C, from port L{source}: connect, send
+        C{request}, read a moment; what it read, or the errno that ended
+        it.  It closes with a RST (so its own kernel keeps no TIME_WAIT and
+        the port can be used again), with C{reset} at once.  In a thread.
+        """
+        with netlab.in_namespace(self.lab.C):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("0.0.0.0", self.source))
+        sock.settimeout(10)
+        received = b""
+        try:
+            sock.connect((self.lab.server4, self.port))
+            sock.sendall(request)
+            if reset:
+                time.sleep(0.3)
+                return b""
+            while len(received) < 8 + len(request):
+                data = sock.recv(4096)
+                if not data:
+                    break
+                received += data
+        except OSError as failure:
+            return failure.errno or -1
+        finally:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+            sock.close()
+        return received
+
+    async def reuse(self, port: Any) -> tuple[bytes | int, float]:
+        """
+        Connect once and reset; connect again from the same port while the
+        table holds the first connection's time-wait entry.
+
+        @return: what the second connection got, and how long it took.
+        """
+        demux = port.demuxes[socket.AF_INET]
+        await deferToThread(self.probe, b"first", True)
+        await wait_until(lambda: any(key.remote_port == self.source for key in demux.table.time_wait))
+        started = time.monotonic()
+        outcome = await deferToThread(self.probe, b"GET /\r\n")
+        return outcome, time.monotonic() - started
+
+    async def test_fallback(self) -> None:
+        """
+        Keyed, with a fallback: after the adoption's wait, the prober gets
+        the service's banner and its request echoed.
+        """
+        with netlab.in_namespace(self.lab.S):
+            service = reactor.listenTCP(0, Factory.forProtocol(Banner), interface="127.0.0.1")
+        self.addCleanup(service.stopListening)
+        fallback = f"127.0.0.1\\:{service.getHost().port}"
+        port = await self.serve(f"faketcp:{self.port}:interface=0.0.0.0:key=k:fallback={fallback}")
+        outcome, took = await self.reuse(port)
+        self.assertEqual(outcome, b"banner\r\nGET /\r\n")
+        self.assertGreaterEqual(took, HANDSHAKE_WAIT)
+        demux = port.demuxes[socket.AF_INET]
+        self.assertEqual((demux.drops["handshake-unseen"], demux.drops["fallback"]), (1, 2))
+
+    async def test_reset(self) -> None:
+        """
+        No fallback: after the adoption's wait, the kernel's own RST
+        reaches the prober, which learns at once instead of at its timeout.
+        """
+        port = await self.serve(f"faketcp:{self.port}:interface=0.0.0.0")
+        outcome, took = await self.reuse(port)
+        self.assertEqual(outcome, errno.ECONNRESET)
+        self.assertGreaterEqual(took, HANDSHAKE_WAIT)
+        self.assertLess(took, HANDSHAKE_WAIT + 2)
+        self.assertEqual(port.demuxes[socket.AF_INET].drops["handshake-unseen"], 1)
 
 
 class EndpointPortRangeTests(SynchronousTestCase):
