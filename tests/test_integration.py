@@ -21,6 +21,7 @@ from twisted.protocols import amp, basic
 from twisted.protocols.wire import Echo
 from twisted.trial.unittest import SynchronousTestCase
 
+from faketcp_twisted.core.table import TableLimits
 from faketcp_twisted.engine.adoption import HANDSHAKE_WAIT
 from faketcp_twisted.engine.demux import Demultiplexer
 from faketcp_twisted.tx.errors import PortInUseError
@@ -685,45 +686,41 @@ class Banner(Protocol):
         self.transport.write(data)
 
 
-class UnseenHandshakeTests(LabTestCase):
+class HandshakeTests(LabTestCase):
     """
-    A connection the kernel accepted but whose handshake the capture never
-    saw (here: a client reusing its source port while the table still
-    holds the 4-tuple's time-wait entry, which drops the new handshake) is
-    not left hanging: once the adoption's wait gives up, a keyed port with
-    a fallback gives it to the service, and any other port has the kernel
-    reset it, unsilenced.
+    Handshakes the table does not learn in the usual way.
     """
 
     timeout = 30
     source = 40123
 
-    async def serve(self, description: str) -> Any:
+    async def serve(self, description: str, factory: Any = None, limits: TableLimits | None = None) -> Any:
+        endpoint = serverFromString(reactor, description)
+        if limits is not None:
+            endpoint._options.limits = limits
         with netlab.in_namespace(self.lab.S):
-            port = await serverFromString(reactor, description).listen(RecordingFactory())
+            port = await endpoint.listen(factory or RecordingFactory())
         self.addCleanup(port.stopListening)
         return port
 
-    def probe(self, request: bytes, reset: bool = False) -> bytes | int:
+    def probe(self, request: bytes, expected: int = 0) -> bytes | int:
         """
         A plain TCP client in C, from port L{source}: connect, send
-        C{request}, read a moment; what it read, or the errno that ended
-        it.  It closes with a RST (so its own kernel keeps no TIME_WAIT and
-        the port can be used again), with C{reset} at once.  In a thread.
+        C{request}, read until C{expected} bytes came or the end; what it
+        read, or the errno that ended it (-1: a timeout).  It closes with a
+        RST, so its own kernel keeps no TIME_WAIT and the port can be used
+        again at once.  In a thread.
         """
         with netlab.in_namespace(self.lab.C):
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("0.0.0.0", self.source))
-        sock.settimeout(10)
+        sock.settimeout(8)
         received = b""
         try:
             sock.connect((self.lab.server4, self.port))
             sock.sendall(request)
-            if reset:
-                time.sleep(0.3)
-                return b""
-            while len(received) < 8 + len(request):
+            while len(received) < expected:
                 data = sock.recv(4096)
                 if not data:
                     break
@@ -735,46 +732,56 @@ class UnseenHandshakeTests(LabTestCase):
             sock.close()
         return received
 
-    async def reuse(self, port: Any) -> tuple[bytes | int, float]:
+    async def test_port_reused_during_time_wait(self) -> None:
         """
-        Connect once and reset; connect again from the same port while the
-        table holds the first connection's time-wait entry.
-
-        @return: what the second connection got, and how long it took.
+        A client that connects again from the same port while the table
+        still holds the 4-tuple's time-wait entry (a client whose kernel
+        gave the port out again) is served at once, as a kernel's TIME-WAIT
+        socket takes a new SYN: its handshake is learned, not dropped.
         """
+        port = await self.serve(f"faketcp:{self.port}:interface=0.0.0.0", Factory.forProtocol(Echo))
         demux = port.demuxes[socket.AF_INET]
-        await deferToThread(self.probe, b"first", True)
+        self.assertEqual(await deferToThread(self.probe, b"first", 5), b"first")
         await wait_until(lambda: any(key.remote_port == self.source for key in demux.table.time_wait))
         started = time.monotonic()
-        outcome = await deferToThread(self.probe, b"GET /\r\n")
-        return outcome, time.monotonic() - started
+        self.assertEqual(await deferToThread(self.probe, b"second", 6), b"second")
+        self.assertLess(time.monotonic() - started, HANDSHAKE_WAIT)
+        self.assertEqual(demux.drops["handshake-unseen"], 0)
 
-    async def test_fallback(self) -> None:
+    #: A table that learns no handshake and sends no orphan RST: every
+    #: connection's adoption waits, then gives up.
+    blind = TableLimits(embryos_per_address=0, orphan_resets=0.0)
+
+    async def test_unseen_handed_to_fallback(self) -> None:
         """
-        Keyed, with a fallback: after the adoption's wait, the prober gets
-        the service's banner and its request echoed.
+        A connection the kernel accepted but whose handshake the table
+        never learned is not left hanging: once the adoption's wait gives
+        up, a keyed port with a fallback gives it to the service.
         """
         with netlab.in_namespace(self.lab.S):
             service = reactor.listenTCP(0, Factory.forProtocol(Banner), interface="127.0.0.1")
         self.addCleanup(service.stopListening)
         fallback = f"127.0.0.1\\:{service.getHost().port}"
-        port = await self.serve(f"faketcp:{self.port}:interface=0.0.0.0:key=k:fallback={fallback}")
-        outcome, took = await self.reuse(port)
+        port = await self.serve(f"faketcp:{self.port}:interface=0.0.0.0:key=k:fallback={fallback}", limits=self.blind)
+        started = time.monotonic()
+        outcome = await deferToThread(self.probe, b"GET /\r\n", 15)
         self.assertEqual(outcome, b"banner\r\nGET /\r\n")
-        self.assertGreaterEqual(took, HANDSHAKE_WAIT)
+        self.assertGreaterEqual(time.monotonic() - started, HANDSHAKE_WAIT)
         demux = port.demuxes[socket.AF_INET]
-        self.assertEqual((demux.drops["handshake-unseen"], demux.drops["fallback"]), (1, 2))
+        self.assertEqual((demux.drops["handshake-unseen"], demux.drops["fallback"]), (1, 1))
 
-    async def test_reset(self) -> None:
+    async def test_unseen_reset(self) -> None:
         """
-        No fallback: after the adoption's wait, the kernel's own RST
-        reaches the prober, which learns at once instead of at its timeout.
+        Without a fallback, the kernel's own RST reaches the peer once the
+        adoption's wait gives up (unsilenced), so it learns at once rather
+        than at its own timeout.
         """
-        port = await self.serve(f"faketcp:{self.port}:interface=0.0.0.0")
-        outcome, took = await self.reuse(port)
+        port = await self.serve(f"faketcp:{self.port}:interface=0.0.0.0", limits=self.blind)
+        started = time.monotonic()
+        outcome = await deferToThread(self.probe, b"hello", 5)
         self.assertEqual(outcome, errno.ECONNRESET)
-        self.assertGreaterEqual(took, HANDSHAKE_WAIT)
-        self.assertLess(took, HANDSHAKE_WAIT + 2)
+        self.assertGreaterEqual(time.monotonic() - started, HANDSHAKE_WAIT)
+        self.assertLess(time.monotonic() - started, HANDSHAKE_WAIT + 2)
         self.assertEqual(port.demuxes[socket.AF_INET].drops["handshake-unseen"], 1)
 
 

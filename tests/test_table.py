@@ -921,8 +921,8 @@ class TimeWaitTests(SynchronousTestCase):
 
     def test_retireEntersTimeWait(self) -> None:
         """
-        Retiring removes the flow and drops its segments as time-wait,
-        handshakes included, without making embryos.
+        Retiring removes the flow and drops its segments as time-wait
+        (a SYN-ACK, a RST), without making embryos.
         """
         table = FlowTable(Role.SERVER, TableLimits(time_wait=30.0))
         flow = adopted_server_flow(table)
@@ -931,10 +931,28 @@ class TimeWaitTests(SynchronousTestCase):
         self.assertEqual(table.time_wait, {SERVER_KEY: 130.0})
         data = incoming(SERVER_KEY, PSH | ACK, CLIENT_ISN + 1, SERVER_ISN + 1, b"late")
         self.assertIsNone(table.receive_unadopted(SERVER_KEY, data, 101.0))
-        table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, SYN, 5), 101.0)
+        table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, SYN | ACK, 5, 6), 101.0)
         table.receive_unadopted(SERVER_KEY, incoming(SERVER_KEY, RST, 5), 101.0)
         self.assertEqual(table.drops["time-wait"], 3)
         self.assertEqual(table.embryos, {})
+
+    def test_newSynEndsTimeWait(self) -> None:
+        """
+        A server takes a new connection's SYN on a 4-tuple in time-wait (a
+        client whose kernel gave its port out again), as a kernel's
+        TIME-WAIT socket does: the entry ends, and the handshake is
+        learned; the old flow's late data then meets the new numbers.
+        """
+        table = FlowTable(Role.SERVER, TableLimits(time_wait=30.0))
+        table.retire(adopted_server_flow(table), 100.0)
+        server_handshake(table, client_isn=CLIENT_ISN + 100_000, server_isn=SERVER_ISN + 7, now=101.0)
+        self.assertEqual(table.time_wait, {})
+        self.assertTrue(table.handshake_known(SERVER_KEY))
+        late = incoming(SERVER_KEY, PSH | ACK, CLIENT_ISN + 1, SERVER_ISN + 1, b"late")
+        table.receive_unadopted(SERVER_KEY, late, 101.5)
+        flow, early = table.adopt(SERVER_KEY, MSS, 102.0)
+        self.assertEqual(early, [])
+        self.assertEqual(flow.remote_isn, CLIENT_ISN + 100_000)
 
     def test_expireEndsTimeWait(self) -> None:
         """

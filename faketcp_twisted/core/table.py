@@ -210,6 +210,13 @@ class FlowTable:
         """
         if key in self.handed_off:
             return None
+        if key in self.time_wait and self.role is Role.SERVER and segment.flags & (SYN | ACK) == SYN:
+            # A new connection on the 4-tuple (a client whose kernel gave
+            # the port out again): as a kernel's TIME-WAIT socket does, take
+            # its SYN; the old flow's late segments then meet the new
+            # handshake's numbers, not a flow.
+            del self.time_wait[key]
+            self._fin_numbers.pop(key, None)
         if key in self.time_wait:
             self.drops["time-wait"] += 1
             numbers = self._fin_numbers.get(key)
@@ -519,6 +526,14 @@ class FlowTable:
                 return False
         time_wait[key] = now + self.limits.time_wait
         return True
+
+    def forget_time_wait(self, key: FlowKey) -> None:
+        """
+        End C{key}'s time-wait now (a client's local port was given back
+        to the kernel, which may use the 4-tuple again at once).
+        """
+        self.time_wait.pop(key, None)
+        self._fin_numbers.pop(key, None)
 
     @property
     def awaiting_fin(self) -> bool:

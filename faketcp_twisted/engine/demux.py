@@ -143,8 +143,8 @@ class Demultiplexer:
     #: ended with a RST either way, or whose FIN exchange is complete, is
     #: closed at once.  The 4-tuple's time-wait entry in the flow table (no
     #: descriptor) outlives its socket and still drops the late segments.
-    #: A client's capture holds every socket for the whole time-wait: the
-    #: socket keeps the kernel from reusing its local port meanwhile.
+    #: The same holds for a client's capture, whose sockets also keep the
+    #: kernel from reusing their local ports meanwhile.
     timeWaitSockets = 256
     #: Most packets waiting for room in the send buffer; past it packets
     #: are dropped, as a full UDP socket would.
@@ -197,7 +197,7 @@ class Demultiplexer:
         self._due: deque[Flow] = deque()
         #: Connections whose kernel socket refused the muting filter.
         self._unmuted: set[Connection] = set()
-        self._closing_sockets: deque[tuple[float, socket.socket, Callable[[], None] | None]] = deque()
+        self._closing_sockets: deque[tuple[float, FlowKey, socket.socket, Callable[[], None] | None]] = deque()
         #: Called when a flow left, so the owner can close an unused capture.
         self.on_released: Callable[[], None] | None = None
         #: Called when the capture saw a handshake complete, so the owner
@@ -449,11 +449,12 @@ class Demultiplexer:
         """
         Stop routing to C{connection}; its flow enters time-wait.
 
-        A server's kernel socket is closed at once when nothing more can
-        come from the peer (see L{settled}); otherwise it is held until
+        The kernel socket is closed at once when nothing more can come
+        from the peer (see L{settled}); otherwise it is held until
         time-wait ends, at most L{timeWaitSockets} of them (the oldest are
-        closed first).  A client's is held until time-wait ends.  Either way the flow table's time-wait entry drops
-        the 4-tuple's late segments.
+        closed first).  The flow table's time-wait entry drops the
+        4-tuple's late segments, a server's for the whole time-wait; a
+        client's goes with its socket (see L{_closeKernelSocket}).
         """
         flow = connection.flow
         key = flow.key
@@ -462,20 +463,13 @@ class Demultiplexer:
         self._unmuted.discard(connection)
         now = self.loop.seconds()
         self.table.retire(flow, now)
-        if self.role is not Role.SERVER:
-            # A client's socket holds its local port: closed early, the
-            # kernel could give the 4-tuple to a new connection whose
-            # handshake the table's time-wait entry would drop.
-            self._closing_sockets.append(
-                (now + self.table.limits.time_wait, connection.socket, connection.on_socket_closed)
-            )
-        elif settled(flow):
+        if settled(flow):
             # Abortive, while the silencing rule is in place: the kernel's
             # own RST is marked and dropped.
-            self._closeKernelSocket(connection.socket, connection.on_socket_closed)
+            self._closeKernelSocket(key, connection.socket, connection.on_socket_closed)
         else:
             closing = self._closing_sockets
-            closing.append((now + self.table.limits.time_wait, connection.socket, connection.on_socket_closed))
+            closing.append((now + self.table.limits.time_wait, key, connection.socket, connection.on_socket_closed))
             while len(closing) > max(self.timeWaitSockets, 0):
                 self._closeKernelSocket(*closing.popleft()[1:])
         if flow.end_reason not in (EndReason.PEER_RST, EndReason.LOCAL_RST):
@@ -581,8 +575,14 @@ class Demultiplexer:
         """
         return len(self._closing_sockets)
 
-    def _closeKernelSocket(self, sock: socket.socket, closed: Callable[[], None] | None) -> None:
+    def _closeKernelSocket(self, key: FlowKey, sock: socket.socket, closed: Callable[[], None] | None) -> None:
         kernel.close_silently(sock)
+        if self.role is not Role.SERVER:
+            # A client's socket held its local port: now the kernel may give
+            # the 4-tuple to a new connection, whose handshake the table's
+            # time-wait entry would drop.  A late segment of the old flow
+            # then meets the new flow's windows instead.
+            self.table.forget_time_wait(key)
         if closed is not None:
             try:
                 closed()

@@ -312,9 +312,9 @@ class ClientRelay(RelayService):
             self.endpoint = clientFromString(self.reactor, self.faketcp)
         except ValueError as failure:
             cannot_start(self.log, failure)
-        # A kernel socket per flow (a client's capture holds the sockets of
-        # ended flows for time-wait, unbounded: its own reconnects).
-        self._ensureDescriptors(1, captures=0)
+        # A kernel socket per flow, and those of ended flows its capture
+        # holds for time-wait (bounded, as a server's).
+        self._ensureDescriptors(1, captures=1)
         self._sweep()
         listen = (self.listen.host, self.listen.port)
         try:
