@@ -443,3 +443,201 @@ def open_descriptors(pid: int) -> int:
     How many file descriptors process C{pid} has open.
     """
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+# --------------------------------------------------------------------------
+# A probe's connection on the wire (tshark's view of it)
+# --------------------------------------------------------------------------
+
+#: tshark's fields for L{wire_segments}, in its order.
+WIRE_FIELDS = (
+    "frame.number", "tcp.srcport", "tcp.flags.syn", "tcp.flags.fin", "tcp.flags.reset", "tcp.flags.ack",
+    "tcp.seq", "tcp.len", "tcp.ack", "tcp.payload",
+)  # fmt: skip
+
+#: tshark 4.0's Notes for a segment sent again (tcp.analysis.retransmission,
+#: spurious_retransmission, fast_retransmission).
+RETRANSMISSION_NOTES = frozenset(
+    {
+        "This frame is a (suspected) retransmission",
+        "This frame is a (suspected) spurious retransmission",
+        "This frame is a (suspected) fast retransmission",
+    }
+)
+#: tshark 4.0's Notes on the FIN of each side of an ordinary close
+#: (tcp.connection.fin_active, fin_passive).
+CLOSING_NOTES = frozenset(
+    {"This frame initiates the connection closing", "This frame undergoes the connection closing"}
+)
+#: tshark 4.0's Warning for a segment that fills the window its receiver
+#: advertised (tcp.analysis.window_full): flow control, when curl reads
+#: slower than the service sends; a direct fetch in the lab has it too.
+WINDOW_FULL = "TCP window specified by the receiver is now completely full"
+
+
+@dataclass(frozen=True)
+class WireSegment:
+    """
+    One captured segment of a probe's connection, as tshark numbers it
+    (sequence numbers relative to each side's ISN, the ack relative to the
+    other side's).
+
+    @ivar flags: which of C{S} (SYN), C{F} (FIN), C{R} (RST) are set.
+    @ivar ack: the ack, or L{None} without the ACK flag.
+    """
+
+    frame: int
+    from_server: bool
+    flags: str
+    seq: int
+    length: int
+    ack: int | None
+    payload: bytes = b""
+
+
+def wire_segments(fields: str, server_port: int) -> list[WireSegment]:
+    """
+    The segments of tshark's C{-T fields} output for L{WIRE_FIELDS}
+    (separated by tabs), in frame order; C{server_port} tells the sides
+    apart.
+    """
+    segments = []
+    for line in fields.splitlines():
+        number, sport, syn, fin, reset, acked, seq, length, ack, payload = (line.split("\t") + [""] * 10)[:10]
+        if not seq:
+            continue
+        flags = "".join(flag for flag, value in (("S", syn), ("F", fin), ("R", reset)) if value in ("1", "True"))
+        has_ack = acked in ("1", "True") and ack != ""
+        segments.append(
+            WireSegment(
+                int(number), int(sport) == server_port, flags, int(seq), int(length or 0),
+                int(ack) if has_ack else None, bytes.fromhex(payload.replace(":", "")),
+            )
+        )  # fmt: skip
+    return segments
+
+
+@dataclass
+class WireVerdict:
+    """
+    What L{wire_problems} found, one line each.
+
+    @ivar wrong: what no reordering on the path explains: a server segment
+        that is not the service's answer at its place in the stream (one
+        of ours would not be), a RST, a missing SYN+ACK or FIN, an ack for
+        bytes the prober had not sent, request bytes never acknowledged,
+        an expert item of severity Error (a bad checksum, a malformed
+        segment).
+    @ivar disorder: the rest: a segment not where its side's stream was in
+        the capture's order, an expert item not allowed.  A path that
+        reorders (the lab's veths do at times, a direct fetch too) makes
+        these alone.
+    @ivar retransmissions: the retransmission Notes of the prober's first
+        data segment.
+    """
+
+    wrong: list[str] = field(default_factory=list)
+    disorder: list[str] = field(default_factory=list)
+    retransmissions: int = 0
+
+
+def wire_problems(segments: list[WireSegment], items: list[Any], answer: bytes, request: int) -> WireVerdict:
+    """
+    What, in a probe's connection captured at the prober, is not an
+    ordinary TCP connection whose only oddity is that the prober may send
+    its first data segment again.
+
+    The server's side must be the kernel's connection alone: a SYN+ACK at
+    its ISN (relative 0), then segments each exactly at the next sequence
+    number of its stream (none outside it, none again), each carrying the
+    service's C{answer} at its place, then a FIN right after the answer;
+    no ack for a byte the prober had not sent yet.  The prober sent
+    C{request} bytes, all of them acknowledged; the only segment it sent
+    again is its first data segment.  No RST either way.  tshark's expert
+    items (C{items}: objects with C{frame}, C{severity} and C{message}) of
+    severity Note, Warning or Error are only retransmission Notes
+    (L{RETRANSMISSION_NOTES}) of the prober's first data segment, the
+    closing Notes (L{CLOSING_NOTES}) on a FIN, and L{WINDOW_FULL} on a
+    server data segment.
+    """
+    verdict = WireVerdict()
+    by_frame = {segment.frame: segment for segment in segments}
+    server_next: int | None = None
+    server_fin: WireSegment | None = None
+    prober_next = 1
+    first_data: WireSegment | None = None
+    highest_ack = 0
+
+    def first_again(segment: WireSegment | None) -> bool:
+        """
+        Whether C{segment} is the prober's first data segment sent again.
+        """
+        return (
+            segment is not None and not segment.from_server and first_data is not None
+            and segment is not first_data and (segment.seq, segment.payload) == (1, first_data.payload)
+        )  # fmt: skip
+
+    for segment in segments:
+        if "R" in segment.flags:
+            verdict.wrong.append(f"frame {segment.frame}: a RST")
+        if not segment.from_server:
+            if "S" in segment.flags:
+                continue
+            if segment.length and first_data is None and segment.seq == 1:
+                first_data = segment
+            if segment.length and segment.seq != prober_next and not first_again(segment):
+                verdict.disorder.append(
+                    f"frame {segment.frame}: prober data at {segment.seq}, its stream was at {prober_next}"
+                )
+            prober_next = max(prober_next, segment.seq + segment.length + ("F" in segment.flags))
+            continue
+        if server_next is None:
+            if segment.flags != "S" or segment.seq != 0:
+                verdict.wrong.append(f"frame {segment.frame}: the server's first segment is not a SYN+ACK at 0")
+            server_next = segment.seq + 1
+            continue
+        place = segment.seq - 1
+        if segment.length and (place < 0 or segment.payload != answer[place : place + segment.length]):
+            verdict.wrong.append(
+                f"frame {segment.frame}: {segment.length} bytes from the server at {segment.seq}"
+                " are not the service's answer there"
+            )
+        if "F" in segment.flags:
+            if segment.seq + segment.length != 1 + len(answer):
+                verdict.wrong.append(f"frame {segment.frame}: the server's FIN is not right after the answer")
+            server_fin = segment
+        if segment.seq != server_next or "S" in segment.flags:
+            verdict.disorder.append(
+                f"frame {segment.frame}: server segment at {segment.seq} ({segment.length} bytes, flags "
+                f"{segment.flags or '-'}), its stream was at {server_next}"
+            )
+        server_next = max(server_next, segment.seq + segment.length + ("F" in segment.flags))
+        if segment.ack is not None:
+            if segment.ack > prober_next:
+                verdict.wrong.append(
+                    f"frame {segment.frame}: the server acks {segment.ack}, the prober had sent to {prober_next}"
+                )
+            highest_ack = max(highest_ack, segment.ack)
+    if server_next is None:
+        verdict.wrong.append("no segment from the server")
+    elif server_fin is None:
+        verdict.wrong.append("no FIN from the server")
+    if prober_next - 1 < request:
+        verdict.wrong.append(f"the prober sent {prober_next - 1} bytes of data, its request is {request}")
+    if highest_ack < 1 + request:
+        verdict.wrong.append(f"the server acked up to {highest_ack}, not all {request} bytes of the request")
+
+    for item in items:
+        if item.severity not in ("Note", "Warning", "Error"):
+            continue
+        segment = by_frame.get(item.frame)
+        if item.severity == "Note" and item.message in RETRANSMISSION_NOTES and first_again(segment):
+            verdict.retransmissions += 1
+        elif item.severity == "Note" and item.message in CLOSING_NOTES and segment and "F" in segment.flags:
+            pass
+        elif item.message == WINDOW_FULL and segment and segment.from_server and segment.length:
+            pass
+        else:
+            line = f"frame {item.frame}: {item.severity} {item.message!r}"
+            (verdict.wrong if item.severity == "Error" else verdict.disorder).append(line)
+    return verdict

@@ -29,25 +29,31 @@ import asyncio
 import hashlib
 import os
 import re
+import shutil
 import socket
+import statistics
 import time
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.task import LoopingCall
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from faketcp_twisted import aio
 from faketcp_twisted.io.firewall import silencer
 from lab import netlab
-from tests import test_aio
+from tests import test_aio, test_wire
 from tests.fallbacklab import (
     BANNER,
     HTTP_FILE,
+    WIRE_FIELDS,
     Fetch,
     Prober,
+    WireSegment,
+    WireVerdict,
     close_probers,
     counted,
     curl,
@@ -62,6 +68,8 @@ from tests.fallbacklab import (
     tls_page_structure,
     tls_service,
     url_host,
+    wire_problems,
+    wire_segments,
 )
 from tests.relaylab import (
     PacedStream,
@@ -104,6 +112,13 @@ PER_SPLICE = 2
 SLACK = 16
 #: curl options of a probe that reads slowly (256 KiB in 2 s).
 SLOW = ("--limit-rate", "128k")
+#: curl runs each way for the time to first byte, and the time to first
+#: byte above which an answer waited for a retransmission (Linux's least
+#: retransmission timeout is 200 ms; a direct answer takes 1-2 ms).
+TTFB_RUNS = 10
+LATE = 0.1
+#: Captures of a probe on the wire, at most, until one is in order.
+WIRE_ATTEMPTS = 3
 
 
 def sha256(data: bytes) -> str:
@@ -465,6 +480,126 @@ class ManyProbersTests(RelayFallbackTestCase):
         await self.assertStreamFlowed(stream, sender, after, after + 1.0)
 
 
+class WireVerdictTests(TestCase):
+    """
+    L{wire_problems} on made-up captures (no root, no capture): what it
+    finds in a segment of ours, a reset, reordering and tshark's items.
+    """
+
+    ANSWER = b"A" * 100 + b"B" * 50
+    REQUEST = b"GET / 1.0\n"
+    RETRANSMISSION = "This frame is a (suspected) retransmission"
+
+    def connection(self) -> list[WireSegment]:
+        """
+        An ordinary one: the handshake, the request sent twice, the answer
+        in two segments, a FIN each way.
+        """
+        request, answer = self.REQUEST, self.ANSWER
+        return [
+            WireSegment(1, False, "S", 0, 0, None),
+            WireSegment(2, True, "S", 0, 0, 1),
+            WireSegment(3, False, "", 1, 0, 1),
+            WireSegment(4, False, "", 1, len(request), 1, request),
+            WireSegment(5, False, "", 1, len(request), 1, request),
+            WireSegment(6, True, "", 1, 0, 11),
+            WireSegment(7, True, "", 1, 100, 11, answer[:100]),
+            WireSegment(8, True, "", 101, 50, 11, answer[100:]),
+            WireSegment(9, True, "F", 151, 0, 11),
+            WireSegment(10, False, "F", 11, 0, 152),
+            WireSegment(11, True, "", 152, 0, 12),
+        ]
+
+    def items(self, *extra: tuple[int, str, str]) -> list[test_wire.ExpertItem]:
+        """
+        tshark's items for L{connection}, and C{extra} ones (frame,
+        severity, message).
+        """
+        found = [
+            (1, "Chat", "Connection establish request (SYN): server port 9191"),
+            (5, "Note", self.RETRANSMISSION),
+            (7, "Warning", "TCP window specified by the receiver is now completely full"),
+            (9, "Note", "This frame initiates the connection closing"),
+            (10, "Note", "This frame undergoes the connection closing"),
+            *extra,
+        ]
+        return [test_wire.ExpertItem(frame, severity, "Sequence", message) for frame, severity, message in found]
+
+    def verdict(self, segments: list[WireSegment], items: list[test_wire.ExpertItem]) -> WireVerdict:
+        """
+        L{wire_problems} of C{segments} and C{items} with L{ANSWER} and
+        L{REQUEST}.
+        """
+        return wire_problems(segments, items, self.ANSWER, len(self.REQUEST))
+
+    def test_ordinary(self) -> None:
+        """
+        Nothing wrong or out of order; one retransmission counted; none
+        needed.
+        """
+        verdict = self.verdict(self.connection(), self.items())
+        self.assertEqual((verdict.wrong, verdict.disorder, verdict.retransmissions), ([], [], 1))
+        once = [segment for segment in self.connection() if segment.frame != 5]
+        verdict = self.verdict(once, [item for item in self.items() if item.frame != 5])
+        self.assertEqual((verdict.wrong, verdict.disorder, verdict.retransmissions), ([], [], 0))
+
+    def test_segment_of_ours(self) -> None:
+        """
+        A server segment in the stream's place but with other bytes (as a
+        fake-TCP segment would be, continuing the handshake's numbers) is
+        wrong, before or after the kernel's.
+        """
+        for place in (6, 8):
+            segments = self.connection()
+            segments.insert(place, WireSegment(7, True, "", 1, 32, 11, b"\x17" * 32))
+            segments = [replace(segment, frame=number) for number, segment in enumerate(segments, 1)]
+            verdict = self.verdict(segments, [])
+            self.assertTrue(any("are not the service's answer" in line for line in verdict.wrong), verdict)
+
+    def test_reset_and_acks(self) -> None:
+        """
+        A RST either way is wrong; so is an ack for bytes the prober had not
+        sent, and a request not all acknowledged.
+        """
+        for frame in (10, 11):
+            segments = self.connection()
+            segments[frame - 1] = replace(segments[frame - 1], flags="R")
+            self.assertIn(f"frame {frame}: a RST", self.verdict(segments, self.items()).wrong)
+        segments = self.connection()
+        segments[5] = replace(segments[5], ack=50)
+        self.assertIn("frame 6: the server acks 50, the prober had sent to 11", self.verdict(segments, []).wrong)
+        segments = [replace(segment, ack=min(segment.ack, 5)) if segment.from_server and segment.ack else segment
+                    for segment in self.connection()]  # fmt: skip
+        self.assertTrue(self.verdict(segments, []).wrong)
+
+    def test_reordering(self) -> None:
+        """
+        Two server segments swapped, and tshark's items for a reordering
+        or a lost segment, are disorder (tried again), not wrong; a
+        retransmission Note is allowed only on the prober's first data
+        segment; an Error is wrong.
+        """
+        segments = self.connection()
+        segments[6], segments[7] = replace(segments[7], frame=7), replace(segments[6], frame=8)
+        verdict = self.verdict(segments, self.items())
+        self.assertEqual(verdict.wrong, [])
+        self.assertIn("frame 7: server segment at 101 (50 bytes, flags -), its stream was at 1", verdict.disorder)
+        for frame, severity, message in [
+            (8, "Warning", "Previous segment(s) not captured (common at capture start)"),
+            (8, "Warning", "This frame is a (suspected) out-of-order segment"),
+            (8, "Note", self.RETRANSMISSION),
+            (4, "Note", self.RETRANSMISSION),
+            (6, "Warning", "ACKed segment that wasn't captured (common at capture start)"),
+            (10, "Note", "Duplicate ACK (#1)"),
+            (10, "Warning", "TCP Zero Window segment"),
+            (11, "Warning", "Connection reset (RST)"),
+        ]:
+            verdict = self.verdict(self.connection(), self.items((frame, severity, message)))
+            self.assertEqual((verdict.wrong, verdict.disorder), ([], [f"frame {frame}: {severity} {message!r}"]))
+        verdict = self.verdict(self.connection(), self.items((7, "Error", "Bad checksum [should be 0x1234]")))
+        self.assertEqual(len(verdict.wrong), 1)
+
+
 class ErrorTests(TestCase):
     """
     C{fallback} without a key is a one-line error in every face.
@@ -710,3 +845,154 @@ class AsyncioServerTests(test_aio.AioLabTestCase):
             self.assertEqual(len(factory.built), 1)
 
         self.run_async(test)
+
+
+class WireProbeTests(RelayFallbackTestCase):
+    """
+    A probe's connection through the fallback, as the prober's own TCP
+    sees it: captured with tcpdump on C's interface and read by tshark's
+    TCP analysis, with L{tests.test_wire}'s capture and tshark settings
+    (whole packets, checksums verified, sequence analysis on, the payload
+    decoded as plain data).
+
+    Needs C{tcpdump} and C{tshark}; skips otherwise.
+    """
+
+    tshark = test_wire.WireTests.tshark
+    judge = test_wire.WireTests.judge
+    frames = test_wire.WireTests.frames
+    checksum_offload_off = test_wire.WireTests.checksum_offload_off
+
+    def setUp(self) -> None:
+        missing = [tool for tool in ("tcpdump", "tshark") if shutil.which(tool) is None]
+        if missing:
+            raise SkipTest(f"the wire check needs {' and '.join(missing)}")
+        super().setUp()
+        # tshark's own configuration directory (see test_wire.WireTests).
+        self.tshark_config = os.path.join(self.directory, "wireshark")
+        os.mkdir(self.tshark_config)
+
+    async def probe_on_the_wire(self, name: str, content: bytes) -> tuple[WireVerdict, str]:
+        """
+        One curl GET of the file through the keyed port (IPv4, through the
+        NAT), captured on C's interface; curl must get the file.
+
+        @return: L{wire_problems}'s verdict, and a description of the
+            capture for messages (tshark's counts and summary, the frames
+            of the problems, curl's result, the logs).
+        """
+        # test_wire's tcpdump and tshark settings are for its port: ours.
+        self.assertEqual(test_wire.FAKETCP_PORT, FAKETCP_PORT)
+        pcap = os.path.join(self.directory, f"{name}.pcap")
+        tcpdump = test_wire.Tcpdump(self.lab.C, self.lab.client_if, pcap).start()
+        self.addCleanup(tcpdump.kill)
+        await tcpdump.listening()
+        url = f"http://{self.lab.server4}:{FAKETCP_PORT}/{HTTP_FILE}"
+        probe = await self.fetch(url, name, "-w", "%{size_request} %{size_header}")
+        # The last segment: the server's ack of the prober's FIN.
+        await sleep(0.3)
+        counts = await tcpdump.stop()
+        message = f"{probe.describe()}\n{self.describe()}"
+        self.assertEqual((probe.status, probe.sha256()), (0, sha256(content)), message)
+        request, header = (int(size) for size in probe.stdout.split())
+        answer = "".join(line + "\r\n" for line in [*probe.headers, ""]).encode("latin-1") + probe.body
+        self.assertEqual(len(answer), header + len(probe.body), message)
+
+        judgement = self.judge(name, pcap, counts, 0)
+        fields = [arg for wire_field in WIRE_FIELDS for arg in ("-e", wire_field)]
+        segments = wire_segments(
+            self.tshark("-r", pcap, "-T", "fields", "-E", "separator=/t", *fields), FAKETCP_PORT
+        )  # fmt: skip
+        verdict = wire_problems(segments, judgement.items, answer, request)
+        problems = verdict.wrong + verdict.disorder
+        frames = sorted({int(number) for line in problems for number in re.findall(r"^frame (\d+)", line)})
+        description = (
+            f"{judgement.report()}\n--- tshark -z expert ---\n{judgement.summary}"
+            f"\n--- the problems' frames, each with the one before ---\n{self.frames(pcap, frames)}\n{message}"
+        )
+        return verdict, description
+
+    async def test_probe_on_the_wire(self) -> None:
+        """
+        A curl GET of the 256 KiB file through the keyed port (IPv4, through
+        the NAT), captured at the prober: curl gets the file, and the
+        connection is an ordinary one whose only oddity is that the prober
+        may send its first data segment again (L{wire_problems}): the
+        server's segments are the kernel connection's alone (a SYN+ACK at
+        its ISN, then each exactly where its stream is, carrying the
+        service's answer there, then the FIN; no RST); every byte of the
+        request was acknowledged and no ack of the server's covers a byte
+        the prober had not sent; tshark's only Notes are retransmission
+        Notes of the prober's first data segment and the closing Notes on
+        the FINs, its only Warning the sender's window-full on a server
+        data segment (flow control: a direct fetch has it too); no segment
+        not captured, none acked unseen, none out of order, no duplicate
+        ack, no zero window, no RST, no Error.
+
+        The lab's veths reorder segments at times (a direct fetch then has
+        out-of-order segments and duplicate acks too), so a capture whose
+        only problems are of order (L{WireVerdict.disorder}) is tried again,
+        up to L{WIRE_ATTEMPTS} captures in all; what reordering does not
+        explain (L{WireVerdict.wrong}: a segment of ours would carry other
+        bytes than the service's) fails at once.
+        """
+        _, content = http_service(self, self.lab, self.lab.S, HTTP_PORT, self.directory)
+        server = await self.server(f"127.0.0.1:{HTTP_PORT}")
+        self.checksum_offload_off(
+            self.lab, [(self.lab.C, self.lab.client_if), (self.lab.R, self.lab.router_client_if)]
+        )  # fmt: skip
+        reordered = []
+        for attempt in range(1, WIRE_ATTEMPTS + 1):
+            verdict, description = await self.probe_on_the_wire(f"probe-{attempt}", content)
+            if verdict.wrong:
+                self.fail(
+                    "the probe's connection is not an ordinary one:\n  "
+                    + "\n  ".join((verdict.wrong + verdict.disorder)[:30]) + f"\n{description}"
+                )  # fmt: skip
+            if not verdict.disorder:
+                break
+            reordered.append(description)
+        else:
+            self.fail(
+                f"{WIRE_ATTEMPTS} captures, each out of order:\n  " + "\n  ".join(verdict.disorder[:30])
+                + "\n" + "\n".join(reordered)
+            )  # fmt: skip
+        print(
+            f"\n    {description.partition(chr(10))[0]}; retransmissions of the prober's first data segment: "
+            f"{verdict.retransmissions}; earlier captures out of order: {attempt - 1}"
+        )
+        await next_stats(server)
+        self.assertEqual(
+            (counted(server, "fallback"), counted(server, "fallback-failed")), (attempt, 0), server.describe()
+        )
+
+    async def test_time_to_first_byte(self) -> None:
+        """
+        The time to first byte of a curl GET (C{%{time_starttransfer}})
+        through the fallback and directly to the service, L{TTFB_RUNS}
+        times each, alternating: every fetch gets the file.  The medians
+        are printed, and how many fetches through the fallback came over
+        L{LATE} s: those whose request the muted socket dropped, answered
+        after the prober's first retransmission (one retransmission
+        timeout); a request the kernel took before the socket was muted is
+        answered at once.
+        """
+        service, content = http_service(self, self.lab, self.lab.S, HTTP_PORT, self.directory)
+        await self.server(f"127.0.0.1:{HTTP_PORT}")
+        times: dict[int, list[float]] = {FAKETCP_PORT: [], HTTP_PORT: []}
+        for run in range(TTFB_RUNS):
+            for port, runs in times.items():
+                url = f"http://{self.lab.server4}:{port}/{HTTP_FILE}"
+                fetched = await self.fetch(url, f"ttfb-{port}-{run}", "-w", "%{time_starttransfer}")
+                message = f"port {port}, run {run}: {fetched.describe()}\n{service.describe()}\n{self.describe()}"
+                self.assertEqual((fetched.status, fetched.sha256()), (0, sha256(content)), message)
+                runs.append(float(fetched.stdout))
+        fallback, direct = times[FAKETCP_PORT], times[HTTP_PORT]
+        late = [t for t in fallback if t > LATE]
+        prompt = [t for t in fallback if t <= LATE]
+        print(
+            f"\n    time to first byte, median of {TTFB_RUNS}: through the fallback {statistics.median(fallback):.3f} s"
+            f" ({len(late)} over {LATE} s, median {statistics.median(late or [0]):.3f} s; the rest median"
+            f" {statistics.median(prompt or [0]):.3f} s), direct {statistics.median(direct):.3f} s"
+            f" (max {max(direct):.3f} s)"
+        )
