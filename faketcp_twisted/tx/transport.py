@@ -313,8 +313,14 @@ class FakeTCPTransport:
         self._finish()
 
     def _finish(self) -> None:
-        self._connection.send_fin()
-        self._connection.end_soon(Ending.DONE)
+        connection = self._connection
+        connection.send_fin()
+        # Twisted's TCP calls connectionLost from doWrite, after the
+        # reactor's next poll; a call_later(0) alone runs before that poll.
+        # Two make what the poll brings come first: the peer accepting a
+        # connection closed straight from connectionMade, say (Twisted's
+        # own tests expect the peer's protocol to exist by then).
+        connection.loop.call_later(0, connection.end_soon, Ending.DONE)
 
     def loseWriteConnection(self) -> None:
         """
