@@ -12,7 +12,7 @@ import asyncio
 import socket
 from typing import Any
 
-from twisted.internet.error import ConnectionAborted, ConnectionDone
+from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IConsumer,
     ILoggingContext,
@@ -107,16 +107,25 @@ class TwistedOverEngineTests(SynchronousTestCase):
         self.peer = Flow.from_handshake(
             FlowKey(CLIENT_ADDR, CLIENT_PORT, SERVER_ADDR, SERVER_PORT), CLIENT_ISN, SERVER_ISN, MSS, 0.0
         )
+        self.connectWith(_Recorder)
+
+    def connectWith(self, protocol: type[Protocol]) -> None:
+        """
+        Serve the peer's flow with a new connection and a C{protocol}.
+        """
         flow = Flow.from_handshake(
             FlowKey(SERVER_ADDR, SERVER_PORT, CLIENT_ADDR, CLIENT_PORT), SERVER_ISN, CLIENT_ISN, MSS, 0.0
         )
         self.connection = FlowConnection(self.demux, flow, socket.socket())
         self.addCleanup(self.connection.socket.close)
-        self.protocol: Any = connect_protocol(self.connection, Factory.forProtocol(_Recorder))
+        self.protocol: Any = connect_protocol(self.connection, Factory.forProtocol(protocol))
         self.transport = self.protocol.transport
 
     def fromPeer(self, data: bytes) -> None:
-        self.connection.segment_received(parse_packet(self.peer.send(data, 0.0) or b""), 0.0)
+        self.fromPeerPacket(self.peer.send(data, 0.0))
+
+    def fromPeerPacket(self, packet: bytes) -> None:
+        self.connection.segment_received(parse_packet(packet), 0.0)
 
     def test_interfaces(self) -> None:
         """
@@ -272,6 +281,56 @@ class TwistedContractTests(TwistedOverEngineTests):
         (reason,) = self.protocol.lost
         reason.trap(ConnectionDone)
         self.assertEqual(stopped, [])
+
+    def test_finWhilePausedAfterQueuedData(self) -> None:
+        """
+        A FIN that arrives while the transport is paused ends the connection
+        only once resumed, after the datagrams that came before it, as
+        Twisted's TCP (whose paused transport reads nothing): this side's
+        FIN answers it only then.
+        """
+        self.transport.pauseProducing()
+        self.fromPeer(b"held")
+        self.fromPeerPacket(self.peer.finish(0.0))
+        self.clock.advance(0)
+        self.assertEqual((self.protocol.received, self.protocol.lost), ([], []))
+        self.assertFalse(any(parse_packet(packet).flags & FIN for packet in self.demux.sent))
+        self.transport.resumeProducing()
+        self.assertEqual(self.protocol.received, [b"held"])
+        self.assertTrue(parse_packet(self.demux.sent[-1]).flags & FIN)
+        self.clock.advance(0)
+        (reason,) = self.protocol.lost
+        reason.trap(ConnectionDone)
+
+    def test_resetWhilePausedAfterQueuedData(self) -> None:
+        """
+        A RST that arrives while the transport is paused is reported once
+        resumed, after the datagrams that came before it, as Twisted's TCP.
+        """
+        self.transport.pauseProducing()
+        self.fromPeer(b"held")
+        self.fromPeerPacket(self.peer.reset(0.0))
+        self.clock.advance(0)
+        self.assertEqual((self.protocol.received, self.protocol.lost), ([], []))
+        self.transport.resumeProducing()
+        self.assertEqual(self.protocol.received, [b"held"])
+        (reason,) = self.protocol.lost
+        self.assertIs(reason.type, ConnectionLost)
+
+    def test_resetWhilePausedSeenOnWrite(self) -> None:
+        """
+        A write after a RST held while paused reports the reset on the next
+        turn, resumed or not, as Twisted's TCP reports a failed send.
+        """
+        self.transport.pauseProducing()
+        self.fromPeer(b"never read")
+        self.fromPeerPacket(self.peer.reset(0.0))
+        self.transport.write(b"into a reset")
+        self.assertEqual(self.protocol.lost, [])
+        self.clock.advance(0)
+        (reason,) = self.protocol.lost
+        self.assertIs(reason.type, ConnectionLost)
+        self.assertEqual(self.protocol.received, [])
 
     def test_callbacksLoggedUnderProtocolPrefix(self) -> None:
         """

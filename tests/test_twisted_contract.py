@@ -270,9 +270,6 @@ class FakeTCPTransportTestsBuilder(_LabMixin, TCPConnectionTestsBuilder):
     test_resumeProducing = _skip(_READER)
     test_resumeProducingWhileDisconnected = _skip(_READER)
     test_resumeProducingWhileDisconnecting = _skip(_READER)
-    test_connectionLostAfterPausedTransport = _skip(
-        "KNOWN GAP: a FIN arriving while delivery is paused ends the connection before the queued data"
-    )
     test_doubleHalfClose = _skip("KNOWN GAP: loseWriteConnection() does not call writeConnectionLost()")
 
 
