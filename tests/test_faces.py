@@ -15,6 +15,7 @@ from typing import Any
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IConsumer,
+    IHalfCloseableProtocol,
     ILoggingContext,
     IPushProducer,
     ISystemHandle,
@@ -26,6 +27,7 @@ from twisted.python import context
 from twisted.python.failure import Failure
 from twisted.python.log import ILogContext
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from faketcp_twisted.aio.transport import AioTransport
@@ -86,12 +88,23 @@ class _Recorder(Protocol):
     def __init__(self) -> None:
         self.received: list[bytes] = []
         self.lost: list[Failure] = []
+        self.events: list[str] = []
 
     def dataReceived(self, data: bytes) -> None:
         self.received.append(data)
 
     def connectionLost(self, reason: Failure) -> None:
         self.lost.append(reason)
+        self.events.append("lost")
+
+
+@implementer(IHalfCloseableProtocol)
+class _HalfCloser(_Recorder):
+    def readConnectionLost(self) -> None:
+        self.events.append("read")
+
+    def writeConnectionLost(self) -> None:
+        self.events.append("write")
 
 
 class TwistedOverEngineTests(SynchronousTestCase):
@@ -331,6 +344,37 @@ class TwistedContractTests(TwistedOverEngineTests):
         (reason,) = self.protocol.lost
         self.assertIs(reason.type, ConnectionLost)
         self.assertEqual(self.protocol.received, [])
+
+    def test_writeConnectionLost(self) -> None:
+        """
+        C{loseWriteConnection()} sends FIN; a half-closeable protocol's
+        C{writeConnectionLost()} follows on the next turn (never from
+        inside the call, as with Twisted's TCP), and it still receives.
+        """
+        self.connectWith(_HalfCloser)
+        self.demux.sent.clear()
+        self.transport.loseWriteConnection()
+        (fin,) = self.demux.sent
+        self.assertTrue(parse_packet(fin).flags & FIN)
+        self.assertEqual(self.protocol.events, [])
+        self.clock.advance(0)
+        self.assertEqual(self.protocol.events, ["write"])
+        self.fromPeer(b"still read")
+        self.assertEqual(self.protocol.received, [b"still read"])
+        self.assertTrue(self.transport.connected)
+
+    def test_writeConnectionLostBeforeConnectionLost(self) -> None:
+        """
+        Closing the write side after the peer's FIN closes the connection
+        both ways: C{writeConnectionLost()} comes before
+        C{connectionLost(ConnectionDone)}.
+        """
+        self.connectWith(_HalfCloser)
+        self.fromPeerPacket(self.peer.finish(0.0))
+        self.transport.loseWriteConnection()
+        self.clock.advance(0)
+        self.assertEqual(self.protocol.events, ["read", "write", "lost"])
+        self.protocol.lost[0].trap(ConnectionDone)
 
     def test_callbacksLoggedUnderProtocolPrefix(self) -> None:
         """

@@ -270,7 +270,6 @@ class FakeTCPTransportTestsBuilder(_LabMixin, TCPConnectionTestsBuilder):
     test_resumeProducing = _skip(_READER)
     test_resumeProducingWhileDisconnected = _skip(_READER)
     test_resumeProducingWhileDisconnecting = _skip(_READER)
-    test_doubleHalfClose = _skip("KNOWN GAP: loseWriteConnection() does not call writeConnectionLost()")
 
 
 globals().update(FakeTCPConnectionTestsBuilder.makeTestCaseClasses())
