@@ -32,7 +32,7 @@ from zope.interface.verify import verifyObject
 
 from faketcp_twisted.aio.transport import AioTransport
 from faketcp_twisted.core.flow import Flow, FlowKey
-from faketcp_twisted.core.segment import FIN, parse_packet
+from faketcp_twisted.core.segment import FIN, RST, parse_packet
 from faketcp_twisted.core.table import Role
 from faketcp_twisted.engine.connection import FlowConnection
 from faketcp_twisted.tx.transport import FakeTCPTransport, connect_protocol
@@ -344,6 +344,24 @@ class TwistedContractTests(TwistedOverEngineTests):
         (reason,) = self.protocol.lost
         self.assertIs(reason.type, ConnectionLost)
         self.assertEqual(self.protocol.received, [])
+
+    def test_abortSendsResetWithTheEnd(self) -> None:
+        """
+        C{abortConnection()} stops sending and delivering at once, but its
+        RST leaves with C{connectionLost}, on the next turn: as with
+        Twisted's TCP, which closes the socket then, the peer cannot learn
+        of the abort first.
+        """
+        self.demux.sent.clear()
+        self.transport.abortConnection()
+        self.transport.write(b"after the abort")
+        self.fromPeer(b"after the abort")
+        self.assertEqual((self.demux.sent, self.protocol.received, self.protocol.lost), ([], [], []))
+        self.clock.advance(0)
+        (rst,) = self.demux.sent
+        self.assertTrue(parse_packet(rst).flags & RST)
+        (reason,) = self.protocol.lost
+        reason.trap(ConnectionAborted)
 
     def test_writeConnectionLost(self) -> None:
         """

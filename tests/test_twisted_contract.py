@@ -230,9 +230,6 @@ class FakeTCPAbortTestsBuilder(_LabMixin, ReactorBuilder, AbortConnectionMixin):
     test_fullWriteBufferAfterByteExchange = _skip("needs stopReading()/startReading() and a full kernel send buffer")
     test_resumeProducingAbort = _skip(NO_BUFFER)
     test_resumeProducingThrows = _skip(NO_BUFFER)
-    test_resumeProducingAbortLater = _skip(
-        "KNOWN GAP: under asyncio a delayed call of the engine is sometimes left when the reactor stops"
-    )
 
 
 class FakeTCPWriteSequenceTestsBuilder(_LabMixin, ReactorBuilder, WriteSequenceTestsMixin):

@@ -401,8 +401,7 @@ class AioTransport(WriteFlowControl):
             return
         self._closing = True
         self._stopDrainPoll()
-        connection.send_rst()
-        connection.end_soon(Ending.ABORTED)
+        connection.abort_soon()
 
     def __repr__(self) -> str:
         connection = self._connection

@@ -90,6 +90,7 @@ class FlowConnection:
         "_face",
         "_paused_queue",
         "_end_held",
+        "_held_rst",
         "_auth_done",
         "_auth_timer",
     )
@@ -116,6 +117,9 @@ class FlowConnection:
         # The peer's FIN or RST arrived while delivery was paused: the face
         # hears of it once what came before it is delivered.
         self._end_held = False
+        # The RST of an abort by the application, sent when the connection
+        # ends (see abort_soon).
+        self._held_rst: bytes | None = None
         self.auth: Authenticator | None = None
         self._auth_done: Callable[[FlowConnection, bool], None] | None = None
         self._auth_timer: Timer | None = None
@@ -370,6 +374,20 @@ class FlowConnection:
         if self.flow.state is not FlowState.CLOSED:
             self.send_packet(self.flow.reset(self.loop.seconds()))
 
+    def abort_soon(self) -> None:
+        """
+        Abort for the application: reset the flow now (nothing more is
+        sent or delivered) and end on the next turn of the loop, sending
+        the RST then.  A transport over kernel TCP (Twisted's, asyncio's)
+        sends its RST when it closes the socket, as the connection is
+        lost: the peer never learns of the abort before this side's
+        application does.
+        """
+        flow = self.flow
+        if not self.ended and flow.state is not FlowState.CLOSED:
+            self._held_rst = flow.reset(self.loop.seconds())
+        self.end_soon(Ending.ABORTED)
+
     def end_soon(self, ending: Ending) -> None:
         """
         End on the next turn of the loop (a close called from inside the
@@ -379,11 +397,15 @@ class FlowConnection:
 
     def end(self, ending: Ending, failure: object = None) -> None:
         """
-        End the connection once: release the flow and tell the face.
+        End the connection once: send the RST of an L{abort_soon}, release
+        the flow and tell the face.
         """
         if self.ended:
             return
         self.ended = True
+        held, self._held_rst = self._held_rst, None
+        if held is not None:
+            self.send_packet(held)
         flow = self.flow
         if flow.state is not FlowState.CLOSED:
             flow.abandon()

@@ -358,8 +358,7 @@ class FakeTCPTransport:
             return
         self.disconnecting = True
         self._closeWhenUnregistered = False
-        self._connection.send_rst()
-        self._connection.end_soon(Ending.ABORTED)
+        self._connection.abort_soon()
 
     def getHost(self) -> IPv4Address | IPv6Address:
         """
