@@ -519,6 +519,56 @@ class EchoTests(AioLabTestCase):
 
         self.run_async(test)
 
+    def test_reset_after_paused_data(self) -> None:
+        """
+        A RST that arrives while reading is paused is reported after the
+        datagrams queued before it, as over kernel TCP (whose paused
+        transport reads neither).
+        """
+
+        async def test() -> None:
+            server = ProtocolFactory()
+            await self.listen(server)
+            transport, _client = await self.connect(Recorder)
+            transport.write(b"hello")
+            peer = await within(server.new.get())
+            await wait_until(lambda: peer.received == [b"hello"])
+            peer.transport.pause_reading()
+            transport.write(b"last")
+            transport.abort()
+            await asyncio.sleep(0.2)
+            self.assertEqual(peer.events, ["made"])
+            peer.transport.resume_reading()
+            self.assertIsInstance(await within(peer.lost), ConnectionResetError)
+            self.assertEqual(peer.received, [b"hello", b"last"])
+            self.assertEqual(peer.events, ["made", "lost"])
+
+        self.run_async(test)
+
+    def test_reset_while_paused_seen_on_write(self) -> None:
+        """
+        A RST held while reading is paused is reported at once when the
+        protocol writes, as a write to a reset kernel socket fails.
+        """
+
+        async def test() -> None:
+            server = ProtocolFactory()
+            await self.listen(server)
+            transport, _client = await self.connect(Recorder)
+            transport.write(b"hello")
+            peer = await within(server.new.get())
+            await wait_until(lambda: peer.received == [b"hello"])
+            peer.transport.pause_reading()
+            transport.write(b"never read")
+            transport.abort()
+            await asyncio.sleep(0.2)
+            self.assertEqual(peer.events, ["made"])
+            peer.transport.write(b"into a reset")
+            self.assertIsInstance(await within(peer.lost), ConnectionResetError)
+            self.assertEqual(peer.received, [b"hello"])
+
+        self.run_async(test)
+
     def test_buffered_protocol(self) -> None:
         """
         An asyncio.BufferedProtocol gets each datagram through as many

@@ -12,9 +12,10 @@ import asyncio
 import socket
 from typing import Any
 
-from twisted.internet.error import ConnectionAborted, ConnectionDone
+from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IConsumer,
+    IHalfCloseableProtocol,
     ILoggingContext,
     IPushProducer,
     ISystemHandle,
@@ -26,11 +27,12 @@ from twisted.python import context
 from twisted.python.failure import Failure
 from twisted.python.log import ILogContext
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from faketcp_twisted.aio.transport import AioTransport
 from faketcp_twisted.core.flow import Flow, FlowKey
-from faketcp_twisted.core.segment import FIN, parse_packet
+from faketcp_twisted.core.segment import FIN, RST, parse_packet
 from faketcp_twisted.core.table import Role
 from faketcp_twisted.engine.connection import FlowConnection
 from faketcp_twisted.tx.transport import FakeTCPTransport, connect_protocol
@@ -86,12 +88,23 @@ class _Recorder(Protocol):
     def __init__(self) -> None:
         self.received: list[bytes] = []
         self.lost: list[Failure] = []
+        self.events: list[str] = []
 
     def dataReceived(self, data: bytes) -> None:
         self.received.append(data)
 
     def connectionLost(self, reason: Failure) -> None:
         self.lost.append(reason)
+        self.events.append("lost")
+
+
+@implementer(IHalfCloseableProtocol)
+class _HalfCloser(_Recorder):
+    def readConnectionLost(self) -> None:
+        self.events.append("read")
+
+    def writeConnectionLost(self) -> None:
+        self.events.append("write")
 
 
 class TwistedOverEngineTests(SynchronousTestCase):
@@ -107,16 +120,25 @@ class TwistedOverEngineTests(SynchronousTestCase):
         self.peer = Flow.from_handshake(
             FlowKey(CLIENT_ADDR, CLIENT_PORT, SERVER_ADDR, SERVER_PORT), CLIENT_ISN, SERVER_ISN, MSS, 0.0
         )
+        self.connectWith(_Recorder)
+
+    def connectWith(self, protocol: type[Protocol]) -> None:
+        """
+        Serve the peer's flow with a new connection and a C{protocol}.
+        """
         flow = Flow.from_handshake(
             FlowKey(SERVER_ADDR, SERVER_PORT, CLIENT_ADDR, CLIENT_PORT), SERVER_ISN, CLIENT_ISN, MSS, 0.0
         )
         self.connection = FlowConnection(self.demux, flow, socket.socket())
         self.addCleanup(self.connection.socket.close)
-        self.protocol: Any = connect_protocol(self.connection, Factory.forProtocol(_Recorder))
+        self.protocol: Any = connect_protocol(self.connection, Factory.forProtocol(protocol))
         self.transport = self.protocol.transport
 
     def fromPeer(self, data: bytes) -> None:
-        self.connection.segment_received(parse_packet(self.peer.send(data, 0.0) or b""), 0.0)
+        self.fromPeerPacket(self.peer.send(data, 0.0))
+
+    def fromPeerPacket(self, packet: bytes) -> None:
+        self.connection.segment_received(parse_packet(packet), 0.0)
 
     def test_interfaces(self) -> None:
         """
@@ -272,6 +294,105 @@ class TwistedContractTests(TwistedOverEngineTests):
         (reason,) = self.protocol.lost
         reason.trap(ConnectionDone)
         self.assertEqual(stopped, [])
+
+    def test_finWhilePausedAfterQueuedData(self) -> None:
+        """
+        A FIN that arrives while the transport is paused ends the connection
+        only once resumed, after the datagrams that came before it, as
+        Twisted's TCP (whose paused transport reads nothing): this side's
+        FIN answers it only then.
+        """
+        self.transport.pauseProducing()
+        self.fromPeer(b"held")
+        self.fromPeerPacket(self.peer.finish(0.0))
+        self.clock.advance(0)
+        self.assertEqual((self.protocol.received, self.protocol.lost), ([], []))
+        self.assertFalse(any(parse_packet(packet).flags & FIN for packet in self.demux.sent))
+        self.transport.resumeProducing()
+        self.assertEqual(self.protocol.received, [b"held"])
+        self.assertTrue(parse_packet(self.demux.sent[-1]).flags & FIN)
+        self.clock.advance(0)
+        (reason,) = self.protocol.lost
+        reason.trap(ConnectionDone)
+
+    def test_resetWhilePausedAfterQueuedData(self) -> None:
+        """
+        A RST that arrives while the transport is paused is reported once
+        resumed, after the datagrams that came before it, as Twisted's TCP.
+        """
+        self.transport.pauseProducing()
+        self.fromPeer(b"held")
+        self.fromPeerPacket(self.peer.reset(0.0))
+        self.clock.advance(0)
+        self.assertEqual((self.protocol.received, self.protocol.lost), ([], []))
+        self.transport.resumeProducing()
+        self.assertEqual(self.protocol.received, [b"held"])
+        (reason,) = self.protocol.lost
+        self.assertIs(reason.type, ConnectionLost)
+
+    def test_resetWhilePausedSeenOnWrite(self) -> None:
+        """
+        A write after a RST held while paused reports the reset on the next
+        turn, resumed or not, as Twisted's TCP reports a failed send.
+        """
+        self.transport.pauseProducing()
+        self.fromPeer(b"never read")
+        self.fromPeerPacket(self.peer.reset(0.0))
+        self.transport.write(b"into a reset")
+        self.assertEqual(self.protocol.lost, [])
+        self.clock.advance(0)
+        (reason,) = self.protocol.lost
+        self.assertIs(reason.type, ConnectionLost)
+        self.assertEqual(self.protocol.received, [])
+
+    def test_abortSendsResetWithTheEnd(self) -> None:
+        """
+        C{abortConnection()} stops sending and delivering at once, but its
+        RST leaves with C{connectionLost}, on the next turn: as with
+        Twisted's TCP, which closes the socket then, the peer cannot learn
+        of the abort first.
+        """
+        self.demux.sent.clear()
+        self.transport.abortConnection()
+        self.transport.write(b"after the abort")
+        self.fromPeer(b"after the abort")
+        self.assertEqual((self.demux.sent, self.protocol.received, self.protocol.lost), ([], [], []))
+        self.clock.advance(0)
+        (rst,) = self.demux.sent
+        self.assertTrue(parse_packet(rst).flags & RST)
+        (reason,) = self.protocol.lost
+        reason.trap(ConnectionAborted)
+
+    def test_writeConnectionLost(self) -> None:
+        """
+        C{loseWriteConnection()} sends FIN; a half-closeable protocol's
+        C{writeConnectionLost()} follows on the next turn (never from
+        inside the call, as with Twisted's TCP), and it still receives.
+        """
+        self.connectWith(_HalfCloser)
+        self.demux.sent.clear()
+        self.transport.loseWriteConnection()
+        (fin,) = self.demux.sent
+        self.assertTrue(parse_packet(fin).flags & FIN)
+        self.assertEqual(self.protocol.events, [])
+        self.clock.advance(0)
+        self.assertEqual(self.protocol.events, ["write"])
+        self.fromPeer(b"still read")
+        self.assertEqual(self.protocol.received, [b"still read"])
+        self.assertTrue(self.transport.connected)
+
+    def test_writeConnectionLostBeforeConnectionLost(self) -> None:
+        """
+        Closing the write side after the peer's FIN closes the connection
+        both ways: C{writeConnectionLost()} comes before
+        C{connectionLost(ConnectionDone)}.
+        """
+        self.connectWith(_HalfCloser)
+        self.fromPeerPacket(self.peer.finish(0.0))
+        self.transport.loseWriteConnection()
+        self.clock.advance(0)
+        self.assertEqual(self.protocol.events, ["read", "write", "lost"])
+        self.protocol.lost[0].trap(ConnectionDone)
 
     def test_callbacksLoggedUnderProtocolPrefix(self) -> None:
         """

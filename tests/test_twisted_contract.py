@@ -230,9 +230,6 @@ class FakeTCPAbortTestsBuilder(_LabMixin, ReactorBuilder, AbortConnectionMixin):
     test_fullWriteBufferAfterByteExchange = _skip("needs stopReading()/startReading() and a full kernel send buffer")
     test_resumeProducingAbort = _skip(NO_BUFFER)
     test_resumeProducingThrows = _skip(NO_BUFFER)
-    test_resumeProducingAbortLater = _skip(
-        "KNOWN GAP: under asyncio a delayed call of the engine is sometimes left when the reactor stops"
-    )
 
 
 class FakeTCPWriteSequenceTestsBuilder(_LabMixin, ReactorBuilder, WriteSequenceTestsMixin):
@@ -270,10 +267,6 @@ class FakeTCPTransportTestsBuilder(_LabMixin, TCPConnectionTestsBuilder):
     test_resumeProducing = _skip(_READER)
     test_resumeProducingWhileDisconnected = _skip(_READER)
     test_resumeProducingWhileDisconnecting = _skip(_READER)
-    test_connectionLostAfterPausedTransport = _skip(
-        "KNOWN GAP: a FIN arriving while delivery is paused ends the connection before the queued data"
-    )
-    test_doubleHalfClose = _skip("KNOWN GAP: loseWriteConnection() does not call writeConnectionLost()")
 
 
 globals().update(FakeTCPConnectionTestsBuilder.makeTestCaseClasses())

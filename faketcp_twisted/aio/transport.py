@@ -142,7 +142,6 @@ class AioTransport(WriteFlowControl):
         self._on_lost = on_lost
         self._eof_sent = False
         self._eof_reported = False
-        self._eof_pending = False
         self._want_reading = True
         self._resume_scheduled = False
         self._buffered = False
@@ -211,18 +210,12 @@ class AioTransport(WriteFlowControl):
 
     def peer_finished(self) -> None:
         """
-        The peer sent FIN: C{eof_received()}, once the datagrams queued
-        while reading was paused are delivered.
+        The peer sent FIN: C{eof_received()} (the connection holds a FIN
+        that arrives while reading is paused until the datagrams queued
+        before it are delivered).
         """
         if self._closing:
             return
-        if self._connection.delivery_paused:
-            # Datagrams queued while paused come before the end of file.
-            self._eof_pending = True
-            return
-        self._reportEOF()
-
-    def _reportEOF(self) -> None:
         self._eof_reported = True
         try:
             keep_open = self.protocol.eof_received()
@@ -240,17 +233,16 @@ class AioTransport(WriteFlowControl):
         closed_here = self._closing
         self._closing = True
         self._stopDrainPoll()
-        peer_finished = self._connection.flow.end_reason is EndReason.PEER_FIN or self._eof_pending
         if (
             ending is Ending.DONE
-            and peer_finished
+            and self._connection.flow.end_reason is EndReason.PEER_FIN
             and not closed_here
             and not self._eof_reported
             and self.protocol is not None
         ):
             # The peer's FIN ended a flow this side had half-closed with
-            # write_eof() (or was held behind paused reading): asyncio
-            # still reports the end of file before the connection's end.
+            # write_eof(): asyncio still reports the end of file before
+            # the connection's end.
             self._eof_reported = True
             try:
                 self.protocol.eof_received()
@@ -351,9 +343,6 @@ class AioTransport(WriteFlowControl):
         if not self._want_reading or connection.ended or self._closing:
             return
         connection.resume_delivery()
-        if self._eof_pending and not connection.delivery_paused and not connection.ended and not self._closing:
-            self._eof_pending = False
-            self._reportEOF()
 
     # -- asyncio.WriteTransport ------------------------------------------
 
@@ -412,8 +401,7 @@ class AioTransport(WriteFlowControl):
             return
         self._closing = True
         self._stopDrainPoll()
-        connection.send_rst()
-        connection.end_soon(Ending.ABORTED)
+        connection.abort_soon()
 
     def __repr__(self) -> str:
         connection = self._connection

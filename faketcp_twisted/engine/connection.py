@@ -73,7 +73,8 @@ class FlowConnection:
     @ivar on_socket_closed: called once the kernel socket is closed.
     @ivar ended: whether the connection is over.
     @ivar delivery_paused: whether datagrams are queued rather than
-        delivered (L{pause_delivery}).
+        delivered (L{pause_delivery}); the peer's FIN or RST is then held
+        too, until the datagrams before it are delivered.
     @ivar auth: the connection's authentication, when its port or
         connector has a key; it stays after acceptance to answer (server)
         or swallow (client) repeated proofs.
@@ -99,6 +100,8 @@ class FlowConnection:
         "_destination",
         "_face",
         "_paused_queue",
+        "_end_held",
+        "_held_rst",
         "_auth_done",
         "_auth_timer",
         "_hand_off",
@@ -123,6 +126,12 @@ class FlowConnection:
         # empty deque per connection would cost 760 bytes, an eighth of an
         # idle relay flow, for a queue most connections never use.
         self._paused_queue: deque[bytes] | tuple[()] = ()
+        # The peer's FIN or RST arrived while delivery was paused: the face
+        # hears of it once what came before it is delivered.
+        self._end_held = False
+        # The RST of an abort by the application, sent when the connection
+        # ends (see abort_soon).
+        self._held_rst: bytes | None = None
         self.auth: Authenticator | None = None
         self._auth_done: Callable[[FlowConnection, bool], None] | None = None
         self._auth_timer: Timer | None = None
@@ -209,7 +218,14 @@ class FlowConnection:
         # Only a change of state means anything: a refused RST or a copy of
         # a FIN already taken must not close (or half-close) twice.
         if flow.state is not before and not self.ended:
-            self._flowStateChanged()
+            if self.delivery_paused:
+                # As over kernel TCP, where a paused transport reads nothing:
+                # the FIN or RST is heard after the data that came before it,
+                # once delivery resumes (or, a RST, when the application
+                # writes: see _sendRefused).
+                self._end_held = True
+            else:
+                self._flowStateChanged()
 
     def _flowStateChanged(self) -> None:
         flow = self.flow
@@ -315,6 +331,8 @@ class FlowConnection:
         """
         flow = self.flow
         if self.ended or not flow.can_send or not data:
+            if data:
+                self._sendRefused()
             return
         now = self.loop.seconds()
         mss = flow.mss
@@ -336,6 +354,7 @@ class FlowConnection:
         """
         flow = self.flow
         if self.ended or not flow.can_send:
+            self._sendRefused()
             return
         now = self.loop.seconds()
         build = flow.send
@@ -344,6 +363,14 @@ class FlowConnection:
         for datagram in datagrams:
             if datagram:
                 transmit(build(datagram, now), destination)
+
+    def _sendRefused(self) -> None:
+        # Over kernel TCP a write to a reset socket fails, and the transport
+        # reports the reset on the next turn, reading or not: so does a
+        # write after a RST held while delivery is paused.
+        if self._end_held and not self.ended and self.flow.end_reason is EndReason.PEER_RST:
+            self._end_held = False
+            self.end_soon(Ending.RESET)
 
     def send_fin(self) -> bool:
         """
@@ -362,6 +389,20 @@ class FlowConnection:
         if self.flow.state is not FlowState.CLOSED:
             self.send_packet(self.flow.reset(self.loop.seconds()))
 
+    def abort_soon(self) -> None:
+        """
+        Abort for the application: reset the flow now (nothing more is
+        sent or delivered) and end on the next turn of the loop, sending
+        the RST then.  A transport over kernel TCP (Twisted's, asyncio's)
+        sends its RST when it closes the socket, as the connection is
+        lost: the peer never learns of the abort before this side's
+        application does.
+        """
+        flow = self.flow
+        if not self.ended and flow.state is not FlowState.CLOSED:
+            self._held_rst = flow.reset(self.loop.seconds())
+        self.end_soon(Ending.ABORTED)
+
     def end_soon(self, ending: Ending) -> None:
         """
         End on the next turn of the loop (a close called from inside the
@@ -371,15 +412,20 @@ class FlowConnection:
 
     def end(self, ending: Ending, failure: object = None) -> None:
         """
-        End the connection once: release the flow and tell the face.
+        End the connection once: send the RST of an L{abort_soon}, release
+        the flow and tell the face.
         """
         if self.ended:
             return
         self.ended = True
+        held, self._held_rst = self._held_rst, None
+        if held is not None:
+            self.send_packet(held)
         flow = self.flow
         if flow.state is not FlowState.CLOSED:
             flow.abandon()
         self._paused_queue = ()
+        self._end_held = False
         self.demux.detach(self)
         if self._auth_done is not None:
             # Still authenticating: the face never saw this connection;
@@ -393,13 +439,15 @@ class FlowConnection:
     def pause_delivery(self) -> None:
         """
         Queue this connection's datagrams instead of delivering them (the
-        capture is shared: it cannot stop reading for one connection).
+        capture is shared: it cannot stop reading for one connection); a
+        FIN or RST from the peer waits behind them.
         """
         self.delivery_paused = True
 
     def resume_delivery(self) -> None:
         """
-        Deliver what was queued, then go on delivering.
+        Deliver what was queued, then the peer's FIN or RST if one came
+        meanwhile, then go on delivering.
         """
         self.delivery_paused = False
         queue = self._paused_queue
@@ -409,6 +457,9 @@ class FlowConnection:
         # resumed again, or ended the connection.)
         if not self._paused_queue:
             self._paused_queue = ()
+        if self._end_held and not self.delivery_paused and not self.ended:
+            self._end_held = False
+            self._flowStateChanged()
 
     def refuse(self) -> None:
         """

@@ -191,7 +191,9 @@ class Face(Protocol):
     What a connection tells the face that holds it, once bound to it.
 
     Nothing is told while the connection waits for its peer's key proof,
-    nor after L{connection_ended}.
+    nor after L{connection_ended}.  While delivery is paused, the peer's
+    FIN or RST is not told either (L{peer_finished}, L{connection_ended}
+    for it) until the datagrams queued before it are delivered.
     """
 
     def deliver(self, payload: bytes) -> None:

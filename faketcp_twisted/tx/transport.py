@@ -313,19 +313,42 @@ class FakeTCPTransport:
         self._finish()
 
     def _finish(self) -> None:
-        self._connection.send_fin()
-        self._connection.end_soon(Ending.DONE)
+        connection = self._connection
+        connection.send_fin()
+        # Twisted's TCP calls connectionLost from doWrite, after the
+        # reactor's next poll; a call_later(0) alone runs before that poll.
+        # Two make what the poll brings come first: the peer accepting a
+        # connection closed straight from connectionMade, say (Twisted's
+        # own tests expect the peer's protocol to exist by then).
+        connection.loop.call_later(0, connection.end_soon, Ending.DONE)
 
     def loseWriteConnection(self) -> None:
         """
-        Send FIN and keep receiving until the peer closes too.
+        Send FIN and keep receiving until the peer closes too.  A
+        half-closeable protocol's C{writeConnectionLost} follows on the
+        next turn, as with Twisted's TCP.
         """
         connection = self._connection
         if not self.connected or self.disconnecting or not connection.flow.can_send:
             return
-        if connection.send_fin():
+        closed = connection.send_fin()
+        if closed:
             self.disconnecting = True
-            connection.end_soon(Ending.DONE)
+        # Twisted's TCP calls writeConnectionLost from doWrite, once its
+        # buffer is written and the socket shut down: never from inside
+        # this call.  Writes leave at once here, so the next turn will do.
+        # (One call, not two, for a flow now closed both ways: the
+        # protocol hears of the write side before connectionLost.)
+        connection.loop.call_later(0, self._writeClosed, closed)
+
+    def _writeClosed(self, closed: bool) -> None:
+        if self.connected and IHalfCloseableProtocol.providedBy(self.protocol):
+            try:
+                context.call(self._logContext, self.protocol.writeConnectionLost)
+            except Exception:
+                self._protocolFailed("writeConnectionLost")
+        if closed:
+            self._connection.end(Ending.DONE)
 
     def abortConnection(self) -> None:
         """
@@ -335,8 +358,7 @@ class FakeTCPTransport:
             return
         self.disconnecting = True
         self._closeWhenUnregistered = False
-        self._connection.send_rst()
-        self._connection.end_soon(Ending.ABORTED)
+        self._connection.abort_soon()
 
     def getHost(self) -> IPv4Address | IPv6Address:
         """
