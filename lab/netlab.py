@@ -161,6 +161,26 @@ def in_namespace(name: str) -> Iterator[None]:
         os.close(saved)
 
 
+def _create_namespace(name: str) -> None:
+    # iproute2 (fork and exec), not pyroute2's netns.create, which forks
+    # the test process and runs Python in the child: after a test on
+    # Twisted's asyncio reactor such a child ran the rest of the suite
+    # instead of returning (and the parent timed out waiting for it).
+    result = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise LabError(f"cannot create network namespace {name!r}: {result.stderr.strip()}")
+
+
+@contextlib.contextmanager
+def _iproute(name: str) -> Iterator[IPRoute]:
+    """
+    An rtnetlink socket in namespace C{name}, made by this thread from
+    inside it (C{IPRoute(netns=...)} forks, as C{netns.create} does).
+    """
+    with in_namespace(name), IPRoute() as ipr:
+        yield ipr
+
+
 # --------------------------------------------------------------------------
 # Stale namespace cleanup
 # --------------------------------------------------------------------------
@@ -280,7 +300,7 @@ class Lab:
         with _labs_lock:
             _live_labs[id(self)] = self
         for name in self.namespaces.values():
-            netns.create(name)
+            _create_namespace(name)
             self._created.append(name)
             # Sysctls are per-namespace; writing /proc/sys from a thread that
             # joined the namespace affects that namespace.
@@ -466,7 +486,7 @@ class Lab:
         """
         Create veth C{if_a} in C{ns_a} paired with C{if_b} in C{ns_b}.
         """
-        with IPRoute(netns=ns_a, flags=0) as ipr:
+        with _iproute(ns_a) as ipr:
             ipr.link(
                 "add",
                 ifname=if_a,
@@ -489,7 +509,7 @@ class Lab:
         """
         Bring C{lo} and C{ifname} up, add addresses and default routes.
         """
-        with IPRoute(netns=ns, flags=0) as ipr:
+        with _iproute(ns) as ipr:
             lo = ipr.link_lookup(ifname="lo")[0]
             idx = ipr.link_lookup(ifname=ifname)[0]
             ipr.link("set", index=lo, state="up")
@@ -513,7 +533,7 @@ class Lab:
         """
         deadline = time.monotonic() + timeout
         for ns, ifname in self._links:
-            with IPRoute(netns=ns, flags=0) as ipr:
+            with _iproute(ns) as ipr:
                 idx = ipr.link_lookup(ifname=ifname)[0]
                 while True:
                     link = ipr.link("get", index=idx)[0]
