@@ -16,6 +16,7 @@ are skipped one by one, each with its reason.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import os
@@ -126,6 +127,29 @@ def _contract_namespace() -> str:
     return _namespace
 
 
+def _ensure_event_loop(test: Any) -> None:
+    """
+    Give the main thread an event loop for the test if it has none.
+
+    Twisted's builder of the asyncio reactor saves the current loop first,
+    and C{asyncio.get_event_loop()} raises once an earlier test's
+    C{asyncio.run()} set it to None: every asyncio-reactor test of the
+    module would then be skipped ("There is no current event loop") when
+    the whole suite runs, as it was.
+    """
+    try:
+        asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+
+        def restore() -> None:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+        test.addCleanup(restore)
+
+
 class _LabMixin:
     """
     Run each test inside the contract namespace (the thread's namespace is
@@ -139,6 +163,7 @@ class _LabMixin:
 
     def setUp(self) -> None:
         super().setUp()  # type: ignore[misc]
+        _ensure_event_loop(self)  # type: ignore[arg-type]
         inside = netlab.in_namespace(_contract_namespace())
         inside.__enter__()
         self.addCleanup(inside.__exit__, None, None, None)  # type: ignore[attr-defined]
