@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from lab import netlab
-from tests.relaylab import RelayProcess
+from tests.relaylab import RelayProcess, lab_command
 from tests.support import sleep
 
 #: What the banner service says first, as an SSH server would.
@@ -72,7 +72,7 @@ class ServiceProcess:
         self.log_path = os.path.join(directory, f"{name}.log")
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                ["ip", "netns", "exec", lab.namespaces.get(ns, ns), *argv],
+                lab_command(lab, ns, argv),
                 stdout=log,
                 stderr=log,
                 stdin=subprocess.DEVNULL,

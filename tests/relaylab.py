@@ -35,6 +35,15 @@ CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _READY = re.compile(r"faketcp-relay (server|client) ready")
 
 
+def lab_command(lab: netlab.Lab, ns: str, argv: list[str]) -> list[str]:
+    """
+    C{argv} run in the lab namespace C{ns}, killed (SIGKILL) should this
+    test process die first: a test runner killed mid-test must not leave
+    relays and services running in namespaces that are gone.
+    """
+    return ["ip", "netns", "exec", lab.namespaces.get(ns, ns), "setpriv", "--pdeathsig", "KILL", "--", *argv]
+
+
 class RelayProcess:
     """
     One C{twistd -n faketcp-relay} inside a namespace, logging to a file.
@@ -65,8 +74,8 @@ class RelayProcess:
             os.pathsep + extra_env.pop("PYTHONPATH") if extra_env and "PYTHONPATH" in extra_env else ""
         )
         env.update(extra_env or {})
-        argv = ["ip", "netns", "exec", self.lab.namespaces.get(self.ns, self.ns), TWISTD, "-n", "--pidfile=",
-                f"--logfile={self.log_path}", *self.twistd_args, "faketcp-relay", *self.args]  # fmt: skip
+        argv = lab_command(self.lab, self.ns, [TWISTD, "-n", "--pidfile=", f"--logfile={self.log_path}",
+                                               *self.twistd_args, "faketcp-relay", *self.args])  # fmt: skip
         with open(self.stderr_path, "ab") as stderr:
             self.process = subprocess.Popen(
                 argv, env=env, stdout=stderr, stderr=stderr, cwd=os.path.dirname(self.log_path)
@@ -545,9 +554,7 @@ class PeerProcess:
 
     def start(self) -> PeerProcess:
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                ["ip", "netns", "exec", self.lab.namespaces.get(self.ns, self.ns), *self.argv], stdout=log, stderr=log
-            )
+            self.process = subprocess.Popen(lab_command(self.lab, self.ns, self.argv), stdout=log, stderr=log)
         return self
 
     def output(self) -> str:
