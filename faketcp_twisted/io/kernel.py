@@ -9,6 +9,10 @@ rule drops every marked segment that is not a SYN, so no kernel ACK or RST
 escapes even in the instant between the handshake and the next step.  The
 TTL (hop limit) is then set to 1, so that without the rule (an operator who
 manages rules by hand, say) such a segment still dies at the first router.
+
+A connection goes back to the kernel with L{unsilence} (a keyed port's
+fallback, L{faketcp_twisted.engine.fallback}), or ends with the kernel's
+own RST with L{reset}.
 """
 
 from __future__ import annotations
