@@ -87,6 +87,7 @@ __all__ = [
     "LabError",
     "RoutedNatLab",
     "TwoHostsLab",
+    "create_namespace",
     "in_namespace",
     "routed_nat",
     "sweep_stale",
@@ -161,7 +162,12 @@ def in_namespace(name: str) -> Iterator[None]:
         os.close(saved)
 
 
-def _create_namespace(name: str) -> None:
+def create_namespace(name: str) -> None:
+    """
+    Make network namespace C{name}.
+
+    @raise LabError: C{ip netns add} failed.
+    """
     # iproute2 (fork and exec), not pyroute2's netns.create, which forks
     # the test process and runs Python in the child: after a test on
     # Twisted's asyncio reactor such a child ran the rest of the suite
@@ -300,7 +306,7 @@ class Lab:
         with _labs_lock:
             _live_labs[id(self)] = self
         for name in self.namespaces.values():
-            _create_namespace(name)
+            create_namespace(name)
             self._created.append(name)
             # Sysctls are per-namespace; writing /proc/sys from a thread that
             # joined the namespace affects that namespace.

@@ -286,7 +286,7 @@ class SweepTests(unittest.TestCase):
         alive = f"ftt-{os.getpid()}-sweep-x"
         for name in (dead, alive):
             if name not in netns.listnetns():
-                netlab._create_namespace(name)
+                netlab.create_namespace(name)
         self.addCleanup(lambda: alive in netns.listnetns() and netns.remove(alive))
         self.assertIn(dead, netlab.sweep_stale())
         names = netns.listnetns()
@@ -295,7 +295,7 @@ class SweepTests(unittest.TestCase):
 
     def test_lab_creation_sweeps(self) -> None:
         dead = "ftt-999998-y"
-        netlab._create_namespace(dead)
+        netlab.create_namespace(dead)
         lab = netlab.two_hosts()
         self.addCleanup(lab.destroy)
         self.assertNotIn(dead, netns.listnetns())

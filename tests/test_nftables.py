@@ -13,7 +13,6 @@ import errno
 import itertools
 import json
 import os
-import re
 import select
 import signal
 import socket
@@ -35,7 +34,6 @@ ROOT_SKIP = (
     if os.geteuid() != 0
     else None
 )
-NAMESPACE_PREFIX = "ftt-nft-"
 
 SERVER4 = SilenceRule(socket.AF_INET, 9191)
 SERVER6 = SilenceRule(socket.AF_INET6, 9191)
@@ -49,32 +47,16 @@ _numbers = itertools.count(1)
 # -- helpers -------------------------------------------------------------------
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _sweep_stale_namespaces() -> None:
-    """
-    Remove C{ftt-nft-PID-*} namespaces of test runs that died.
-    """
-    for name in os.listdir("/var/run/netns") if os.path.isdir("/var/run/netns") else []:
-        found = re.match(NAMESPACE_PREFIX + r"(\d+)-", name)
-        if found and not _pid_alive(int(found.group(1))):
-            subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
-
-
 def make_namespace(test: TestCase) -> str:
     """
     A new empty network namespace, removed when C{test} ends.
     """
-    name = f"{NAMESPACE_PREFIX}{os.getpid()}-{next(_numbers)}"
-    subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True, check=True)
+    # netlab imports pyroute2: only root-only tests get this far.  Its
+    # prefix and pid make leftovers of a dead run sweepable by netlab.
+    from lab import netlab
+
+    name = f"{netlab.NAMESPACE_PREFIX}{os.getpid()}-nft-{next(_numbers)}"
+    netlab.create_namespace(name)
     test.addCleanup(subprocess.run, ["ip", "netns", "del", name], capture_output=True, check=False)
     return name
 
@@ -419,7 +401,9 @@ class RootTestCase(TestCase):
 
     def setUp(self) -> None:
         require_nft()
-        _sweep_stale_namespaces()
+        from lab import netlab
+
+        netlab.sweep_stale()
 
     def open_table(self, ns: str, name: str | None = None) -> OwnedTable:
         with in_namespace(ns):

@@ -113,14 +113,13 @@ _namespace: str | None = None
 def _contract_namespace() -> str:
     """
     The network namespace the tests run in, made once per process with its
-    loopback interface up (with C{ip netns add}, not the lab's forking
-    helper: a test that exhausts descriptors must not meet a fork), and
-    removed at exit (or, if the process dies, by L{netlab.sweep_stale}).
+    loopback interface up, and removed at exit (or, if the process dies, by
+    L{netlab.sweep_stale}).
     """
     global _namespace
     if _namespace is None:
         name = f"{netlab.NAMESPACE_PREFIX}{os.getpid()}-contract"
-        subprocess.run(["ip", "netns", "add", name], check=True)
+        netlab.create_namespace(name)
         atexit.register(subprocess.run, ["ip", "netns", "del", name], check=False)
         subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
         _namespace = name
