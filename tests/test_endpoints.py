@@ -141,6 +141,19 @@ class ParsingTests(SynchronousTestCase):
         server = serverFromString(reactor, r"faketcp:0:key=k:fallback=localhost\:8080")
         self.assertEqual((server._fallback, server._fallback_limit), (("localhost", 8080), 256))
 
+    def test_port_fallback_limit(self) -> None:
+        """
+        A port tells its fallback limit (the relay reserves two descriptors
+        for each), 0 without a fallback.
+        """
+        from faketcp_twisted.core.auth import AuthKey
+        from faketcp_twisted.tx.port import FakeTCPPort
+
+        key = AuthKey(b"k")
+        self.assertEqual(FakeTCPPort(reactor, 0, None, auth=key).fallback_limit, 0)
+        port = FakeTCPPort(reactor, 0, None, auth=key, fallback=("127.0.0.1", 443), fallback_limit=8)
+        self.assertEqual(port.fallback_limit, 8)
+
 
 class BadArgumentTests(SynchronousTestCase):
     """

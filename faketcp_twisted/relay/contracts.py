@@ -132,6 +132,13 @@ class RelayPort(Protocol):
         refused before any connection exists.
         """
 
+    @property
+    def fallback_limit(self) -> int:
+        """
+        The most connections the port splices to its fallback at once (0
+        without one): two descriptors each.
+        """
+
     def getHost(self) -> IPv4Address | IPv6Address:
         """
         The address listened on.

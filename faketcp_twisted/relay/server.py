@@ -24,10 +24,9 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..engine.options import DEFAULT_FALLBACK_LIMIT
 from .common import RelayService, RelaySettings, cannot_start, send_to_peer, udp_drop_reason, watch_capture
 from .contracts import RelayPort, RelayTransport
-from .spec import SpecError, UDPAddress, resolve, split
+from .spec import SpecError, UDPAddress, resolve
 from .stats import FlowRecord, RelayStats
 from .udp import DatagramSocket
 
@@ -35,19 +34,6 @@ from .udp import DatagramSocket
 #: smaller than the client's single socket: the memory is committed as
 #: they fill).
 FLOW_UDP_BUFFER = 512 * 1024
-
-
-def fallback_limit(faketcp: str) -> int:
-    """
-    The most connections a C{faketcp:} server string splices to a fallback
-    at once: 0 without one.  (A limit that is no number counts as the
-    default here; the endpoint's parser then refuses it.)
-    """
-    arguments = split(faketcp).kwargs
-    if "fallback" not in arguments:
-        return 0
-    text = arguments.get("fallbackLimit", "")
-    return int(text) if text.isascii() and text.isdigit() else DEFAULT_FALLBACK_LIMIT
 
 
 class _ServerFlow(Protocol):
@@ -236,10 +222,6 @@ class ServerRelay(RelayService):
             self.target_address = (resolve(self.target.host)[1], self.target.port)
         except SpecError as failure:
             cannot_start(self.log, failure)
-        # A kernel socket and a UDP socket per flow, the kernel sockets
-        # held for time-wait by a capture per address family, and two per
-        # fallback connection.
-        self._ensureDescriptors(2, captures=2, extra=2 * fallback_limit(self.faketcp))
         self._sweep()
         listening = serverFromString(self.reactor, self.faketcp).listen(_ServerFactory(self))
         outcome: list[Any] = []
@@ -250,6 +232,11 @@ class ServerRelay(RelayService):
             cannot_start(self.log, outcome[0].value)
         port: RelayPort = outcome[0]
         self.port = port
+        # A kernel socket and a UDP socket per flow, the kernel sockets
+        # held for time-wait by a capture per address family, and two per
+        # fallback connection.  (Listening accepted nothing yet: that
+        # waits for the reactor.)
+        self._ensureDescriptors(2, captures=2, extra=2 * port.fallback_limit)
         for drops in port.capture_drops:
             self.stats.watch_capture(drops)
         super().startService()  # type: ignore[no-untyped-call]

@@ -97,6 +97,15 @@ class FakeTCPPort:
         """
         return [demux.drops for demux in self._listener.demuxes.values()]
 
+    @property
+    def fallback_limit(self) -> int:
+        """
+        The most connections spliced to the fallback service at once (two
+        descriptors each): 0 without a fallback.
+        """
+        fallback = self._listener.fallback
+        return 0 if fallback is None else fallback.limit
+
     def startListening(self) -> None:
         """
         Start listening.
