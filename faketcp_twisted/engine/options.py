@@ -102,18 +102,31 @@ DEFAULT_FALLBACK_LIMIT = 256
 FALLBACK_NEEDS_KEY = "a fallback needs a key (key= or keyFile=): only a keyed port can tell a prober from a peer"
 
 
+def split_address(text: str) -> tuple[str, str | None]:
+    """
+    The host and the port text of C{HOST:PORT} or C{[IPV6]:PORT}; the port
+    is L{None} for a bare C{HOST}, C{[IPV6]} or IPv6 address.  An empty
+    host means the text is none of these.
+    """
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return "", None
+        return host, rest[1:] if rest else None
+    if text.count(":") == 1:
+        host, _, port = text.partition(":")
+        return host, port
+    return text, None
+
+
 def parse_address(text: str) -> tuple[str, int]:
     """
     The (host, port) of C{HOST:PORT}, or of C{[IPV6]:PORT}.
 
     @raise ValueError: with a one-line reason.
     """
-    host, separator, port = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        separator = ""  # an IPv6 address without brackets
-    if not separator or not host:
+    host, port = split_address(text)
+    if not host or port is None:
         raise ValueError(f"{text!r} is not HOST:PORT (an IPv6 address in brackets: [::1]:443)")
     if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
         raise ValueError(f"{port!r} in {text!r} is not a port number (1-65535)")

@@ -54,6 +54,7 @@ from ..engine.options import (
     flow_options,
     is_ip_address,
     parse_address,
+    split_address,
 )
 
 
@@ -343,14 +344,8 @@ def _bind_address(text: str) -> tuple[str, int]:
 
     @raise ValueError: anything else, naming the argument.
     """
-    host, port = text, "0"
-    if text.startswith("["):
-        host, bracket, rest = text[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            host = ""
-        port = rest[1:] if rest else "0"
-    elif text.count(":") == 1:
-        host, _, port = text.partition(":")
+    host, port = split_address(text)
+    port = "0" if port is None else port
     if host and port.isascii() and port.isdigit() and int(port) <= 65535:
         return host, int(port)
     raise ValueError(f"faketcp: bindAddress must be HOST, HOST:PORT or [IPV6]:PORT (PORT up to 65535), not {text!r}")
