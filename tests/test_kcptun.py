@@ -27,7 +27,6 @@ import os
 import shutil
 import signal
 import struct
-import subprocess
 from typing import Any
 
 from twisted.internet import defer, reactor
@@ -35,7 +34,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SkipTest, TestCase
 
 from lab import netlab
-from tests.relaylab import RelayProcess, temp_dir
+from tests.relaylab import PeerProcess, RelayProcess, temp_dir
 from tests.support import require_root, sleep, wait_until
 
 FAKETCP_PORT = 9191
@@ -110,35 +109,6 @@ class StreamClient(Protocol):
         self.lost.callback(None)
 
 
-class KcptunProcess:
-    """
-    A kcptun binary in a lab namespace, logging to a file.
-    """
-
-    def __init__(self, lab: netlab.Lab, ns: str, argv: list[str], directory: str, name: str) -> None:
-        self.lab = lab
-        self.ns = ns
-        self.argv = argv
-        self.name = name
-        self.log_path = os.path.join(directory, f"{name}.log")
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> KcptunProcess:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(["ip", "netns", "exec", self.ns, *self.argv], stdout=log, stderr=log)
-        return self
-
-    def output(self) -> str:
-        with open(self.log_path, encoding="utf-8", errors="replace") as log:
-            return log.read()[-4000:]
-
-    def kill(self) -> None:
-        process = self.process
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait(10)
-
-
 class KcptunTests(TestCase):
     """
     kcptun through our relay, both directions.
@@ -154,16 +124,16 @@ class KcptunTests(TestCase):
         self.lab = netlab.two_hosts()
         self.addCleanup(self.lab.destroy)
         self.directory = temp_dir(self)
-        self.processes: list[Any] = []
+        self.processes: list[PeerProcess | RelayProcess] = []
         self.target = Factory.forProtocol(CheckingEcho)
         self.target.connections = []  # type: ignore[attr-defined]
         with netlab.in_namespace(self.lab.S):
             port = reactor.listenTCP(TARGET_PORT, self.target, interface="127.0.0.1")  # type: ignore[attr-defined]
         self.addCleanup(port.stopListening)
 
-    def kcptun(self, ns: str, name: str, *argv: str) -> KcptunProcess:
-        process = KcptunProcess(self.lab, ns, [*argv, *KCPTUN_FLAGS], self.directory, name).start()
-        self.addCleanup(process.kill)
+    def kcptun(self, ns: str, name: str, *argv: str) -> PeerProcess:
+        process = PeerProcess(self.lab, ns, [*argv, *KCPTUN_FLAGS], self.directory, name).start()
+        self.addCleanup(process.stop)
         self.processes.append(process)
         return process
 
@@ -176,13 +146,7 @@ class KcptunTests(TestCase):
         return relay.start()
 
     def describe(self) -> str:
-        parts = []
-        for process in self.processes:
-            if isinstance(process, RelayProcess):
-                parts.append(process.describe())
-            else:
-                parts.append(f"--- {process.name} ---\n{process.output()}")
-        return "\n".join(parts)
+        return "\n".join(process.describe() for process in self.processes)
 
     async def listening(self, ns: str, kind: str, port: int, timeout: float = 10.0) -> None:
         """
