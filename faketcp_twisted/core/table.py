@@ -210,23 +210,23 @@ class FlowTable:
         """
         if key in self.handed_off:
             return None
-        if key in self.time_wait and self.role is Role.SERVER and segment.flags & (SYN | ACK) == SYN:
-            # A new connection on the 4-tuple (a client whose kernel gave
-            # the port out again): as a kernel's TIME-WAIT socket does, take
-            # its SYN; the old flow's late segments then meet the new
-            # handshake's numbers, not a flow.
-            del self.time_wait[key]
-            self._fin_numbers.pop(key, None)
         if key in self.time_wait:
-            self.drops["time-wait"] += 1
-            numbers = self._fin_numbers.get(key)
-            if numbers is not None and segment.flags & FIN and segment.seq == numbers[1]:
-                # Only the FIN at the very number expected: an off-path
-                # attacker cannot make this side answer by guessing.
-                end = (segment.seq + len(segment.payload) + 1) & _MASK
-                del self._fin_numbers[key]
-                return _reply(key, numbers[0], end, ACK, self.handshake_window)
-            return None
+            if self.role is Role.SERVER and segment.flags & (SYN | ACK) == SYN:
+                # A new connection on the 4-tuple (a client whose kernel
+                # gave the port out again): as a kernel's TIME-WAIT socket
+                # does, take its SYN; the old flow's late segments then meet
+                # the new handshake's numbers, not a flow.
+                self.forget_time_wait(key)
+            else:
+                self.drops["time-wait"] += 1
+                numbers = self._fin_numbers.get(key)
+                if numbers is not None and segment.flags & FIN and segment.seq == numbers[1]:
+                    # Only the FIN at the very number expected: an off-path
+                    # attacker cannot make this side answer by guessing.
+                    end = (segment.seq + len(segment.payload) + 1) & _MASK
+                    del self._fin_numbers[key]
+                    return _reply(key, numbers[0], end, ACK, self.handshake_window)
+                return None
         tsval = None
         if segment.options:
             try:
@@ -491,8 +491,7 @@ class FlowTable:
         if key in self.embryos:
             self._remove(key)
         self.awaiting_adoption.discard(key)
-        self.time_wait.pop(key, None)
-        self._fin_numbers.pop(key, None)
+        self.forget_time_wait(key)
         self.handed_off.add(key)
 
     def release_hand_off(self, key: FlowKey, now: float) -> None:

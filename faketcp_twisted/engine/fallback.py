@@ -74,10 +74,9 @@ class Fallback:
 
     def __init__(self, loop: EventLoop, address: tuple[str, int], limit: int = DEFAULT_FALLBACK_LIMIT) -> None:
         """
-        @raise ValueError: the limit is not positive.
+        @param limit: checked by the faces' arguments (see
+            L{faketcp_twisted.engine.options.fallback_from}).
         """
-        if limit < 1:
-            raise ValueError("fallbackLimit must be at least 1")
         self.loop = loop
         self.address = address
         self.target: tuple[int, tuple[Any, ...]] | None = None

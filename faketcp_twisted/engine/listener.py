@@ -97,8 +97,7 @@ class Listener:
             connection that does not prove the key (see L{fallback}); only
             with C{auth}.
         @param fallback_limit: most connections given to it at once.
-        @raise ValueError: a fallback without a key, or a fallback limit
-            that is not positive.
+        @raise ValueError: a fallback without a key.
         """
         if fallback is not None and auth is None:
             raise ValueError(FALLBACK_NEEDS_KEY)
