@@ -128,10 +128,9 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-class RelayFallbackTestCase(TestCase):
+class FallbackLabTestCase(TestCase):
     """
-    A routed NAT lab with a UDP echo behind where the server relay
-    forwards, and helpers to run keyed relays and a keyed stream.
+    A fresh routed NAT lab (removed at the end) and a temporary directory.
     """
 
     timeout = 60
@@ -141,6 +140,16 @@ class RelayFallbackTestCase(TestCase):
         self.lab = netlab.routed_nat()
         self.addCleanup(self.lab.destroy)
         self.directory = temp_dir(self)
+
+
+class RelayFallbackTestCase(FallbackLabTestCase):
+    """
+    A routed NAT lab with a UDP echo behind where the server relay
+    forwards, and helpers to run keyed relays and a keyed stream.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
         self.echo = ProbePort(echo=True)
         listen_udp(self, self.lab.S, self.echo, ECHO_PORT)
         self.relays: list[RelayProcess] = []
@@ -677,7 +686,7 @@ class ErrorTests(TestCase):
         self.assertTrue(lines, output)
 
 
-class TwistedEndpointTests(TestCase):
+class TwistedEndpointTests(FallbackLabTestCase):
     """
     The Twisted server endpoint (C{serverFromString} with C{fallback=}) in
     this process: probes go to the fallback, a keyed client is served.
@@ -689,13 +698,8 @@ class TwistedEndpointTests(TestCase):
     port is.
     """
 
-    timeout = 60
-
     def setUp(self) -> None:
-        require_root()
-        self.lab = netlab.routed_nat()
-        self.addCleanup(self.lab.destroy)
-        self.directory = temp_dir(self)
+        super().setUp()
         self.service, self.content = http_service(self, self.lab, self.lab.S, HTTP_PORT, self.directory)
 
     async def test_probe_and_keyed_client(self) -> None:

@@ -118,6 +118,19 @@ def adopted_server_flow(
     return flow
 
 
+def fin_retired_flow(table: FlowTable) -> Flow:
+    """
+    A server flow that this side closed with FIN at 1.0 and let go before
+    the peer's FIN: retired into time-wait, awaiting that FIN.
+    """
+    flow = Flow.from_handshake(SERVER_KEY, SERVER_ISN, CLIENT_ISN, MSS, 0.0)
+    table.flows[SERVER_KEY] = flow
+    flow.finish(1.0)
+    flow.abandon()
+    table.retire(flow, 1.0)
+    return flow
+
+
 class ServerHandshakeTests(SynchronousTestCase):
     """
     A server table learns a handshake from the client's SYN and the
@@ -903,11 +916,7 @@ class TimeWaitTests(SynchronousTestCase):
         ACK from the time-wait entry, once; any other segment gets nothing.
         """
         table = FlowTable(Role.SERVER)
-        flow = Flow.from_handshake(SERVER_KEY, SERVER_ISN, CLIENT_ISN, MSS, 0.0)
-        table.flows[SERVER_KEY] = flow
-        flow.finish(1.0)
-        flow.abandon()
-        table.retire(flow, 1.0)
+        fin_retired_flow(table)
         self.assertTrue(table.awaiting_fin)
         stray = incoming(SERVER_KEY, FIN | ACK, CLIENT_ISN + 99, SERVER_ISN + 2)
         self.assertIsNone(table.receive_unadopted(SERVER_KEY, stray, 1.1))
@@ -1527,11 +1536,7 @@ class HandOffTests(SynchronousTestCase):
         that answer when it is handed off: the kernel answers now.
         """
         table = FlowTable(Role.SERVER)
-        flow = Flow.from_handshake(SERVER_KEY, SERVER_ISN, CLIENT_ISN, MSS, 0.0)
-        table.flows[SERVER_KEY] = flow
-        flow.finish(1.0)
-        flow.abandon()
-        table.retire(flow, 1.0)
+        flow = fin_retired_flow(table)
         self.assertTrue(table.awaiting_fin)
         table.hand_off(flow.key)
         self.assertFalse(table.awaiting_fin)
