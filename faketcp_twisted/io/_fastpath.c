@@ -596,27 +596,48 @@ receive_messages(int fd, struct mmsghdr *messages, unsigned int want, Py_ssize_t
     return -1;
 }
 
-/* One sendmmsg of messages[0:count] (count >= 1).  Returns how many are
- * done with: those the kernel took, or 1 when the first failed for itself
- * (unreachable, too big, an earlier ICMP error), its errno appended to
- * errors; 0 when the send buffer is full; -1 with a Python error set. */
-static Py_ssize_t
-send_messages(int fd, struct mmsghdr *messages, unsigned int count, PyObject *errors)
+/* Append errno code to errors; -1 with a Python error set. */
+static int
+append_code(PyObject *errors, int code)
+{
+    PyObject *number = PyLong_FromLong(code);
+    if (number == NULL)
+        return -1;
+    int failed = PyList_Append(errors, number);
+    Py_DECREF(number);
+    return failed;
+}
+
+/* One round of a batch send: a sendmmsg of messages[0:count] (count >= 1),
+ * moving *index past what is done with: those the kernel took, or the first
+ * when it failed for itself (unreachable, too big, an earlier ICMP error),
+ * its errno appended to errors.  Returns 1 to go on, 0 to stop (the send
+ * buffer is full, or that errno could not be recorded: it is lost, never
+ * the index), -1 with a Python error set, only when nothing_done (nothing
+ * of the call was done with yet, so raising loses nothing). */
+static int
+send_round(int fd, struct mmsghdr *messages, unsigned int count, Py_ssize_t *index, int nothing_done, PyObject *errors)
 {
     for (;;) {
         int sent = sendmmsg(fd, messages, count, MSG_DONTWAIT);
-        if (sent >= 0)
-            return sent;
+        if (sent > 0) {
+            *index += sent;
+            return 1;
+        }
+        if (sent == 0)
+            return 0;
         if (errno == EINTR)
             continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK)
             return 0;
-        PyObject *code = PyLong_FromLong(errno);
-        if (code == NULL || PyList_Append(errors, code) < 0) {
-            Py_XDECREF(code);
-            return -1;
+        if (append_code(errors, errno) < 0) {
+            if (nothing_done)
+                return -1;
+            PyErr_Clear();
+            (*index)++;
+            return 0;
         }
-        Py_DECREF(code);
+        (*index)++;
         return 1;
     }
 }
@@ -765,18 +786,6 @@ error:
  * Batch send
  * ------------------------------------------------------------------------ */
 
-/* Append errno code to errors; -1 with a Python error set. */
-static int
-append_code(PyObject *errors, int code)
-{
-    PyObject *number = PyLong_FromLong(code);
-    if (number == NULL)
-        return -1;
-    int failed = PyList_Append(errors, number);
-    Py_DECREF(number);
-    return failed;
-}
-
 PyDoc_STRVAR(send_batch_doc,
 "send_batch(fd, items, start) -> (next, errors)\n\n"
 "Send the packets of items[start:] (each item a (packet, address) pair, a\n"
@@ -877,20 +886,14 @@ fp_send_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             index++;
             continue;
         }
-        Py_ssize_t done = send_messages(fd, messages, (unsigned int)ready, errors);
-        if (done < 0) {
-            /* The first message was refused and its errno not recorded. */
-            if (index == start && PyList_GET_SIZE(errors) == 0) {
-                Py_DECREF(errors);
-                return NULL;
-            }
-            PyErr_Clear();
-            index++;
-            break;
+        int outcome = send_round(
+            fd, messages, (unsigned int)ready, &index, index == start && PyList_GET_SIZE(errors) == 0, errors);
+        if (outcome < 0) {
+            Py_DECREF(errors);
+            return NULL;
         }
-        if (done == 0)
+        if (outcome == 0)
             break; /* the send buffer is full: wait for room */
-        index += done;
     }
     return Py_BuildValue("(nN)", index, errors);
 }
@@ -1189,18 +1192,12 @@ fp_send_datagrams(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             /* Send those before it; it comes first in the next round. */
             PyErr_Clear();
         }
-        Py_ssize_t done = send_messages(fd, messages, (unsigned int)ready, errors);
-        if (done < 0) {
-            /* The first message was refused and its errno not recorded. */
-            if (index == 0 && PyList_GET_SIZE(errors) == 0)
-                goto error;
-            PyErr_Clear();
-            index++;
-            break;
-        }
-        if (done == 0)
+        int outcome = send_round(
+            fd, messages, (unsigned int)ready, &index, index == 0 && PyList_GET_SIZE(errors) == 0, errors);
+        if (outcome < 0)
+            goto error;
+        if (outcome == 0)
             break; /* the send buffer is full */
-        index += done;
     }
     return Py_BuildValue("(nN)", index, errors);
 
