@@ -71,17 +71,17 @@ class RelayCollector:
         stats = self.stats
         counts = stats.totals()
         mode = ["mode"]
-        flows = GaugeMetricFamily(f"{PREFIX}_flows", "Flows open now.", labels=mode)
-        flows.add_metric([self.mode], len(stats.flows))
-        yield flows
-        opened = CounterMetricFamily(f"{PREFIX}_flows_opened", "Flows opened since start.", labels=mode)
-        opened.add_metric([self.mode], stats.opened)
-        yield opened
-        connections = CounterMetricFamily(
-            f"{PREFIX}_connections", "Fake-TCP connections made since start.", labels=mode
-        )
-        connections.add_metric([self.mode], stats.connections)
-        yield connections
+        counter, gauge = CounterMetricFamily, GaugeMetricFamily
+
+        def one(family: Any, name: str, text: str, value: float) -> Any:
+            # A metric of one value, labelled with the relay's mode.
+            metric = family(f"{PREFIX}_{name}", text, labels=mode)
+            metric.add_metric([self.mode], value)
+            return metric
+
+        yield one(gauge, "flows", "Flows open now.", len(stats.flows))
+        yield one(counter, "flows_opened", "Flows opened since start.", stats.opened)
+        yield one(counter, "connections", "Fake-TCP connections made since start.", stats.connections)
         direction = ["mode", "direction"]
         datagrams = CounterMetricFamily(f"{PREFIX}_datagrams", "Datagrams relayed.", labels=direction)
         size = CounterMetricFamily(f"{PREFIX}_bytes", "Datagram bytes relayed.", labels=direction)
@@ -91,43 +91,23 @@ class RelayCollector:
         size.add_metric([self.mode, "faketcp_to_udp"], counts.down_bytes)
         yield datagrams
         yield size
-        received = CounterMetricFamily(
-            f"{PREFIX}_rx_bytes", "Fake-TCP payload bytes received (duplicates included).", labels=mode
-        )
-        received.add_metric([self.mode], counts.rx_bytes)
-        yield received
-        gaps = CounterMetricFamily(
-            f"{PREFIX}_rx_gap_bytes", "Bytes the peer's sequence numbers skipped (presumed lost).", labels=mode
-        )
-        gaps.add_metric([self.mode], counts.gap_bytes)
-        yield gaps
-        late = CounterMetricFamily(
-            f"{PREFIX}_rx_late_bytes", "Bytes that arrived late into a gap (reordered, not lost).", labels=mode
-        )
-        late.add_metric([self.mode], counts.late_bytes)
-        yield late
-        reordered = CounterMetricFamily(
-            f"{PREFIX}_rx_reordered_segments", "Segments that arrived inside a gap.", labels=mode
-        )
-        reordered.add_metric([self.mode], counts.reordered)
-        yield reordered
-        loss = GaugeMetricFamily(
-            f"{PREFIX}_rx_loss_ratio", "Estimated fraction of the peer's bytes lost, since start.", labels=mode
-        )
-        loss.add_metric([self.mode], counts.loss)
-        yield loss
+        yield one(counter, "rx_bytes", "Fake-TCP payload bytes received (duplicates included).", counts.rx_bytes)
+        gap_text = "Bytes the peer's sequence numbers skipped (presumed lost)."
+        yield one(counter, "rx_gap_bytes", gap_text, counts.gap_bytes)
+        late_text = "Bytes that arrived late into a gap (reordered, not lost)."
+        yield one(counter, "rx_late_bytes", late_text, counts.late_bytes)
+        yield one(counter, "rx_reordered_segments", "Segments that arrived inside a gap.", counts.reordered)
+        yield one(gauge, "rx_loss_ratio", "Estimated fraction of the peer's bytes lost, since start.", counts.loss)
         reason = ["mode", "reason"]
-        drops = CounterMetricFamily(f"{PREFIX}_drops", "Datagrams the relay dropped, by reason.", labels=reason)
-        for name, count in sorted(stats.all_drops().items()):
-            drops.add_metric([self.mode, name], count)
-        yield drops
-        capture = CounterMetricFamily(
-            f"{PREFIX}_capture_drops", "Segments the fake-TCP captures dropped, by reason.", labels=reason
-        )
-        for name, count in sorted(stats.capture_drops().items()):
-            capture.add_metric([self.mode, name], count)
-        yield capture
-
+        by_reason = [
+            ("drops", "Datagrams the relay dropped, by reason.", stats.all_drops()),
+            ("capture_drops", "Segments the fake-TCP captures dropped, by reason.", stats.capture_drops()),
+        ]
+        for name, text, counted in by_reason:
+            metric = CounterMetricFamily(f"{PREFIX}_{name}", text, labels=reason)
+            for cause, count in sorted(counted.items()):
+                metric.add_metric([self.mode, cause], count)
+            yield metric
 
 class MetricsService(service.Service):
     """
