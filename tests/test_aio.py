@@ -467,6 +467,20 @@ class EchoTests(AioLabTestCase):
 
         self.run_async(test)
 
+    async def paused_peer(self) -> tuple[Any, Any]:
+        """
+        A connection whose server side got b"hello" and then paused
+        reading: the client's transport and the server's protocol.
+        """
+        server = ProtocolFactory()
+        await self.listen(server)
+        transport, _client = await self.connect(Recorder)
+        transport.write(b"hello")
+        peer = await within(server.new.get())
+        await wait_until(lambda: peer.received == [b"hello"])
+        peer.transport.pause_reading()
+        return transport, peer
+
     def test_pause_reading(self) -> None:
         """
         While reading is paused datagrams are queued; resuming delivers
@@ -474,13 +488,7 @@ class EchoTests(AioLabTestCase):
         """
 
         async def test() -> None:
-            server = ProtocolFactory()
-            await self.listen(server)
-            transport, _client = await self.connect(Recorder)
-            transport.write(b"hello")
-            peer = await within(server.new.get())
-            await wait_until(lambda: peer.received == [b"hello"])
-            peer.transport.pause_reading()
+            transport, peer = await self.paused_peer()
             self.assertFalse(peer.transport.is_reading())
             for n in range(5):
                 transport.write(b"%d" % n)
@@ -501,13 +509,7 @@ class EchoTests(AioLabTestCase):
         """
 
         async def test() -> None:
-            server = ProtocolFactory()
-            await self.listen(server)
-            transport, _client = await self.connect(Recorder)
-            transport.write(b"hello")
-            peer = await within(server.new.get())
-            await wait_until(lambda: peer.received == [b"hello"])
-            peer.transport.pause_reading()
+            transport, peer = await self.paused_peer()
             transport.write(b"last")
             transport.close()
             await asyncio.sleep(0.2)
@@ -527,13 +529,7 @@ class EchoTests(AioLabTestCase):
         """
 
         async def test() -> None:
-            server = ProtocolFactory()
-            await self.listen(server)
-            transport, _client = await self.connect(Recorder)
-            transport.write(b"hello")
-            peer = await within(server.new.get())
-            await wait_until(lambda: peer.received == [b"hello"])
-            peer.transport.pause_reading()
+            transport, peer = await self.paused_peer()
             transport.write(b"last")
             transport.abort()
             await asyncio.sleep(0.2)
@@ -552,13 +548,7 @@ class EchoTests(AioLabTestCase):
         """
 
         async def test() -> None:
-            server = ProtocolFactory()
-            await self.listen(server)
-            transport, _client = await self.connect(Recorder)
-            transport.write(b"hello")
-            peer = await within(server.new.get())
-            await wait_until(lambda: peer.received == [b"hello"])
-            peer.transport.pause_reading()
+            transport, peer = await self.paused_peer()
             transport.write(b"never read")
             transport.abort()
             await asyncio.sleep(0.2)
