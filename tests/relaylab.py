@@ -25,7 +25,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from faketcp_twisted.relay.udp import enlarge_buffers
 from lab import netlab
-from tests.support import sleep
+from tests.support import sleep, wait_until
 
 #: The twistd of the running interpreter's environment.
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
@@ -33,6 +33,23 @@ TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _READY = re.compile(r"faketcp-relay (server|client) ready")
+
+
+async def listens(lab: netlab.Lab, ns: str, kind: str, port: int, timeout: float = 10.0) -> bool:
+    """
+    Whether something in C{ns} listens on C{port} (C{kind} C{t} or C{u})
+    within C{timeout} seconds.
+    """
+
+    def found() -> bool:
+        output = lab.run(ns, "ss", f"-{kind}lnH", check=False).stdout
+        return any(line.split()[3].endswith(f":{port}") for line in output.splitlines() if len(line.split()) > 3)
+
+    try:
+        await wait_until(found, timeout=timeout, step=0.1)
+    except AssertionError:
+        return False
+    return True
 
 
 def lab_command(lab: netlab.Lab, ns: str, argv: list[str]) -> list[str]:

@@ -58,6 +58,7 @@ from tests.relaylab import (
     RelayProcess,
     format_timeline,
     listen_udp,
+    listens,
     probe,
     tcprawpeer_binary,
     temp_dir,
@@ -391,15 +392,8 @@ class KcptunInteropTests(PathTestCase):
         """
         Wait until something in C{ns} listens on C{port} (C{kind} C{t} or C{u}).
         """
-
-        def found() -> bool:
-            output = self.lab.run(ns, "ss", f"-{kind}lnH", check=False).stdout
-            return any(line.split()[3].endswith(f":{port}") for line in output.splitlines() if len(line.split()) > 3)
-
-        try:
-            await wait_until(found, timeout=timeout, step=0.1)
-        except AssertionError:
-            raise AssertionError(f"nothing listens on {kind} {port} in {ns}\n{await self.describe()}") from None
+        if not await listens(self.lab, ns, kind, port, timeout):
+            raise AssertionError(f"nothing listens on {kind} {port} in {ns}\n{await self.describe()}")
 
     async def carry(self, what: str) -> None:
         """

@@ -34,7 +34,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SkipTest, TestCase
 
 from lab import netlab
-from tests.relaylab import PeerProcess, RelayProcess, temp_dir
+from tests.relaylab import PeerProcess, RelayProcess, listens, temp_dir
 from tests.support import require_root, sleep, wait_until
 
 FAKETCP_PORT = 9191
@@ -152,15 +152,8 @@ class KcptunTests(TestCase):
         """
         Wait until something in C{ns} listens on C{port} (C{kind} C{t} or C{u}).
         """
-
-        def found() -> bool:
-            output = self.lab.run(ns, "ss", f"-{kind}lnH", check=False).stdout
-            return any(line.split()[3].endswith(f":{port}") for line in output.splitlines() if len(line.split()) > 3)
-
-        try:
-            await wait_until(found, timeout=timeout, step=0.1)
-        except AssertionError:
-            raise AssertionError(f"nothing listens on {kind} {port} in {ns}\n{self.describe()}") from None
+        if not await listens(self.lab, ns, kind, port, timeout):
+            raise AssertionError(f"nothing listens on {kind} {port} in {ns}\n{self.describe()}")
 
     async def carry_twice(self) -> None:
         """
