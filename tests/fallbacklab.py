@@ -25,7 +25,7 @@ from twisted.trial.unittest import TestCase
 
 from lab import netlab
 from tests.relaylab import RelayProcess, lab_command
-from tests.support import sleep
+from tests.support import kill_and_reap, sleep
 
 #: What the banner service says first, as an SSH server would.
 BANNER = b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n"
@@ -110,9 +110,7 @@ class ServiceProcess:
         """
         SIGKILL and reap, if still running.
         """
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
+        kill_and_reap(self.process)
 
 
 def http_service(test: TestCase, lab: netlab.Lab, ns: str, port: int, directory: str) -> tuple[ServiceProcess, bytes]:

@@ -25,7 +25,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from faketcp_twisted.relay.udp import enlarge_buffers
 from lab import netlab
-from tests.support import sleep, wait_until
+from tests.support import kill_and_reap, sleep, wait_until
 
 #: The twistd of the running interpreter's environment.
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
@@ -201,10 +201,7 @@ class RelayProcess:
         """
         SIGKILL and reap, if still running (for cleanups).
         """
-        process = self.process
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait(10)
+        kill_and_reap(self.process)
 
     def totals(self) -> str:
         """

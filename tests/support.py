@@ -178,3 +178,13 @@ def run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     Run a command, capturing text output.
     """
     return subprocess.run(argv, capture_output=True, text=True, **kwargs)
+
+
+def kill_and_reap(process: subprocess.Popen[Any] | None) -> None:
+    """
+    SIGKILL a child process and reap it, if it is still running (for
+    cleanups).
+    """
+    if process is not None and process.poll() is None:
+        process.kill()
+        process.wait(10)

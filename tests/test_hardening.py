@@ -50,6 +50,7 @@ from tests.support import (
     Recorder,
     RecordingFactory,
     kernel_sockets,
+    kill_and_reap,
     silencing_rules,
     sleep,
     wait_until,
@@ -184,7 +185,7 @@ class HardeningTestCase(LabTestCase):
             stderr=subprocess.PIPE,
             text=True,
         )  # fmt: skip
-        self.addCleanup(_kill, process)
+        self.addCleanup(kill_and_reap, process)
         await wait_until(lambda: process.poll() is not None, timeout=timeout, step=0.05)
         out, err = process.communicate()
         self.assertEqual(process.returncode, 0, err)
@@ -217,12 +218,6 @@ class HardeningTestCase(LabTestCase):
                 any(low <= when < low + 0.5 for when in client.times),
                 f"no echo between {low - start:.1f} s and {low - start + 0.5:.1f} s of {end - start:.1f} s",
             )
-
-
-def _kill(process: subprocess.Popen[Any]) -> None:
-    if process.poll() is None:
-        process.kill()
-        process.wait()
 
 
 class FuzzTests(HardeningTestCase):
@@ -663,7 +658,7 @@ class CrashTests(HardeningTestCase):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
-        self.addCleanup(_kill, process)
+        self.addCleanup(kill_and_reap, process)
         assert process.stdout is not None
         stdout = process.stdout.fileno()
         os.set_blocking(stdout, False)
@@ -976,7 +971,7 @@ class AuthTests(HardeningTestCase):
             stderr=subprocess.PIPE,
             text=True,
         )
-        self.addCleanup(_kill, process)
+        self.addCleanup(kill_and_reap, process)
         started = time.monotonic()
         await wait_until(lambda: process.poll() is not None, timeout=40, step=0.05)
         ended = time.monotonic()

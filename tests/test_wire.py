@@ -58,7 +58,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from lab import netlab
 from tests.relaylab import RelayProcess, UDPClient, UDPEcho, listen_udp, temp_dir
-from tests.support import require_root, sleep, wait_until
+from tests.support import kill_and_reap, require_root, sleep, wait_until
 
 FAKETCP_PORT = 9191
 TARGET_PORT = 5000
@@ -395,10 +395,7 @@ class Tcpdump:
         """
         SIGKILL and reap, if still running (for cleanups).
         """
-        process = self.process
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait(10)
+        kill_and_reap(self.process)
 
 
 class Talker(DatagramProtocol):
